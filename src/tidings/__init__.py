@@ -1,0 +1,19 @@
+"""tidings: a real-time messaging server for Python, speaking the Centrifugo client protocol."""
+
+__version__ = "0.1.0"
+
+from tidings.config import Config, load_config
+from tidings.errors import Disconnect, DisconnectCode, Error, ErrorCode
+from tidings.node import Node, PublishResult
+
+__all__ = [
+    "Config",
+    "Disconnect",
+    "DisconnectCode",
+    "Error",
+    "ErrorCode",
+    "Node",
+    "PublishResult",
+    "__version__",
+    "load_config",
+]

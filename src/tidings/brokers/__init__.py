@@ -1,0 +1,1 @@
+"""Engines that carry traffic between nodes and keep history and presence."""

@@ -1,0 +1,169 @@
+"""The contracts between a Node and the engines that carry its traffic.
+
+Three interfaces, so a deployment can mix implementations and one conformance
+suite (``tests/brokers``) runs against each of them:
+
+* :class:`Broker` carries publications, join/leave events and node control
+  messages between nodes, and owns each channel's stream (offset, epoch and
+  history). History lives with the broker, not beside it, because assigning an
+  offset, storing the publication and fanning it out must be one atomic step:
+  otherwise two nodes could hand out the same offset, or a subscriber could see
+  offset 8 before 7.
+* :class:`HistoryReader` reads and trims those streams.
+* :class:`PresenceStore` keeps who is in a channel.
+
+A broker never delivers to clients. It calls its :class:`BrokerEventHandler`
+(the Node) and the Node hands publications to its local hub.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from tidings.protocol.messages import ClientInfo, Publication, StreamPosition
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryOptions:
+    """How a channel keeps its stream.
+
+    ``size`` items at most, each kept ``ttl`` seconds. The stream's top position
+    (offset and epoch) outlives its items for ``meta_ttl`` seconds after the
+    last publication; when the metadata is gone the next publication starts a
+    new epoch at offset 1, and clients that try to recover from the old epoch
+    are told ``recovered: false``.
+    """
+
+    size: int
+    ttl: float
+    meta_ttl: float = 30 * 24 * 3600.0
+
+
+class BrokerEventHandler(Protocol):
+    """What a broker calls when traffic arrives. Implemented by the Node.
+
+    Calls for one channel arrive in the order the broker assigned offsets.
+    Handlers must not block: they run on the event loop.
+    """
+
+    def handle_publication(
+        self, channel: str, publication: Publication, position: StreamPosition | None
+    ) -> None:
+        """A publication for a channel this node subscribed to.
+
+        ``position`` is the stream position after it (``None`` when the
+        channel keeps no history, in which case ``publication.offset`` is 0).
+        """
+
+    def handle_join(self, channel: str, info: ClientInfo) -> None: ...
+
+    def handle_leave(self, channel: str, info: ClientInfo) -> None: ...
+
+    def handle_control(self, message: bytes) -> None:
+        """A node-to-node control message (every node receives every one, its own too)."""
+
+
+@runtime_checkable
+class Broker(Protocol):
+    """Pub/sub between nodes plus the per-channel stream.
+
+    Contract:
+
+    * ``publish`` with ``history`` set assigns offset = previous top + 1 (the
+      first is 1), appends the publication to the stream, trims it to
+      ``history.size`` items, and hands it to every node subscribed to the
+      channel, all as one atomic step. Subscribers see offsets in increasing
+      order. The call returns the new top position.
+    * ``publish`` without ``history`` delivers with offset 0 and stores
+      nothing; it returns ``None``.
+    * An ``idempotency_key`` seen for the same channel within the broker's
+      window makes ``publish`` return the first call's result and deliver
+      nothing.
+    * ``subscribe``/``unsubscribe`` state this node's interest in a channel;
+      the Node calls them on its first local subscriber and after its last.
+    * When a stream's history is lost (restart without persistence, flush,
+      metadata expiry) its epoch changes. Offsets mean nothing across epochs.
+    * A call that cannot reach the engine in time raises
+      :class:`tidings.errors.BrokerUnavailable`.
+    """
+
+    def set_event_handler(self, handler: BrokerEventHandler) -> None: ...
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def subscribe(self, channel: str) -> None: ...
+
+    async def unsubscribe(self, channel: str) -> None: ...
+
+    async def publish(
+        self,
+        channel: str,
+        publication: Publication,
+        *,
+        history: HistoryOptions | None = None,
+        idempotency_key: str = "",
+    ) -> StreamPosition | None: ...
+
+    async def publish_join(self, channel: str, info: ClientInfo) -> None: ...
+
+    async def publish_leave(self, channel: str, info: ClientInfo) -> None: ...
+
+    async def publish_control(self, message: bytes) -> None: ...
+
+
+@runtime_checkable
+class HistoryReader(Protocol):
+    """Reads of the per-channel stream a :class:`Broker` maintains.
+
+    ``history`` returns the publications selected, oldest first unless
+    ``reverse``, and always the current top position (a channel never published
+    to has offset 0 and a fresh epoch, which this call creates):
+
+    * ``limit`` 0 and no ``since``: no publications, only the position.
+    * ``limit`` -1: every publication kept. ``limit`` N > 0: at most N.
+    * ``since``: publications with offset > ``since.offset`` (with
+      ``reverse``: offset < ``since.offset``, newest first). The caller
+      compares ``since.epoch`` with the returned epoch.
+    * without ``since``, ``reverse`` starts from the newest.
+
+    ``remove_history`` drops the items but keeps the top position and epoch.
+    """
+
+    async def history(
+        self,
+        channel: str,
+        *,
+        limit: int = 0,
+        since: StreamPosition | None = None,
+        reverse: bool = False,
+        meta_ttl: float | None = None,
+    ) -> tuple[list[Publication], StreamPosition]: ...
+
+    async def remove_history(self, channel: str) -> None: ...
+
+
+@runtime_checkable
+class PresenceStore(Protocol):
+    """Who is subscribed to a channel, across all nodes.
+
+    Entries are keyed by client id. A node re-adds its entries at least every
+    ``ttl`` seconds; an entry not refreshed within ``ttl`` disappears, so a node
+    that dies leaves no ghosts behind for longer than that.
+    """
+
+    async def add_presence(
+        self, channel: str, client_id: str, info: ClientInfo, ttl: float
+    ) -> None: ...
+
+    async def remove_presence(self, channel: str, client_id: str) -> None: ...
+
+    async def presence(self, channel: str) -> dict[str, ClientInfo]: ...
+
+    async def presence_stats(self, channel: str) -> tuple[int, int]:
+        """``(number of clients, number of distinct users)``."""
+        ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,193 @@
+"""Channel names, namespaces, per-namespace options and permission checks.
+
+Names and semantics follow Centrifugo so its configuration carries over:
+``namespace:name`` (boundary ``:``), private channels start with ``$`` and
+need a subscription token, user-limited channels end in ``#user1,user2``.
+Everything here is pure: no I/O, no clock.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from msgspec import Struct
+
+from tidings.brokers.base import HistoryOptions
+from tidings.errors import ErrorCode, ReplyError
+
+NAMESPACE_BOUNDARY = ":"
+USER_BOUNDARY = "#"
+USER_SEPARATOR = ","
+PRIVATE_PREFIX = "$"
+NAMESPACE_NAME = re.compile(r"^[-a-zA-Z0-9_.]{2,}$")
+
+
+class ChannelOptions(Struct, forbid_unknown_fields=True, kw_only=True):
+    """Options of one namespace (or of channels without a namespace).
+
+    Every option is off by default: a channel does only what its configuration
+    allows. Option names are Centrifugo's where the concept is the same.
+    """
+
+    presence: bool = False
+    join_leave: bool = False
+    force_push_join_leave: bool = False
+    history_size: int = 0
+    history_ttl: float = 0.0
+    history_meta_ttl: float = 0.0
+    force_recovery: bool = False
+    allow_recovery: bool = False
+    force_positioning: bool = False
+    allow_positioning: bool = False
+    allow_subscribe_for_client: bool = False
+    allow_subscribe_for_anonymous: bool = False
+    allow_publish_for_subscriber: bool = False
+    allow_publish_for_client: bool = False
+    allow_publish_for_anonymous: bool = False
+    allow_history_for_subscriber: bool = False
+    allow_history_for_client: bool = False
+    allow_history_for_anonymous: bool = False
+    allow_presence_for_subscriber: bool = False
+    allow_presence_for_client: bool = False
+    allow_presence_for_anonymous: bool = False
+    allow_user_limited_channels: bool = False
+
+    @property
+    def history_enabled(self) -> bool:
+        return self.history_size > 0 and self.history_ttl > 0
+
+    def history_options(self, default_meta_ttl: float) -> HistoryOptions | None:
+        if not self.history_enabled:
+            return None
+        return HistoryOptions(
+            size=self.history_size,
+            ttl=self.history_ttl,
+            meta_ttl=self.history_meta_ttl or default_meta_ttl,
+        )
+
+
+DURATION_OPTIONS = frozenset({"history_ttl", "history_meta_ttl"})
+"""Channel options given as durations ("300s", "5m", or seconds)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelName:
+    """A parsed channel name."""
+
+    name: str
+    namespace: str
+    private: bool
+    allowed_users: frozenset[str] | None
+
+
+def parse_channel(name: str) -> ChannelName:
+    """Split a channel name into namespace, privacy and user limit (no checks)."""
+    private = name.startswith(PRIVATE_PREFIX)
+    bare = name[1:] if private else name
+    namespace = ""
+    if NAMESPACE_BOUNDARY in bare:
+        namespace = bare.split(NAMESPACE_BOUNDARY, 1)[0]
+    allowed_users = None
+    if USER_BOUNDARY in name:
+        users = name.rsplit(USER_BOUNDARY, 1)[1]
+        allowed_users = frozenset(u for u in users.split(USER_SEPARATOR) if u)
+    return ChannelName(name, namespace, private, allowed_users)
+
+
+class ChannelRules:
+    """Resolves a channel to its options and answers permission questions.
+
+    Each check raises :class:`ReplyError` with the protocol's code: 102 for an
+    unknown namespace, 108 when a feature is off, 103 when the client may not.
+    """
+
+    def __init__(
+        self,
+        top_level: ChannelOptions,
+        namespaces: dict[str, ChannelOptions],
+        *,
+        max_channel_length: int = 255,
+    ) -> None:
+        self.top_level = top_level
+        self.namespaces = namespaces
+        self.max_channel_length = max_channel_length
+
+    def options(self, channel: str) -> ChannelOptions:
+        """A channel's options: 107 for a name over the length limit, 102 for unknown namespaces."""
+        if len(channel.encode()) > self.max_channel_length:
+            raise ReplyError(ErrorCode.BAD_REQUEST)
+        namespace = parse_channel(channel).namespace
+        if not namespace:
+            return self.top_level
+        options = self.namespaces.get(namespace)
+        if options is None:
+            raise ReplyError(ErrorCode.UNKNOWN_CHANNEL)
+        return options
+
+    def check_subscribe(self, channel: str, user: str, *, has_token: bool) -> ChannelOptions:
+        """Subscribe without a subscription token (a valid token decides alone, elsewhere)."""
+        options = self.options(channel)
+        parsed = parse_channel(channel)
+        if has_token:
+            return options
+        if parsed.private:
+            raise ReplyError(ErrorCode.PERMISSION_DENIED)
+        if parsed.allowed_users is not None and options.allow_user_limited_channels:
+            if user and user in parsed.allowed_users:
+                return options
+            raise ReplyError(ErrorCode.PERMISSION_DENIED)
+        if options.allow_subscribe_for_client and (user or options.allow_subscribe_for_anonymous):
+            return options
+        raise ReplyError(ErrorCode.PERMISSION_DENIED)
+
+    def check_publish(self, channel: str, user: str, *, subscribed: bool) -> ChannelOptions:
+        options = self.options(channel)
+        allowed = (
+            options.allow_publish_for_client and (user or options.allow_publish_for_anonymous)
+        ) or (
+            options.allow_publish_for_subscriber
+            and subscribed
+            and (user or options.allow_publish_for_anonymous)
+        )
+        if not allowed:
+            raise ReplyError(ErrorCode.PERMISSION_DENIED)
+        return options
+
+    def check_history(self, channel: str, user: str, *, subscribed: bool) -> ChannelOptions:
+        options = self.options(channel)
+        if not options.history_enabled:
+            raise ReplyError(ErrorCode.NOT_AVAILABLE)
+        if not self.may_read_history(options, user, subscribed=subscribed):
+            raise ReplyError(ErrorCode.PERMISSION_DENIED)
+        return options
+
+    def check_presence(self, channel: str, user: str, *, subscribed: bool) -> ChannelOptions:
+        options = self.options(channel)
+        if not options.presence:
+            raise ReplyError(ErrorCode.NOT_AVAILABLE)
+        if not self.may_read_presence(options, user, subscribed=subscribed):
+            raise ReplyError(ErrorCode.PERMISSION_DENIED)
+        return options
+
+    @staticmethod
+    def may_read_history(options: ChannelOptions, user: str, *, subscribed: bool) -> bool:
+        return bool(
+            (options.allow_history_for_client and (user or options.allow_history_for_anonymous))
+            or (
+                options.allow_history_for_subscriber
+                and subscribed
+                and (user or options.allow_history_for_anonymous)
+            )
+        )
+
+    @staticmethod
+    def may_read_presence(options: ChannelOptions, user: str, *, subscribed: bool) -> bool:
+        return bool(
+            (options.allow_presence_for_client and (user or options.allow_presence_for_anonymous))
+            or (
+                options.allow_presence_for_subscriber
+                and subscribed
+                and (user or options.allow_presence_for_anonymous)
+            )
+        )

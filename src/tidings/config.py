@@ -1,0 +1,433 @@
+"""Typed settings: defaults, then a TOML file, then ``TIDINGS_*`` variables, then CLI flags.
+
+Every top-level option is declared once in :data:`OPTIONS` with its type,
+default and help text; the CLI (``tidings serve --help``), the environment
+variables and ``docs/configuration.md`` all derive from that table. Channel
+options live in the ``[channels]`` table (see :class:`ChannelOptions`).
+
+A wrong value raises :class:`ConfigError` naming the key and what was expected;
+the CLI turns it into exit code 2.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from tidings.channels import DURATION_OPTIONS, NAMESPACE_NAME, ChannelOptions
+from tidings.errors import ConfigError
+
+ENV_PREFIX = "TIDINGS_"
+DEMO_NAMESPACE = "demo"
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+def parse_duration(value: object, key: str) -> float:
+    """Seconds from ``"300s"``, ``"250ms"``, ``"5m"``, ``"1h"``, ``"2d"`` or a number."""
+    if isinstance(value, bool):
+        raise ConfigError(f'{key}: expected a duration like "30s", got {value!r}')
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ConfigError(f"{key}: expected a duration >= 0, got {value!r}")
+        return float(value)
+    if isinstance(value, str):
+        match = _DURATION.match(value)
+        if match:
+            return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    raise ConfigError(f'{key}: expected a duration like "30s", "250ms" or "5m", got {value!r}')
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    """One top-level setting: its type drives parsing from TOML, env and CLI."""
+
+    name: str
+    kind: str  # "str", "int", "bool", "duration", "list"
+    default: Any
+    help: str
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.name.upper()
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("host", "str", "127.0.0.1", "Address to listen on."),
+    Option("port", "int", 8000, "TCP port to listen on (0 picks a free one)."),
+    Option("broker", "str", "memory", 'Engine: "memory" (one process) or a redis:// URL.'),
+    Option(
+        "workers", "int", 1, "Worker processes sharing the port (needs a shared broker when > 1)."
+    ),
+    Option("log_level", "str", "info", "Logging level: debug, info, warning or error."),
+    Option(
+        "token_hmac_secret",
+        "str",
+        "",
+        "Shared secret for HS256/HS384/HS512 connection and subscription tokens.",
+    ),
+    Option(
+        "token_algorithms",
+        "list",
+        ["HS256", "HS384", "HS512"],
+        "Token algorithms accepted (never taken from the token header).",
+    ),
+    Option("token_audience", "str", "", "Required `aud` claim of tokens, when set."),
+    Option("token_issuer", "str", "", "Required `iss` claim of tokens, when set."),
+    Option(
+        "api_key", "str", "", "Key for the server HTTP API (X-API-Key or Authorization: apikey)."
+    ),
+    Option(
+        "api_insecure",
+        "bool",
+        False,
+        "Serve the HTTP API without a key (only behind a trusted network).",
+    ),
+    Option(
+        "allowed_origins",
+        "list",
+        [],
+        'Origins allowed to connect from browsers, comma-separated; "*" allows all. '
+        "Empty: only same-host pages and clients that send no Origin.",
+    ),
+    Option(
+        "allow_anonymous_connect_without_token",
+        "bool",
+        False,
+        "Accept connections that bring no token, as anonymous users.",
+    ),
+    Option(
+        "demo",
+        "str",
+        "auto",
+        'The chat demo at /: "auto" (on while no token secret is configured), "on" or "off". '
+        'While on, anonymous clients may connect and use the "demo" namespace only.',
+    ),
+    Option("ping_interval", "duration", 25.0, "Server ping period; 0 disables pings."),
+    Option("pong_timeout", "duration", 8.0, "Time for a client's pong before disconnect 3012."),
+    Option(
+        "stale_close_delay",
+        "duration",
+        10.0,
+        "Time a new connection has to send connect (else 3502).",
+    ),
+    Option(
+        "expired_close_delay", "duration", 25.0, "Grace after a connection's expiry before 3005."
+    ),
+    Option("max_message_size", "int", 65536, "Largest incoming message or request body, in bytes."),
+    Option("channel_max_length", "int", 255, "Longest channel name, in bytes."),
+    Option(
+        "client_channel_limit", "int", 128, "Most channels one connection may subscribe to (106)."
+    ),
+    Option(
+        "history_max_publication_limit", "int", 300, "Cap on publications a history call returns."
+    ),
+    Option(
+        "recovery_max_publication_limit",
+        "int",
+        300,
+        "Most publications a recovery returns; beyond it the client is told recovered: false.",
+    ),
+    Option(
+        "history_meta_ttl",
+        "duration",
+        "30d",
+        "How long a channel's offset and epoch outlive its last publication.",
+    ),
+    Option(
+        "presence_ttl", "duration", 60.0, "Presence entries expire unless refreshed within this."
+    ),
+    Option(
+        "presence_refresh_interval", "duration", 25.0, "How often a node refreshes its presence."
+    ),
+    Option("shutdown_timeout", "duration", 10.0, "Longest graceful shutdown before exit."),
+    Option(
+        "write_buffer_limit",
+        "int",
+        1 << 20,
+        "Bytes a connection may have queued unsent; beyond it (or after slow_timeout) "
+        "it is closed with 3008.",
+    ),
+    Option(
+        "slow_timeout",
+        "duration",
+        10.0,
+        "How long a connection may stay over half its write buffer limit.",
+    ),
+    Option(
+        "coalesce_delay",
+        "duration",
+        0.0,
+        "Extra time to gather publications into one write per connection (0: same loop turn).",
+    ),
+    Option("node_name", "str", "", "Name of this node in the API's info (default: host name)."),
+)
+
+OPTION_BY_NAME = {option.name: option for option in OPTIONS}
+
+
+class ChannelsConfig(ChannelOptions, forbid_unknown_fields=True, kw_only=True):
+    """The ``[channels]`` table: options for channels without a namespace, plus namespaces."""
+
+    namespaces: dict[str, ChannelOptions] = {}
+
+
+def demo_namespace_options() -> ChannelOptions:
+    """The demo's chat namespace: open to anonymous clients, with history and presence."""
+    return ChannelOptions(
+        presence=True,
+        join_leave=True,
+        force_push_join_leave=True,
+        history_size=100,
+        history_ttl=3600.0,
+        force_recovery=True,
+        allow_subscribe_for_client=True,
+        allow_subscribe_for_anonymous=True,
+        allow_publish_for_subscriber=True,
+        allow_publish_for_anonymous=True,
+        allow_history_for_subscriber=True,
+        allow_history_for_anonymous=True,
+        allow_presence_for_subscriber=True,
+        allow_presence_for_anonymous=True,
+    )
+
+
+@dataclass(slots=True)
+class Config:
+    """All settings of one node. Build it with :func:`load_config` or directly in tests."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    broker: str = "memory"
+    workers: int = 1
+    log_level: str = "info"
+    token_hmac_secret: str = ""
+    token_algorithms: list[str] = field(default_factory=lambda: ["HS256", "HS384", "HS512"])
+    token_audience: str = ""
+    token_issuer: str = ""
+    api_key: str = ""
+    api_insecure: bool = False
+    allowed_origins: list[str] = field(default_factory=list)
+    allow_anonymous_connect_without_token: bool = False
+    demo: str = "auto"
+    ping_interval: float = 25.0
+    pong_timeout: float = 8.0
+    stale_close_delay: float = 10.0
+    expired_close_delay: float = 25.0
+    max_message_size: int = 65536
+    channel_max_length: int = 255
+    client_channel_limit: int = 128
+    history_max_publication_limit: int = 300
+    recovery_max_publication_limit: int = 300
+    history_meta_ttl: float = 30 * 86400.0
+    presence_ttl: float = 60.0
+    presence_refresh_interval: float = 25.0
+    shutdown_timeout: float = 10.0
+    write_buffer_limit: int = 1 << 20
+    slow_timeout: float = 10.0
+    coalesce_delay: float = 0.0
+    node_name: str = ""
+    channels: ChannelsConfig = field(default_factory=ChannelsConfig)
+
+    @property
+    def demo_enabled(self) -> bool:
+        """The demo opens anonymous access, so "auto" turns it on only without a secret."""
+        if self.demo == "on":
+            return True
+        if self.demo == "off":
+            return False
+        return not self.token_hmac_secret
+
+    @property
+    def allow_anonymous(self) -> bool:
+        return self.allow_anonymous_connect_without_token or self.demo_enabled
+
+    def namespaces(self) -> dict[str, ChannelOptions]:
+        """Configured namespaces, plus the demo namespace while the demo is on."""
+        namespaces = dict(self.channels.namespaces)
+        if self.demo_enabled and DEMO_NAMESPACE not in namespaces:
+            namespaces[DEMO_NAMESPACE] = demo_namespace_options()
+        return namespaces
+
+    def validate(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"port: expected 0-65535, got {self.port}")
+        if self.workers < 1:
+            raise ConfigError(f"workers: expected 1 or more, got {self.workers}")
+        if self.demo not in ("auto", "on", "off"):
+            raise ConfigError(f'demo: expected "auto", "on" or "off", got {self.demo!r}')
+        if self.log_level.lower() not in ("debug", "info", "warning", "error"):
+            raise ConfigError(
+                f"log_level: expected debug, info, warning or error, got {self.log_level!r}"
+            )
+        for name in ("max_message_size", "channel_max_length", "client_channel_limit"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}: expected a number >= 1, got {getattr(self, name)}")
+        known = {"HS256", "HS384", "HS512"}
+        for algorithm in self.token_algorithms:
+            if algorithm not in known:
+                raise ConfigError(
+                    f"token_algorithms: expected some of {sorted(known)}, got {algorithm!r}"
+                )
+        if not (self.broker == "memory" or self.broker.startswith(("redis", "rediss"))):
+            raise ConfigError(f'broker: expected "memory" or a redis:// URL, got {self.broker!r}')
+        if self.workers > 1 and self.broker == "memory":
+            raise ConfigError(
+                "workers: more than one worker needs a shared broker (--broker redis://...); "
+                "the memory broker lives inside one process"
+            )
+        for name in self.channels.namespaces:
+            if not NAMESPACE_NAME.match(name):
+                raise ConfigError(
+                    f"channels.namespaces.{name}: expected a name of letters, digits, "
+                    "'-', '_' or '.', at least 2 characters"
+                )
+        _validate_channel_options("channels", self.channels)
+        for name, options in self.channels.namespaces.items():
+            _validate_channel_options(f"channels.namespaces.{name}", options)
+
+
+def _validate_channel_options(key: str, options: ChannelOptions) -> None:
+    if options.history_size < 0:
+        raise ConfigError(f"{key}.history_size: expected a number >= 0, got {options.history_size}")
+    if (options.history_size > 0) != (options.history_ttl > 0):
+        raise ConfigError(
+            f"{key}: history needs both history_size and history_ttl above 0 "
+            f"(got history_size={options.history_size}, history_ttl={options.history_ttl})"
+        )
+    if options.force_recovery and not options.history_enabled:
+        raise ConfigError(f"{key}.force_recovery: needs history_size and history_ttl")
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def _convert(option: Option, value: object, key: str, *, from_text: bool) -> Any:
+    kind = option.kind
+    if kind == "duration":
+        return parse_duration(value, key)
+    if from_text and isinstance(value, str):
+        if kind == "bool":
+            lowered = value.strip().lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off", ""):
+                return False
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        if kind == "int":
+            try:
+                return int(value)
+            except ValueError:
+                raise ConfigError(f"{key}: expected an integer, got {value!r}") from None
+        if kind == "list":
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+    expected = {"str": str, "int": int, "bool": bool, "list": list}[kind]
+    if kind == "int" and isinstance(value, bool):
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if not isinstance(value, expected):
+        raise ConfigError(f"{key}: expected {_KIND_TEXT[kind]}, got {value!r}")
+    if kind == "list" and not all(isinstance(item, str) for item in value):
+        raise ConfigError(f"{key}: expected a list of strings, got {value!r}")
+    return value
+
+
+_KIND_TEXT = {
+    "str": "a string",
+    "int": "an integer",
+    "bool": "true or false",
+    "list": "a list of strings",
+}
+
+
+def _channel_options_from_toml(table: object, key: str, cls: type[ChannelOptions]) -> Any:
+    if not isinstance(table, dict):
+        raise ConfigError(f"{key}: expected a table, got {table!r}")
+    prepared = dict(table)
+    for name in DURATION_OPTIONS:
+        if name in prepared:
+            prepared[name] = parse_duration(prepared[name], f"{key}.{name}")
+    if "namespaces" in prepared and cls is ChannelsConfig:
+        namespaces = prepared["namespaces"]
+        if not isinstance(namespaces, dict):
+            raise ConfigError(f"{key}.namespaces: expected a table of namespaces")
+        prepared["namespaces"] = {
+            name: msgspec.structs.asdict(
+                _channel_options_from_toml(ns, f"{key}.namespaces.{name}", ChannelOptions)
+            )
+            for name, ns in namespaces.items()
+        }
+    try:
+        return msgspec.convert(prepared, cls)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(_describe_validation_error(key, exc)) from None
+
+
+def _describe_validation_error(key: str, exc: msgspec.ValidationError) -> str:
+    """Turn ``Expected `int`, got `str` - at `$.x` `` into ``key.x: expected int, got str``."""
+    text = str(exc)
+    where = ""
+    if " - at `$" in text:
+        text, where = text.split(" - at `$", 1)
+        where = where.rstrip("`").lstrip(".")
+    match = re.match(r"Object contains unknown field `(.+)`", text)
+    if match:
+        return f"{key}{'.' + where if where else ''}.{match.group(1)}: unknown option"
+    text = text.replace("`", "")
+    return f"{key}{'.' + where if where else ''}: {text[0].lower() + text[1:]}"
+
+
+def load_config(
+    path: str | Path | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Config:
+    """Build a :class:`Config` from the four layers, validate it, and return it."""
+    values: dict[str, Any] = {}
+    channels = ChannelsConfig()
+    if path is not None:
+        try:
+            document = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config: file {str(path)!r} not found") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(
+                f"config: cannot read {str(path)!r}: {exc.__class__.__name__}"
+            ) from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config: {str(path)!r} is not valid TOML: {exc}") from None
+        for key, value in document.items():
+            if key == "channels":
+                channels = _channel_options_from_toml(value, "channels", ChannelsConfig)
+                continue
+            option = OPTION_BY_NAME.get(key)
+            if option is None:
+                raise ConfigError(f"{key}: unknown option")
+            values[key] = _convert(option, value, key, from_text=False)
+    environment = os.environ if env is None else env
+    for option in OPTIONS:
+        if option.env in environment:
+            values[option.name] = _convert(
+                option, environment[option.env], option.env, from_text=True
+            )
+    for name, value in (overrides or {}).items():
+        if value is None:
+            continue
+        option = OPTION_BY_NAME[name]
+        values[name] = _convert(option, value, option.flag, from_text=isinstance(value, str))
+    config = Config(**values, channels=channels)
+    config.validate()
+    return config

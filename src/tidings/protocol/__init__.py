@@ -1,0 +1,1 @@
+"""The sans-I/O protocol core: typed messages and their JSON codec. No asyncio here."""

@@ -1,0 +1,197 @@
+"""JSON encoding and decoding of protocol frames, sans I/O.
+
+Decoding turns one transport frame (one or more commands separated by ``\\n``)
+into typed :class:`Command` objects and enforces the structural rules whose
+breach is a protocol violation (disconnect 3501, fact sheet section 1).
+
+Encoding writes replies and pushes. A push for a broadcast is encoded once into
+a :class:`PreparedPush`, whose bytes every recipient shares; transports only
+frame those bytes (WebSocket frame, SSE event, stream line).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import msgspec
+from msgspec import Raw
+
+from tidings.errors import Error, ProtocolViolation
+from tidings.protocol.messages import (
+    CHANNEL_METHODS,
+    METHODS,
+    NO_DATA,
+    ClientInfo,
+    Command,
+    ConnectRequest,
+    ErrorResult,
+    JoinLeave,
+    Publication,
+)
+
+_command_decoder = msgspec.json.Decoder(Command)
+_connect_request_decoder = msgspec.json.Decoder(ConnectRequest)
+_encoder = msgspec.json.Encoder()
+encode = _encoder.encode
+"""Encode any msgspec-compatible value to compact JSON bytes."""
+
+KNOWN_DELTA_TYPES = frozenset({"", "fossil"})
+
+
+def decode_frame(frame: bytes) -> list[Command]:
+    """Split a frame into commands, checking each one's structure.
+
+    Raises :class:`ProtocolViolation` for an empty frame, JSON that does not
+    parse or does not fit the command schema, and the per-command rules in
+    :func:`command_method`.
+    """
+    lines = frame.strip().split(b"\n")
+    if lines == [b""]:
+        raise ProtocolViolation("empty frame")
+    commands = []
+    for line in lines:
+        line = line.strip()
+        if not line:
+            raise ProtocolViolation("empty line in frame")
+        try:
+            command = _command_decoder.decode(line)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise ProtocolViolation(f"malformed command: {exc}") from None
+        command_method(command)
+        commands.append(command)
+    return commands
+
+
+def command_method(command: Command) -> str | None:
+    """Name the method a command carries; ``None`` means the empty command (a pong).
+
+    Raises :class:`ProtocolViolation` when the command carries several methods,
+    an id without a method, ``id`` 0 on anything but ``send``, ``ping``
+    (which current servers treat as unknown), a request without its required
+    channel, ``refresh`` without a token, or an unknown ``delta``.
+    """
+    method = None
+    for name in METHODS:
+        if getattr(command, name) is not None:
+            if method is not None:
+                raise ProtocolViolation(f"more than one method ({method}, {name})")
+            method = name
+    if method is None:
+        if command.id:
+            raise ProtocolViolation("command has an id but no known method")
+        return None
+    if method == "ping":
+        raise ProtocolViolation("unknown method ping")
+    if method == "send":
+        return method
+    if not command.id:
+        raise ProtocolViolation(f"{method} without an id")
+    request = getattr(command, method)
+    if method in CHANNEL_METHODS and not request.channel:
+        raise ProtocolViolation(f"{method} without a channel")
+    if method == "refresh" and not request.token:
+        raise ProtocolViolation("refresh without a token")
+    if method == "subscribe" and request.delta not in KNOWN_DELTA_TYPES:
+        raise ProtocolViolation("unknown delta type")
+    return method
+
+
+def decode_connect_request(body: bytes) -> ConnectRequest:
+    """Decode the bare ConnectRequest that unidirectional transports receive."""
+    body = body.strip() or b"{}"
+    try:
+        return _connect_request_decoder.decode(body)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise ProtocolViolation(f"malformed connect request: {exc}") from None
+
+
+def compact_raw(raw: bytes) -> bytes:
+    """Return JSON bytes that hold no raw line break.
+
+    Frames separate documents with ``\\n`` and the SDKs split on it, so a stored
+    payload that arrived pretty-printed (the server API takes any JSON) is
+    re-encoded before it goes on the wire. Compact payloads pass through as-is.
+    """
+    if b"\n" in raw or b"\r" in raw:
+        return _encoder.encode(msgspec.json.decode(raw))
+    return raw
+
+
+# --------------------------------------------------------------------------- replies
+
+
+def encode_reply(command_id: int, method: str, result: object) -> bytes:
+    """``{"id":N,"<method>":<result>}``: the result key is always present."""
+    return b'{"id":%d,"%s":%s}' % (command_id, method.encode(), _encoder.encode(result))
+
+
+def encode_error_reply(command_id: int, error: Error) -> bytes:
+    result = ErrorResult(error.code, error.message, error.temporary)
+    return b'{"id":%d,"error":%s}' % (command_id, _encoder.encode(result))
+
+
+EMPTY_DOCUMENT = b"{}"
+"""The server ping (and the client pong): a reply with no id and no push."""
+
+
+# --------------------------------------------------------------------------- pushes
+
+
+class PreparedPush:
+    """A push encoded once, in both envelopes, shared by every recipient.
+
+    Bidirectional transports wrap a push as ``{"push":{...}}``; unidirectional
+    ones send the bare push object (fact sheet section 8). ``offset`` and
+    ``epoch`` let the hub check order without decoding anything.
+    """
+
+    __slots__ = ("bare", "envelope", "epoch", "offset")
+
+    def __init__(self, body: bytes, offset: int = 0, epoch: str = "") -> None:
+        self.bare = b"{" + body + b"}"
+        self.envelope = b'{"push":{' + body + b"}}"
+        self.offset = offset
+        self.epoch = epoch
+
+
+def _push_body(channel: str, kind: bytes, payload: bytes) -> bytes:
+    if channel:
+        return b'"channel":%s,"%s":%s' % (_encoder.encode(channel), kind, payload)
+    return b'"%s":%s' % (kind, payload)
+
+
+def prepare_push(channel: str, kind: str, body: object) -> PreparedPush:
+    """Encode any push (``join``, ``unsubscribe``, ``message``...) once."""
+    return PreparedPush(_push_body(channel, kind.encode(), _encoder.encode(body)))
+
+
+def prepare_publication(channel: str, publication: Publication, epoch: str = "") -> PreparedPush:
+    """Encode a publication push once: the hot path's only encoding step."""
+    body = _push_body(channel, b"pub", _encoder.encode(publication))
+    return PreparedPush(body, publication.offset, epoch)
+
+
+def prepare_join(channel: str, info: ClientInfo) -> PreparedPush:
+    return prepare_push(channel, "join", JoinLeave(info))
+
+
+def prepare_leave(channel: str, info: ClientInfo) -> PreparedPush:
+    return prepare_push(channel, "leave", JoinLeave(info))
+
+
+def join_documents(documents: Sequence[bytes]) -> bytes:
+    """Several JSON documents in one frame, separated by a single ``\\n``."""
+    if len(documents) == 1:
+        return documents[0]
+    return b"\n".join(documents)
+
+
+def raw(value: bytes | str | None) -> Raw:
+    """Wrap JSON text as a raw value; empty means absent.
+
+    Absent must be the very :data:`NO_DATA` object: ``omit_defaults`` leaves a
+    field out only when it *is* its default.
+    """
+    if not value:
+        return NO_DATA
+    return Raw(value)

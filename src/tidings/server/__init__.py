@@ -1,0 +1,1 @@
+"""The network edge: HTTP parsing, routes, the server API and the standalone server."""

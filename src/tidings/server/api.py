@@ -1,0 +1,464 @@
+"""The server HTTP API (``POST /api/<method>``), shaped so PyPI ``cent`` works unchanged.
+
+Fact sheet section 9: key in ``X-API-Key``, ``Authorization: apikey <key>`` or
+``?api_key=``; 401 with an empty body otherwise. Answers are HTTP 200 with
+``{"result":...}`` or ``{"error":{...}}``, unless the request asks for the
+transport error mode. Channel permissions do not apply: this is the backend
+speaking. Malformed input gets a JSON error, never a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import fnmatch
+import hmac
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+from msgspec import Raw, Struct
+
+from tidings.errors import ApiErrorCode, BrokerUnavailable, Error, ReplyError
+from tidings.node import ControlMessage, Node
+from tidings.protocol.codec import compact_raw
+from tidings.protocol.messages import NO_DATA, StreamPosition
+from tidings.server.http import Request, Response, json_response, text_response
+
+log = logging.getLogger("tidings.api")
+
+_encode = msgspec.json.encode
+
+# --------------------------------------------------------------------------- requests
+
+
+class _Since(Struct):
+    offset: int = 0
+    epoch: str = ""
+
+
+class PublishRequest(Struct):
+    channel: str = ""
+    data: Raw = NO_DATA
+    b64data: str = ""
+    skip_history: bool = False
+    tags: dict[str, str] | None = None
+    idempotency_key: str = ""
+
+
+class BroadcastRequest(Struct):
+    channels: list[str] = []
+    data: Raw = NO_DATA
+    b64data: str = ""
+    skip_history: bool = False
+    tags: dict[str, str] | None = None
+    idempotency_key: str = ""
+
+
+class SubscribeRequest(Struct):
+    user: str = ""
+    channel: str = ""
+    client: str = ""
+    session: str = ""
+    info: Raw = NO_DATA
+    data: Raw = NO_DATA
+    recover_since: _Since | None = None
+
+
+class UnsubscribeRequest(Struct):
+    user: str = ""
+    channel: str = ""
+    client: str = ""
+    session: str = ""
+
+
+class _DisconnectObject(Struct):
+    code: int = 3503
+    reason: str = "force disconnect"
+
+
+class DisconnectRequest(Struct):
+    user: str = ""
+    client: str = ""
+    session: str = ""
+    whitelist: list[str] = []
+    disconnect: _DisconnectObject | None = None
+
+
+class RefreshRequest(Struct):
+    user: str = ""
+    client: str = ""
+    session: str = ""
+    expired: bool = False
+    expire_at: int = 0
+    info: Raw = NO_DATA
+
+
+class ChannelRequest(Struct):
+    channel: str = ""
+
+
+class HistoryRequest(Struct):
+    channel: str = ""
+    limit: int = 0
+    since: _Since | None = None
+    reverse: bool = False
+
+
+class ChannelsRequest(Struct):
+    pattern: str = ""
+
+
+class EmptyRequest(Struct):
+    pass
+
+
+class ApiError(Exception):
+    def __init__(self, error: Error) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+def _bad_request() -> ApiError:
+    return ApiError(ApiErrorCode.BAD_REQUEST)
+
+
+# --------------------------------------------------------------------------- methods
+
+
+def _payload(data: Raw, b64data: str) -> Raw:
+    if len(data):
+        return Raw(compact_raw(bytes(data)))
+    if b64data:
+        try:
+            decoded = base64.b64decode(b64data, validate=True)
+            msgspec.json.decode(decoded)
+        except (binascii.Error, ValueError, msgspec.DecodeError):
+            raise _bad_request() from None
+        return Raw(compact_raw(decoded))
+    raise _bad_request()
+
+
+class ServerApi:
+    """Executes API methods against a node."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self._methods: dict[str, tuple[type[Struct], Callable[[Any], Awaitable[Any]]]] = {
+            "publish": (PublishRequest, self.publish),
+            "broadcast": (BroadcastRequest, self.broadcast),
+            "subscribe": (SubscribeRequest, self.subscribe),
+            "unsubscribe": (UnsubscribeRequest, self.unsubscribe),
+            "disconnect": (DisconnectRequest, self.disconnect),
+            "refresh": (RefreshRequest, self.refresh),
+            "presence": (ChannelRequest, self.presence),
+            "presence_stats": (ChannelRequest, self.presence_stats),
+            "history": (HistoryRequest, self.history),
+            "history_remove": (ChannelRequest, self.history_remove),
+            "channels": (ChannelsRequest, self.channels),
+            "info": (EmptyRequest, self.info),
+        }
+
+    @property
+    def method_names(self) -> list[str]:
+        return [*self._methods, "batch"]
+
+    async def call(self, method: str, params: object) -> Any:
+        """Run one method on decoded JSON params; raises :class:`ApiError`."""
+        if method == "batch":
+            return await self.batch(params)
+        entry = self._methods.get(method)
+        if entry is None:
+            raise ApiError(ApiErrorCode.NOT_FOUND)
+        request_type, handler = entry
+        try:
+            request = msgspec.convert(params if params is not None else {}, request_type)
+        except msgspec.ValidationError:
+            raise _bad_request() from None
+        try:
+            return await handler(request)
+        except ReplyError as exc:
+            raise ApiError(_api_error(exc.error)) from None
+        except BrokerUnavailable:
+            raise ApiError(Error(100, "internal server error", temporary=True)) from None
+
+    async def publish(self, request: PublishRequest) -> dict[str, Any]:
+        if not request.channel:
+            raise _bad_request()
+        result = await self.node.publish(
+            request.channel,
+            _payload(request.data, request.b64data),
+            skip_history=request.skip_history,
+            tags=request.tags,
+            idempotency_key=request.idempotency_key,
+        )
+        if not result.offset and not result.epoch:
+            return {}
+        return {"offset": result.offset, "epoch": result.epoch}
+
+    async def broadcast(self, request: BroadcastRequest) -> dict[str, Any]:
+        if not request.channels:
+            raise _bad_request()
+        data = _payload(request.data, request.b64data)
+        responses: list[dict[str, Any]] = []
+        for channel in request.channels:
+            try:
+                result = await self.publish(
+                    PublishRequest(
+                        channel=channel,
+                        data=data,
+                        skip_history=request.skip_history,
+                        tags=request.tags,
+                        idempotency_key=request.idempotency_key,
+                    )
+                )
+                responses.append({"result": result})
+            except ReplyError as exc:
+                responses.append({"error": _error_dict(_api_error(exc.error))})
+            except ApiError as exc:
+                responses.append({"error": _error_dict(exc.error)})
+        return {"responses": responses}
+
+    async def subscribe(self, request: SubscribeRequest) -> dict[str, Any]:
+        if not request.user or not request.channel:
+            raise _bad_request()
+        self.node.rules.options(request.channel)
+        since = request.recover_since
+        await self.node.send_control(
+            ControlMessage(
+                op="subscribe",
+                user=request.user,
+                client=request.client,
+                session=request.session,
+                channel=request.channel,
+                info=request.info,
+                data=request.data,
+                since_offset=since.offset if since is not None else -1,
+                since_epoch=since.epoch if since is not None else "",
+            )
+        )
+        return {}
+
+    async def unsubscribe(self, request: UnsubscribeRequest) -> dict[str, Any]:
+        if not request.user or not request.channel:
+            raise _bad_request()
+        await self.node.send_control(
+            ControlMessage(
+                op="unsubscribe",
+                user=request.user,
+                client=request.client,
+                session=request.session,
+                channel=request.channel,
+            )
+        )
+        return {}
+
+    async def disconnect(self, request: DisconnectRequest) -> dict[str, Any]:
+        if not request.user:
+            raise _bad_request()
+        disconnect = request.disconnect or _DisconnectObject()
+        if not 3000 <= disconnect.code <= 4999 or len(disconnect.reason.encode()) > 123:
+            raise _bad_request()
+        await self.node.send_control(
+            ControlMessage(
+                op="disconnect",
+                user=request.user,
+                client=request.client,
+                session=request.session,
+                whitelist=request.whitelist,
+                code=disconnect.code,
+                reason=disconnect.reason,
+            )
+        )
+        return {}
+
+    async def refresh(self, request: RefreshRequest) -> dict[str, Any]:
+        if not request.user:
+            raise _bad_request()
+        await self.node.send_control(
+            ControlMessage(
+                op="refresh",
+                user=request.user,
+                client=request.client,
+                session=request.session,
+                expired=request.expired,
+                expire_at=request.expire_at,
+                info=request.info,
+            )
+        )
+        return {}
+
+    async def presence(self, request: ChannelRequest) -> dict[str, Any]:
+        options = self._channel_options(request.channel)
+        if not options.presence:
+            raise ApiError(ApiErrorCode.NOT_AVAILABLE)
+        entries = await self.node.presence.presence(request.channel)
+        return {"presence": entries}
+
+    async def presence_stats(self, request: ChannelRequest) -> dict[str, Any]:
+        options = self._channel_options(request.channel)
+        if not options.presence:
+            raise ApiError(ApiErrorCode.NOT_AVAILABLE)
+        clients, users = await self.node.presence.presence_stats(request.channel)
+        return {"num_clients": clients, "num_users": users}
+
+    async def history(self, request: HistoryRequest) -> dict[str, Any]:
+        options = self._channel_options(request.channel)
+        since = (
+            StreamPosition(request.since.offset, request.since.epoch)
+            if request.since is not None
+            else None
+        )
+        publications, top = await self.node.read_history(
+            request.channel, options, limit=request.limit, since=since, reverse=request.reverse
+        )
+        return {"publications": publications, "epoch": top.epoch, "offset": top.offset}
+
+    async def history_remove(self, request: ChannelRequest) -> dict[str, Any]:
+        options = self._channel_options(request.channel)
+        if not options.history_enabled:
+            raise ApiError(ApiErrorCode.NOT_AVAILABLE)
+        await self.node.history.remove_history(request.channel)
+        return {}
+
+    async def channels(self, request: ChannelsRequest) -> dict[str, Any]:
+        pattern = request.pattern
+        found = {
+            name: {"num_clients": count}
+            for name, count in self.node.hub.channels()
+            if not pattern or fnmatch.fnmatchcase(name, pattern)
+        }
+        return {"channels": found}
+
+    async def info(self, request: EmptyRequest) -> dict[str, Any]:
+        return {"nodes": self.node.known_nodes()}
+
+    async def batch(self, params: object) -> list[dict[str, Any]]:
+        if not isinstance(params, dict) or not isinstance(params.get("commands"), list):
+            raise _bad_request()
+        commands: list[Any] = params["commands"]
+
+        async def one(command: Any) -> dict[str, Any]:
+            if not isinstance(command, dict) or len(command) != 1:
+                return {"error": _error_dict(ApiErrorCode.BAD_REQUEST)}
+            ((method, method_params),) = command.items()
+            if method == "batch":
+                return {"error": _error_dict(ApiErrorCode.BAD_REQUEST)}
+            try:
+                return {method: await self.call(method, method_params)}
+            except ApiError as exc:
+                return {"error": _error_dict(exc.error)}
+
+        if params.get("parallel"):
+            return list(await asyncio.gather(*(one(command) for command in commands)))
+        return [await one(command) for command in commands]
+
+    def _channel_options(self, channel: str) -> Any:
+        if not channel:
+            raise _bad_request()
+        try:
+            return self.node.rules.options(channel)
+        except ReplyError as exc:
+            raise ApiError(_api_error(exc.error)) from None
+
+
+def _api_error(error: Error) -> Error:
+    """Map a client-protocol error to the API's catalog (same codes, API texts)."""
+    for candidate in (
+        ApiErrorCode.UNKNOWN_CHANNEL,
+        ApiErrorCode.BAD_REQUEST,
+        ApiErrorCode.NOT_AVAILABLE,
+        ApiErrorCode.UNRECOVERABLE_POSITION,
+    ):
+        if candidate.code == error.code:
+            return candidate
+    return error
+
+
+def _error_dict(error: Error) -> dict[str, Any]:
+    result: dict[str, Any] = {"code": error.code, "message": error.message}
+    if error.temporary:
+        result["temporary"] = True
+    return result
+
+
+_TRANSPORT_ERROR_STATUS = {100: 500, 102: 404, 104: 404, 107: 400, 108: 400, 112: 416, 113: 409}
+
+
+class ApiEndpoint:
+    """HTTP glue: authentication, body decoding, result shapes, error modes."""
+
+    def __init__(self, node: Node, api_key: str, *, insecure: bool = False) -> None:
+        self.api = ServerApi(node)
+        self._key = api_key.encode()
+        self._insecure = insecure
+
+    def authorized(self, request: Request) -> bool:
+        if self._insecure:
+            return True
+        if not self._key:
+            return False
+        supplied = request.header("x-api-key")
+        if supplied is None:
+            authorization = request.header("authorization")
+            if authorization is not None:
+                scheme, _, value = authorization.partition(" ")
+                if scheme.lower() == "apikey":
+                    supplied = value.strip()
+        if supplied is None:
+            supplied = request.query_value("api_key")
+        return supplied is not None and hmac.compare_digest(supplied.encode(), self._key)
+
+    async def handle(self, request: Request) -> Response:
+        if request.method == "OPTIONS":
+            return Response(204, b"", "text/plain", [("allow", "POST, OPTIONS")])
+        if request.method != "POST":
+            return Response(405, b"", "text/plain", [("allow", "POST")])
+        if not self.authorized(request):
+            log.info("API call from %s refused: bad or missing key", request.client)
+            return Response(401, b"", "text/plain")
+        method = request.path[len("/api") :].strip("/")
+        if not method:
+            return await self._legacy(request)
+        try:
+            params = msgspec.json.decode(request.body) if request.body.strip() else {}
+        except msgspec.DecodeError:
+            return text_response("malformed JSON body", 400)
+        transport_mode = (request.header("x-centrifugo-error-mode") or "").lower() == "transport"
+        try:
+            result = await self.api.call(method, params)
+        except ApiError as exc:
+            if transport_mode:
+                status = _TRANSPORT_ERROR_STATUS.get(exc.error.code, 400)
+                return json_response(_encode(_error_dict(exc.error)), status)
+            return json_response(_encode({"error": _error_dict(exc.error)}))
+        except Exception:
+            log.exception("API method %s failed", method)
+            return json_response(_encode({"error": _error_dict(ApiErrorCode.INTERNAL)}))
+        if method == "batch":
+            return json_response(_encode({"replies": result}))
+        return json_response(_encode({"result": result}))
+
+    async def _legacy(self, request: Request) -> Response:
+        """``POST /api`` with ``{"method":..,"params":..}`` lines, answered line by line."""
+        lines = [line for line in request.body.split(b"\n") if line.strip()]
+        if not lines:
+            return text_response("empty body", 400)
+        answers = []
+        for line in lines:
+            try:
+                command = msgspec.json.decode(line)
+            except msgspec.DecodeError:
+                return text_response("malformed JSON body", 400)
+            if not isinstance(command, dict) or not isinstance(command.get("method"), str):
+                answers.append(_encode({"error": _error_dict(ApiErrorCode.BAD_REQUEST)}))
+                continue
+            try:
+                result = await self.api.call(command["method"], command.get("params") or {})
+            except ApiError as exc:
+                answers.append(_encode({"error": _error_dict(exc.error)}))
+                continue
+            answers.append(_encode({"result": result}))
+        return json_response(b"\n".join(answers))

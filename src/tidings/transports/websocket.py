@@ -1,0 +1,246 @@
+"""Bidirectional WebSocket: ``/connection/websocket``.
+
+After the HTTP edge accepts the upgrade, the connection's asyncio protocol is
+swapped for a :class:`WebSocketConnection`. It feeds bytes to ``websockets``'
+sans-I/O :class:`ServerProtocol` (frame parsing, masking, size limit, control
+frames, the close handshake) and hands complete text messages to the session.
+
+Writes bypass that object: server frames are unmasked, so a broadcast frame
+built once is valid for every recipient and goes straight to the socket
+transport (``write`` is the transport's own bound method: no Python frame in
+between). Disconnects travel only in the close frame (fact sheet section 5).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import logging
+import struct
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+from websockets.frames import Opcode
+from websockets.protocol import State
+from websockets.server import ServerProtocol
+
+from tidings.errors import Disconnect, DisconnectCode
+from tidings.protocol.codec import join_documents
+from tidings.transports.base import WireFormat
+
+if TYPE_CHECKING:
+    from tidings.session import Session
+
+log = logging.getLogger("tidings.websocket")
+
+CLOSE_TIMEOUT = 5.0
+"""Seconds to wait for the client's close frame before dropping TCP (as Centrifugo)."""
+
+_pack_short = struct.Struct("!BBH").pack
+_pack_long = struct.Struct("!BBQ").pack
+
+
+def text_frame(payload: bytes) -> bytes:
+    """An unmasked, final text frame (RFC 6455 section 5.2)."""
+    length = len(payload)
+    if length < 126:
+        return bytes((0x81, length)) + payload
+    if length < 65536:
+        return _pack_short(0x81, 126, length) + payload
+    return _pack_long(0x81, 127, length) + payload
+
+
+class WebSocketWire(WireFormat):
+    """All documents in one text frame, separated by ``\\n`` (what the SDKs split on)."""
+
+    __slots__ = ()
+
+    def frame(self, documents: Sequence[bytes]) -> bytes:
+        return text_frame(join_documents(documents))
+
+
+class WebSocketMessagesWire(WireFormat):
+    """Each document in its own text frame (unidirectional WebSocket)."""
+
+    __slots__ = ()
+
+    def frame(self, documents: Sequence[bytes]) -> bytes:
+        return b"".join(text_frame(document) for document in documents)
+
+
+JSON_WIRE = WebSocketWire("websocket", envelope=True)
+
+
+class WebSocketConnection(asyncio.Protocol):
+    """One upgraded connection: reads frames for a session, writes what it is given."""
+
+    __slots__ = (
+        "_close_handle",
+        "_fragments",
+        "_utf8",
+        "closed",
+        "emulation",
+        "name",
+        "on_lost",
+        "on_text",
+        "session",
+        "transport",
+        "unidirectional",
+        "wire",
+        "write",
+        "ws",
+    )
+
+    def __init__(
+        self,
+        ws: ServerProtocol,
+        transport: asyncio.Transport,
+        *,
+        wire: WireFormat = JSON_WIRE,
+        name: str = "websocket",
+        unidirectional: bool = False,
+    ) -> None:
+        self.ws = ws
+        self.transport = transport
+        self.write: Callable[[bytes], None] = transport.write
+        self.wire = wire
+        self.name = name
+        self.unidirectional = unidirectional
+        self.emulation = False
+        self.closed = False
+        self.session: Session | None = None
+        self.on_text: Callable[[bytes], None] | None = None
+        self.on_lost: Callable[[WebSocketConnection], None] | None = None
+        self._fragments: list[bytes] | None = None
+        self._utf8: codecs.IncrementalDecoder | None = None
+        self._close_handle: asyncio.TimerHandle | None = None
+
+    # ------------------------------------------------------------------ Transport
+
+    def send(self, documents: Sequence[bytes]) -> None:
+        if not self.closed:
+            self.write(self.wire.frame(documents))
+
+    def write_buffer_size(self) -> int:
+        return self.transport.get_write_buffer_size()
+
+    def close(self, disconnect: Disconnect) -> None:
+        """Send the close frame with the disconnect code and reason, then wait for the echo."""
+        if self.closed:
+            return
+        self.closed = True
+        ws = self.ws
+        if ws.state is State.OPEN:
+            ws.send_close(disconnect.code, disconnect.reason[:123])
+            self._flush_protocol_output()
+        if not self.transport.is_closing():
+            self._close_handle = asyncio.get_running_loop().call_later(
+                CLOSE_TIMEOUT, self.transport.abort
+            )
+
+    # ------------------------------------------------------------------ asyncio.Protocol
+
+    def data_received(self, data: bytes) -> None:
+        ws = self.ws
+        ws.receive_data(data)
+        events = ws.events_received()
+        if events:
+            for frame in events:
+                opcode = frame.opcode
+                if opcode is Opcode.TEXT:
+                    if frame.fin:
+                        self._text(frame.data)
+                    else:
+                        self._fragments = [frame.data]
+                        self._utf8 = codecs.getincrementaldecoder("utf-8")()
+                        if not self._check_utf8(frame.data, final=False):
+                            break
+                elif opcode is Opcode.CONT:
+                    if self._fragments is None:  # continuation of a binary message
+                        continue
+                    self._fragments.append(frame.data)
+                    if not self._check_utf8(frame.data, final=frame.fin):
+                        break
+                    if frame.fin:
+                        message = b"".join(self._fragments)
+                        self._fragments = self._utf8 = None
+                        self._deliver(message)
+                elif opcode is Opcode.BINARY:
+                    self._binary()
+        self._flush_protocol_output()
+        if ws.state is State.CLOSED or ws.close_rcvd is not None or ws.parser_exc is not None:
+            self._peer_closed()
+
+    def _text(self, payload: bytes) -> None:
+        try:
+            payload.decode("utf-8")
+        except UnicodeDecodeError:
+            self._fail(1007, "invalid utf-8")
+            return
+        self._deliver(payload)
+
+    def _check_utf8(self, chunk: bytes, *, final: bool) -> bool:
+        assert self._utf8 is not None
+        try:
+            self._utf8.decode(chunk, final)
+        except UnicodeDecodeError:
+            self._fragments = self._utf8 = None
+            self._fail(1007, "invalid utf-8")
+            return False
+        return True
+
+    def _deliver(self, message: bytes) -> None:
+        if self.closed:
+            return
+        if self.on_text is not None:
+            self.on_text(message)
+        elif self.session is not None:
+            self.session.handle_frame(message)
+
+    def _binary(self) -> None:
+        """Binary frames on a JSON connection: 3506 (fact sheet section 5)."""
+        if self.session is not None and self.on_text is None:
+            self.session.close(DisconnectCode.INAPPROPRIATE_PROTOCOL)
+
+    def _fail(self, code: int, reason: str) -> None:
+        if self.ws.state is State.OPEN:
+            self.ws.fail(code, reason)
+        self.closed = True
+
+    def _flush_protocol_output(self) -> None:
+        for chunk in self.ws.data_to_send():
+            if chunk:
+                self.transport.write(chunk)
+            else:  # end of stream: the close handshake is done
+                self.transport.close()
+
+    def _peer_closed(self) -> None:
+        self.closed = True
+        if self.session is not None:
+            if self.ws.parser_exc is not None and self.ws.close_sent is not None:
+                code = self.ws.close_sent.code
+                log.info("websocket closed with %s: %s", code, self.ws.parser_exc)
+            self.session.transport_closed()
+
+    def eof_received(self) -> bool | None:
+        self.ws.receive_eof()
+        self._flush_protocol_output()
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self._close_handle is not None:
+            self._close_handle.cancel()
+            self._close_handle = None
+        if self.on_lost is not None:
+            self.on_lost(self)
+        if self.session is not None:
+            self.session.transport_closed()
+
+    def pause_writing(self) -> None:
+        if self.session is not None:
+            self.session.on_write_paused()
+
+    def resume_writing(self) -> None:
+        if self.session is not None:
+            self.session.on_write_resumed()

@@ -18,6 +18,7 @@ A broker never delivers to clients. It calls its :class:`BrokerEventHandler`
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -63,6 +64,9 @@ class BrokerEventHandler(Protocol):
     def handle_control(self, message: bytes) -> None:
         """A node-to-node control message (every node receives every one, its own too)."""
 
+    def handle_resubscribed(self, channels: Sequence[str]) -> None:
+        """The pub/sub link was re-established: ``channels`` may have missed publications."""
+
 
 @runtime_checkable
 class Broker(Protocol):
@@ -80,8 +84,11 @@ class Broker(Protocol):
     * An ``idempotency_key`` seen for the same channel within the broker's
       window makes ``publish`` return the first call's result and deliver
       nothing.
-    * ``subscribe``/``unsubscribe`` state this node's interest in a channel;
-      the Node calls them on its first local subscriber and after its last.
+    * ``subscribe``/``unsubscribe`` state this node's interest in a channel
+      (reference-counted); the Node calls them on its first local subscriber and
+      after its last. Publications, joins and leaves reach a node only for
+      channels it is interested in; control messages reach every node.
+    * ``publish`` never keeps or changes the caller's ``Publication`` object.
     * When a stream's history is lost (restart without persistence, flush,
       metadata expiry) its epoch changes. Offsets mean nothing across epochs.
     * A call that cannot reach the engine in time raises
@@ -123,6 +130,7 @@ class HistoryReader(Protocol):
     to has offset 0 and a fresh epoch, which this call creates):
 
     * ``limit`` 0 and no ``since``: no publications, only the position.
+      ``limit`` 0 with ``since``: every publication after ``since``.
     * ``limit`` -1: every publication kept. ``limit`` N > 0: at most N.
     * ``since``: publications with offset > ``since.offset`` (with
       ``reverse``: offset < ``since.offset``, newest first). The caller
@@ -149,9 +157,9 @@ class HistoryReader(Protocol):
 class PresenceStore(Protocol):
     """Who is subscribed to a channel, across all nodes.
 
-    Entries are keyed by client id. A node re-adds its entries at least every
-    ``ttl`` seconds; an entry not refreshed within ``ttl`` disappears, so a node
-    that dies leaves no ghosts behind for longer than that.
+    Entries are keyed by client id. The Node re-adds its entries every
+    ``presence_refresh_interval`` seconds; an entry not refreshed within ``ttl``
+    disappears, so a node that dies leaves no ghosts behind for longer than that.
     """
 
     async def add_presence(

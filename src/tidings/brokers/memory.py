@@ -15,6 +15,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import msgspec
+
 from tidings.brokers.base import BrokerEventHandler, HistoryOptions
 from tidings.protocol.messages import ClientInfo, Publication, StreamPosition
 
@@ -50,6 +52,7 @@ class MemoryBroker:
         self._handler: BrokerEventHandler | None = None
         self._streams: dict[str, _Stream] = {}
         self._idempotent: dict[tuple[str, str], tuple[float, StreamPosition | None]] = {}
+        self._interest: dict[str, int] = {}
         self._publishes_since_sweep = 0
 
     def set_event_handler(self, handler: BrokerEventHandler) -> None:
@@ -62,10 +65,14 @@ class MemoryBroker:
         self._streams.clear()
 
     async def subscribe(self, channel: str) -> None:
-        return None
+        self._interest[channel] = self._interest.get(channel, 0) + 1
 
     async def unsubscribe(self, channel: str) -> None:
-        return None
+        count = self._interest.get(channel, 0) - 1
+        if count > 0:
+            self._interest[channel] = count
+        else:
+            self._interest.pop(channel, None)
 
     def _stream(self, channel: str, now: float, meta_ttl: float | None) -> _Stream:
         stream = self._streams.get(channel)
@@ -106,7 +113,8 @@ class MemoryBroker:
         if history is not None:
             stream = self._stream(channel, now, history.meta_ttl)
             stream.top += 1
-            publication.offset = stream.top
+            # A copy: the caller may publish the same object to another channel.
+            publication = msgspec.structs.replace(publication, offset=stream.top)
             items = stream.items
             items.append((now + history.ttl, publication))
             while len(items) > history.size:
@@ -118,7 +126,7 @@ class MemoryBroker:
         self._publishes_since_sweep += 1
         if self._publishes_since_sweep >= 10_000:
             self._sweep(now)
-        if self._handler is not None:
+        if self._handler is not None and channel in self._interest:
             self._handler.handle_publication(channel, publication, position)
         return position
 
@@ -129,11 +137,11 @@ class MemoryBroker:
         self._streams = {k: s for k, s in self._streams.items() if s.meta_expires_at > now}
 
     async def publish_join(self, channel: str, info: ClientInfo) -> None:
-        if self._handler is not None:
+        if self._handler is not None and channel in self._interest:
             self._handler.handle_join(channel, info)
 
     async def publish_leave(self, channel: str, info: ClientInfo) -> None:
-        if self._handler is not None:
+        if self._handler is not None and channel in self._interest:
             self._handler.handle_leave(channel, info)
 
     async def publish_control(self, message: bytes) -> None:
@@ -176,15 +184,16 @@ class MemoryBroker:
 
 
 class MemoryPresence:
-    """Presence for a single node. Entries live until removed: no other node can die."""
+    """Presence for a single node, with the same expiry contract as a shared store."""
 
-    def __init__(self) -> None:
-        self._channels: dict[str, dict[str, ClientInfo]] = {}
+    def __init__(self, clock: Clock = time.monotonic) -> None:
+        self._clock = clock
+        self._channels: dict[str, dict[str, tuple[ClientInfo, float]]] = {}
 
     async def add_presence(
         self, channel: str, client_id: str, info: ClientInfo, ttl: float
     ) -> None:
-        self._channels.setdefault(channel, {})[client_id] = info
+        self._channels.setdefault(channel, {})[client_id] = (info, self._clock() + ttl)
 
     async def remove_presence(self, channel: str, client_id: str) -> None:
         entries = self._channels.get(channel)
@@ -193,11 +202,22 @@ class MemoryPresence:
             if not entries:
                 del self._channels[channel]
 
+    def _live(self, channel: str) -> dict[str, ClientInfo]:
+        entries = self._channels.get(channel)
+        if not entries:
+            return {}
+        now = self._clock()
+        for client in [c for c, (_, expires_at) in entries.items() if expires_at <= now]:
+            del entries[client]
+        if not entries:
+            del self._channels[channel]
+        return {client: info for client, (info, _) in entries.items()}
+
     async def presence(self, channel: str) -> dict[str, ClientInfo]:
-        return dict(self._channels.get(channel, {}))
+        return self._live(channel)
 
     async def presence_stats(self, channel: str) -> tuple[int, int]:
-        entries = self._channels.get(channel, {})
+        entries = self._live(channel)
         return len(entries), len({info.user for info in entries.values()})
 
     async def close(self) -> None:

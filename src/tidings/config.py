@@ -339,7 +339,7 @@ def _convert(option: Option, value: object, key: str, *, from_text: bool) -> Any
         raise ConfigError(f"{key}: expected an integer, got {value!r}")
     if not isinstance(value, expected):
         raise ConfigError(f"{key}: expected {_KIND_TEXT[kind]}, got {value!r}")
-    if kind == "list" and not all(isinstance(item, str) for item in value):
+    if kind == "list" and not all(isinstance(item, str) for item in value):  # type: ignore[attr-defined]
         raise ConfigError(f"{key}: expected a list of strings, got {value!r}")
     return value
 

@@ -251,6 +251,14 @@ class Hub:
             return True
         return False
 
+    def positioned_subscribers(self, channel: str) -> list[Subscriber]:
+        """Live and pending subscribers of ``channel`` that were promised order."""
+        state = self._channels.get(channel)
+        if state is None:
+            return []
+        pending = [s for s, p in state.pending.items() if p.positioned or p.buffer is not None]
+        return [*state.positioned, *pending]
+
     def set_writer(self, channel: str, subscriber: Subscriber, writer: Writer) -> None:
         """Swap the writer of a live subscriber (the session does it when a client is slow)."""
         state = self._channels.get(channel)
@@ -315,6 +323,10 @@ class Hub:
             if verdict is False:
                 insufficient.append(subscriber)
             else:
+                # Batched pushes predate this one and were skipped for this
+                # subscriber: write them to the others before it goes live.
+                if state.batch:
+                    self._flush_channel(state)
                 self._go_live(
                     state,
                     subscriber,
@@ -366,10 +378,8 @@ class Hub:
                 data = frames[wire] = _frame(wire, publications)
                 _write_all(members, data)
         for wire, members in state.join_leave.items():
-            data = frames.get(wire) if not has_join_leave else None
-            if data is None:
-                data = _frame(wire, everything)
-            _write_all(members, data)
+            shared = frames.get(wire) if not has_join_leave else None
+            _write_all(members, shared if shared is not None else _frame(wire, everything))
 
 
 def _write_all(members: dict[Subscriber, Writer], data: bytes) -> None:

@@ -43,7 +43,7 @@ from tidings.protocol.codec import (
     prepare_leave,
     prepare_publication,
 )
-from tidings.protocol.messages import ClientInfo, Publication, StreamPosition
+from tidings.protocol.messages import NO_DATA, ClientInfo, Publication, StreamPosition
 
 if TYPE_CHECKING:
     from tidings.session import Session
@@ -77,8 +77,8 @@ class ControlMessage(msgspec.Struct, omit_defaults=True):
     whitelist: list[str] = []
     code: int = 0
     reason: str = ""
-    info: Raw = Raw()
-    data: Raw = Raw()
+    info: Raw = NO_DATA
+    data: Raw = NO_DATA
     expire_at: int = 0
     expired: bool = False
     since_offset: int = -1
@@ -285,7 +285,7 @@ class Node:
         now = time.monotonic()
         if now - self._last_presence_refresh >= config.presence_refresh_interval:
             self._last_presence_refresh = now
-            if self._presence_entries and not isinstance(self.presence, MemoryPresence):
+            if self._presence_entries:
                 self.spawn(self._refresh_presence())
         if now - self._last_node_info >= NODE_INFO_INTERVAL:
             self._last_node_info = now
@@ -425,16 +425,16 @@ class Node:
         if channel in self.hub:
             self.hub.broadcast_join_leave(channel, prepare_leave(channel, info))
 
-    def handle_resubscribed(self) -> None:
-        """The broker's pub/sub link came back: publications may have been missed.
+    def handle_resubscribed(self, channels: Iterable[str]) -> None:
+        """The broker's pub/sub link came back: these channels may have missed publications.
 
-        Every positioned subscriber is asked to resubscribe with recovery; the
+        Their positioned subscribers are asked to resubscribe with recovery; the
         others carry on (they never promised order).
         """
-        for session in list(self._all_sessions):
-            for channel, subscription in list(session.subscriptions.items()):
-                if subscription.positioned:
-                    session.insufficient_state(channel)
+        for channel in channels:
+            for subscriber in self.hub.positioned_subscribers(channel):
+                session: Session = subscriber  # type: ignore[assignment]
+                session.insufficient_state(channel)
 
     def handle_control(self, message: bytes) -> None:
         try:
@@ -524,6 +524,6 @@ class Node:
 def _build_engine(config: Config) -> tuple[Broker, PresenceStore]:
     if config.broker == "memory":
         return MemoryBroker(), MemoryPresence()
-    from tidings.brokers.redis import RedisBroker, RedisPresence  # type: ignore[import-not-found]
+    from tidings.brokers.redis import RedisBroker, RedisPresence
 
     return RedisBroker(config.broker), RedisPresence(config.broker)

@@ -119,6 +119,7 @@ class Session:
     __slots__ = (
         "__weakref__",
         "_queue",
+        "_slow_disconnect",
         "_slow_handle",
         "_stale_handle",
         "_worker",
@@ -164,6 +165,7 @@ class Session:
         self._queue: deque[tuple[str | None, Command]] = deque()
         self._worker: asyncio.Task[None] | None = None
         self._slow_handle: asyncio.TimerHandle | None = None
+        self._slow_disconnect: asyncio.Handle | None = None
         delay = node.config.stale_close_delay
         self._stale_handle: asyncio.TimerHandle | None = (
             asyncio.get_running_loop().call_later(delay, self._on_stale) if delay > 0 else None
@@ -302,12 +304,11 @@ class Session:
 
     def state_slow(self) -> None:
         """Over the buffer limit: disconnect 3008 on the next loop turn (never mid fan-out)."""
-        if self._slow_handle is not None:
-            self._slow_handle.cancel()
-        self._slow_handle = asyncio.get_running_loop().call_soon(self._on_slow)
+        if self._slow_disconnect is None:
+            self._slow_disconnect = asyncio.get_running_loop().call_soon(self._on_slow)
 
     def _on_slow(self) -> None:
-        self._slow_handle = None
+        self._slow_handle = self._slow_disconnect = None
         if self.state != CLOSED:
             log.info("client %s (%s): too slow, disconnecting", self.client_id, self.remote)
             self.close(DisconnectCode.SLOW)
@@ -334,10 +335,15 @@ class Session:
     def _release(self) -> None:
         was_connected = self.state == CONNECTED
         self.state = CLOSED
-        for handle in (self._stale_handle, self.expiry_handle, self._slow_handle):
+        for handle in (
+            self._stale_handle,
+            self.expiry_handle,
+            self._slow_handle,
+            self._slow_disconnect,
+        ):
             if handle is not None:
                 handle.cancel()
-        self._stale_handle = self.expiry_handle = self._slow_handle = None
+        self._stale_handle = self.expiry_handle = self._slow_handle = self._slow_disconnect = None
         if self._worker is not None and not self._worker.done():
             self._worker.cancel()
         self._queue.clear()
@@ -418,7 +424,7 @@ class Session:
             if config.ping_interval >= 1
             else (1 if config.ping_interval > 0 else 0)
         )
-        result = ConnectResult(
+        connect_result = ConnectResult(
             client=self.client_id,
             version=node.version,
             expires=ttl is not None,
@@ -430,18 +436,19 @@ class Session:
             node=node.id if self.transport.emulation else "",
         )
         if self.transport.unidirectional:
-            self.send(b'{"connect":%s}' % encode(result))
+            self.send(b'{"connect":%s}' % encode(connect_result))
         else:
-            self.send(encode_reply(command_id, "connect", result))
+            self.send(encode_reply(command_id, "connect", connect_result))
         node.start_pinging(self)
         for subscription, position in subscribed:
             await self._complete_subscribe(subscription, position)
         return None
 
     def _ttl(self) -> int | None:
+        """Seconds left; at least 1 while expiring (the SDKs read ``ttl`` whenever ``expires``)."""
         if self.expire_at is None:
             return None
-        return max(0, int(self.expire_at - time.time()))
+        return max(1, int(self.expire_at - time.time()))
 
     def _schedule_expiry(self) -> None:
         if self.expiry_handle is not None:
@@ -635,7 +642,7 @@ class Session:
     def _subscription_ttl(self, subscription: Subscription) -> int | None:
         if subscription.expire_at is None:
             return None
-        return max(0, int(subscription.expire_at - time.time()))
+        return max(1, int(subscription.expire_at - time.time()))
 
     def _schedule_subscription_expiry(self, subscription: Subscription) -> None:
         if subscription.expiry_handle is not None:

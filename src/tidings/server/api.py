@@ -115,6 +115,16 @@ class EmptyRequest(Struct):
     pass
 
 
+class BatchRequest(Struct):
+    commands: list[dict[str, Raw]] = []
+    parallel: bool = False
+
+
+class LegacyCommand(Struct):
+    method: str = ""
+    params: Raw = NO_DATA
+
+
 class ApiError(Exception):
     def __init__(self, error: Error) -> None:
         super().__init__(error.message)
@@ -165,8 +175,12 @@ class ServerApi:
     def method_names(self) -> list[str]:
         return [*self._methods, "batch"]
 
-    async def call(self, method: str, params: object) -> Any:
-        """Run one method on decoded JSON params; raises :class:`ApiError`."""
+    async def call(self, method: str, params: bytes) -> Any:
+        """Run one method on its JSON params (bytes, decoded once); raises :class:`ApiError`.
+
+        Params are decoded straight into the method's typed request, so a
+        publication's ``data`` stays the raw JSON text it arrived as.
+        """
         if method == "batch":
             return await self.batch(params)
         entry = self._methods.get(method)
@@ -174,8 +188,8 @@ class ServerApi:
             raise ApiError(ApiErrorCode.NOT_FOUND)
         request_type, handler = entry
         try:
-            request = msgspec.convert(params if params is not None else {}, request_type)
-        except msgspec.ValidationError:
+            request = msgspec.json.decode(params.strip() or b"{}", type=request_type)
+        except (msgspec.DecodeError, msgspec.ValidationError):
             raise _bad_request() from None
         try:
             return await handler(request)
@@ -335,25 +349,26 @@ class ServerApi:
     async def info(self, request: EmptyRequest) -> dict[str, Any]:
         return {"nodes": self.node.known_nodes()}
 
-    async def batch(self, params: object) -> list[dict[str, Any]]:
-        if not isinstance(params, dict) or not isinstance(params.get("commands"), list):
-            raise _bad_request()
-        commands: list[Any] = params["commands"]
+    async def batch(self, params: bytes) -> list[dict[str, Any]]:
+        try:
+            request = msgspec.json.decode(params, type=BatchRequest)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            raise _bad_request() from None
 
-        async def one(command: Any) -> dict[str, Any]:
-            if not isinstance(command, dict) or len(command) != 1:
+        async def one(command: dict[str, Raw]) -> dict[str, Any]:
+            if len(command) != 1:
                 return {"error": _error_dict(ApiErrorCode.BAD_REQUEST)}
             ((method, method_params),) = command.items()
             if method == "batch":
                 return {"error": _error_dict(ApiErrorCode.BAD_REQUEST)}
             try:
-                return {method: await self.call(method, method_params)}
+                return {method: await self.call(method, bytes(method_params))}
             except ApiError as exc:
                 return {"error": _error_dict(exc.error)}
 
-        if params.get("parallel"):
-            return list(await asyncio.gather(*(one(command) for command in commands)))
-        return [await one(command) for command in commands]
+        if request.parallel:
+            return list(await asyncio.gather(*(one(command) for command in request.commands)))
+        return [await one(command) for command in request.commands]
 
     def _channel_options(self, channel: str) -> Any:
         if not channel:
@@ -422,13 +437,14 @@ class ApiEndpoint:
         method = request.path[len("/api") :].strip("/")
         if not method:
             return await self._legacy(request)
+        body = request.body.strip() or b"{}"
         try:
-            params = msgspec.json.decode(request.body) if request.body.strip() else {}
-        except msgspec.DecodeError:
+            msgspec.json.decode(body, type=dict)
+        except (msgspec.DecodeError, msgspec.ValidationError):
             return text_response("malformed JSON body", 400)
         transport_mode = (request.header("x-centrifugo-error-mode") or "").lower() == "transport"
         try:
-            result = await self.api.call(method, params)
+            result = await self.api.call(method, body)
         except ApiError as exc:
             if transport_mode:
                 status = _TRANSPORT_ERROR_STATUS.get(exc.error.code, 400)
@@ -449,14 +465,14 @@ class ApiEndpoint:
         answers = []
         for line in lines:
             try:
-                command = msgspec.json.decode(line)
+                command = msgspec.json.decode(line, type=LegacyCommand)
             except msgspec.DecodeError:
                 return text_response("malformed JSON body", 400)
-            if not isinstance(command, dict) or not isinstance(command.get("method"), str):
+            except msgspec.ValidationError:
                 answers.append(_encode({"error": _error_dict(ApiErrorCode.BAD_REQUEST)}))
                 continue
             try:
-                result = await self.api.call(command["method"], command.get("params") or {})
+                result = await self.api.call(command.method, bytes(command.params) or b"{}")
             except ApiError as exc:
                 answers.append(_encode({"error": _error_dict(exc.error)}))
                 continue

@@ -11,7 +11,7 @@ import contextlib
 import logging
 import mimetypes
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from importlib import resources
 from pathlib import Path
 
@@ -20,6 +20,7 @@ from websockets.exceptions import NegotiationError
 from websockets.http11 import Request as WsRequest
 from websockets.protocol import State
 from websockets.server import ServerProtocol
+from websockets.typing import Subprotocol
 
 from tidings.config import Config
 from tidings.node import Node
@@ -42,16 +43,15 @@ _QUIET_LOGGER = logging.getLogger("tidings.websocket.frames")
 """websockets logs every open and close at INFO; tidings logs refusals itself."""
 _QUIET_LOGGER.setLevel(logging.WARNING)
 
-JSON_SUBPROTOCOL = "centrifuge-json"
-PROTOBUF_SUBPROTOCOL = "centrifuge-protobuf"
+JSON_SUBPROTOCOL = Subprotocol("centrifuge-json")
+PROTOBUF_SUBPROTOCOL = Subprotocol("centrifuge-protobuf")
 
 
-def _select_subprotocol(_: ServerProtocol, offered: object) -> str | None:
+def _select_subprotocol(_: ServerProtocol, offered: Sequence[Subprotocol]) -> Subprotocol | None:
     """Echo ``centrifuge-json`` when offered (Node's ``ws`` aborts otherwise); refuse Protobuf."""
-    names = list(offered)  # type: ignore[call-overload]
-    if JSON_SUBPROTOCOL in names:
+    if JSON_SUBPROTOCOL in offered:
         return JSON_SUBPROTOCOL
-    if PROTOBUF_SUBPROTOCOL in names:
+    if PROTOBUF_SUBPROTOCOL in offered:
         raise NegotiationError("the Protobuf protocol is not supported")
     return None
 

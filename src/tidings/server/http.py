@@ -55,6 +55,7 @@ class Request:
         "client",
         "connection",
         "headers",
+        "keep_alive",
         "method",
         "path",
         "query_string",
@@ -78,6 +79,7 @@ class Request:
         self.body = b""
         self.client = client
         self.connection = connection
+        self.keep_alive = True
         self._query: dict[str, list[str]] | None = None
 
     def header(self, name: str) -> str | None:
@@ -290,6 +292,7 @@ class HttpProtocol(asyncio.Protocol):
             self._reply_and_close(400, "bad request")
             return
         self._request = request
+        request.keep_alive = bool(self._parser.should_keep_alive())
         length = request.header("content-length")
         if length is not None and length.isdigit() and int(length) > self._max_body:
             self._reply_and_close(413, "request body too large")
@@ -344,7 +347,7 @@ class HttpProtocol(asyncio.Protocol):
             return
         if self._closing:
             return
-        keep_alive = self._parser.should_keep_alive()
+        keep_alive = request.keep_alive
         self._send_response(response, keep_alive=keep_alive, head=request.method == "HEAD")
         if keep_alive:
             self._next()

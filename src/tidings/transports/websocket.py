@@ -18,9 +18,9 @@ import codecs
 import logging
 import struct
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
-from websockets.frames import Opcode
+from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
@@ -145,21 +145,22 @@ class WebSocketConnection(asyncio.Protocol):
         ws.receive_data(data)
         events = ws.events_received()
         if events:
-            for frame in events:
+            for event in events:
+                frame = cast(Frame, event)  # after the handshake, events are frames
                 opcode = frame.opcode
                 if opcode is Opcode.TEXT:
                     if frame.fin:
-                        self._text(frame.data)
+                        self._text(bytes(frame.data))
                     else:
-                        self._fragments = [frame.data]
+                        self._fragments = [bytes(frame.data)]
                         self._utf8 = codecs.getincrementaldecoder("utf-8")()
-                        if not self._check_utf8(frame.data, final=False):
+                        if not self._check_utf8(bytes(frame.data), final=False):
                             break
                 elif opcode is Opcode.CONT:
                     if self._fragments is None:  # continuation of a binary message
                         continue
-                    self._fragments.append(frame.data)
-                    if not self._check_utf8(frame.data, final=frame.fin):
+                    self._fragments.append(bytes(frame.data))
+                    if not self._check_utf8(bytes(frame.data), final=frame.fin):
                         break
                     if frame.fin:
                         message = b"".join(self._fragments)

@@ -1,0 +1,248 @@
+"""Shared fixtures: in-process servers on ephemeral ports, raw WebSocket clients, tokens.
+
+Tests run on uvloop, as production does. Nothing here sleeps for a fixed time:
+helpers wait on frames with deadlines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import uvloop
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+from tidings.auth import make_token
+from tidings.channels import ChannelOptions
+from tidings.config import ChannelsConfig, Config
+from tidings.node import Node
+from tidings.server.app import TidingsServer
+
+SECRET = "tidings-test-secret-0123456789abcdef"
+API_KEY = "tidings-test-api-key"
+REDIS_URL = os.environ.get("TIDINGS_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Any]:
+    """Run every async test on uvloop, the loop production uses."""
+    return {"uvloop": uvloop.new_event_loop}
+
+
+def full_namespace(**overrides: Any) -> ChannelOptions:
+    """History, recovery, presence and join/leave, open to authenticated subscribers."""
+    options: dict[str, Any] = {
+        "history_size": 100,
+        "history_ttl": 300.0,
+        "force_recovery": True,
+        "presence": True,
+        "join_leave": True,
+        "force_push_join_leave": True,
+        "allow_subscribe_for_client": True,
+        "allow_publish_for_subscriber": True,
+        "allow_history_for_subscriber": True,
+        "allow_presence_for_subscriber": True,
+    }
+    options.update(overrides)
+    return ChannelOptions(**options)
+
+
+def standard_channels() -> ChannelsConfig:
+    return ChannelsConfig(
+        allow_subscribe_for_client=True,
+        namespaces={
+            "chat": full_namespace(),
+            "open": ChannelOptions(
+                allow_subscribe_for_client=True,
+                allow_subscribe_for_anonymous=True,
+                allow_publish_for_client=True,
+                allow_publish_for_anonymous=True,
+            ),
+            "small": full_namespace(history_size=3),
+            "quiet": ChannelOptions(allow_subscribe_for_client=True),
+            "positioned": ChannelOptions(
+                history_size=50,
+                history_ttl=300.0,
+                allow_subscribe_for_client=True,
+                allow_history_for_client=True,
+                allow_publish_for_client=True,
+            ),
+        },
+    )
+
+
+def make_config(**overrides: Any) -> Config:
+    values: dict[str, Any] = {
+        "port": 0,
+        "token_hmac_secret": SECRET,
+        "api_key": API_KEY,
+        "channels": standard_channels(),
+        "demo": "off",
+    }
+    values.update(overrides)
+    config = Config(**values)
+    config.validate()
+    return config
+
+
+def token(user: str = "alice", **kwargs: Any) -> str:
+    kwargs.setdefault("ttl", 3600)
+    return make_token(SECRET, user=user, **kwargs)
+
+
+@dataclass
+class RunningServer:
+    server: TidingsServer
+    node: Node
+    port: int
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/connection/websocket"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+StartServer = Callable[..., Awaitable[RunningServer]]
+
+
+@pytest.fixture
+async def start_server() -> AsyncIterator[StartServer]:
+    running: list[RunningServer] = []
+
+    async def start(config: Config | None = None, **overrides: Any) -> RunningServer:
+        node = Node(config or make_config(**overrides))
+        server = TidingsServer(node)
+        port = await server.start()
+        result = RunningServer(server, node, port)
+        running.append(result)
+        return result
+
+    yield start
+    for item in running:
+        await item.server.stop()
+
+
+@pytest.fixture
+async def server(start_server: StartServer) -> RunningServer:
+    return await start_server()
+
+
+class WsClient:
+    """A raw protocol client over a real WebSocket: exact frames in, exact frames out."""
+
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
+        self.pushes: list[dict[str, Any]] = []
+        self.replies: dict[int, dict[str, Any]] = {}
+        self.frames: list[str] = []
+        self._next_id = 0
+
+    def next_id(self) -> int:
+        self._next_id += 1
+        return self._next_id
+
+    async def send_raw(self, data: str | bytes) -> None:
+        await self.ws.send(data)
+
+    async def send(self, *commands: dict[str, Any]) -> None:
+        await self.ws.send("\n".join(json.dumps(command) for command in commands))
+
+    async def _read(self, timeout: float) -> None:
+        frame = await asyncio.wait_for(self.ws.recv(), timeout)
+        assert isinstance(frame, str), "server sent a binary frame"
+        self.frames.append(frame)
+        for line in frame.split("\n"):
+            document = json.loads(line)
+            if document.get("id"):
+                self.replies[document["id"]] = document
+            else:
+                self.pushes.append(document)
+
+    async def call(
+        self, method: str, params: dict[str, Any], timeout: float = 5.0
+    ) -> dict[str, Any]:
+        command_id = self.next_id()
+        await self.send({"id": command_id, method: params})
+        return await self.reply(command_id, timeout)
+
+    async def reply(self, command_id: int, timeout: float = 5.0) -> dict[str, Any]:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while command_id not in self.replies:
+            await self._read(max(0.01, deadline - asyncio.get_running_loop().time()))
+        return self.replies.pop(command_id)
+
+    async def connect(self, tok: str | None = None, **params: Any) -> dict[str, Any]:
+        if tok:
+            params["token"] = tok
+        reply = await self.call("connect", params)
+        assert "connect" in reply, reply
+        return reply["connect"]
+
+    async def subscribe(self, channel: str, **params: Any) -> dict[str, Any]:
+        reply = await self.call("subscribe", {"channel": channel, **params})
+        assert "subscribe" in reply, reply
+        return reply["subscribe"]
+
+    async def push(
+        self, predicate: Callable[[dict[str, Any]], bool] | None = None, timeout: float = 5.0
+    ) -> dict[str, Any]:
+        """The first unread push matching ``predicate`` (pings ``{}`` are skipped)."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            for index, document in enumerate(self.pushes):
+                if document and (predicate is None or predicate(document)):
+                    return self.pushes.pop(index)
+            await self._read(max(0.01, deadline - asyncio.get_running_loop().time()))
+
+    async def publications(
+        self, channel: str, count: int, timeout: float = 5.0
+    ) -> list[dict[str, Any]]:
+        found = []
+        for _ in range(count):
+            push = await self.push(
+                lambda d: d.get("push", {}).get("channel") == channel and "pub" in d["push"],
+                timeout,
+            )
+            found.append(push["push"]["pub"])
+        return found
+
+    async def closed(self, timeout: float = 5.0) -> tuple[int | None, str | None]:
+        """Read until the server closes; return its close code and reason."""
+        try:
+            while True:
+                await self._read(timeout)
+        except ConnectionClosed as closed:
+            if closed.rcvd is None:
+                return None, None
+            return closed.rcvd.code, closed.rcvd.reason
+
+    async def close(self) -> None:
+        await self.ws.close()
+
+
+ClientFactory = Callable[..., Awaitable[WsClient]]
+
+
+@pytest.fixture
+async def ws_client() -> AsyncIterator[ClientFactory]:
+    opened: list[WsClient] = []
+
+    async def open_client(url: str, **kwargs: Any) -> WsClient:
+        kwargs.setdefault("compression", None)
+        kwargs.setdefault("max_size", None)
+        ws = await connect(url, open_timeout=5, **kwargs)
+        client = WsClient(ws)
+        opened.append(client)
+        return client
+
+    yield open_client
+    for client in opened:
+        await client.ws.close()

@@ -1,0 +1,287 @@
+"""The server HTTP API over real HTTP: auth, shapes, errors, and its effect on clients."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+
+from tests.conftest import API_KEY, ClientFactory, RunningServer, StartServer, token
+
+
+async def http(
+    port: int,
+    method: str,
+    path: str,
+    body: bytes | dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP/1.1 request on a fresh connection; returns status, headers and body."""
+    if isinstance(body, dict):
+        body = json.dumps(body).encode()
+    body = body or b""
+    head = [
+        f"{method} {path} HTTP/1.1",
+        "Host: 127.0.0.1",
+        f"Content-Length: {len(body)}",
+        "Connection: close",
+    ]
+    head += [f"{name}: {value}" for name, value in (headers or {}).items()]
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + body)
+    await writer.drain()
+    raw = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    header_blob, _, payload = raw.partition(b"\r\n\r\n")
+    lines = header_blob.decode().split("\r\n")
+    status = int(lines[0].split()[1])
+    parsed = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    return status, parsed, payload
+
+
+async def api(port: int, method: str, params: dict[str, Any], **headers: str) -> tuple[int, Any]:
+    status, _, body = await http(
+        port, "POST", f"/api/{method}", params, {"X-API-Key": API_KEY, **headers}
+    )
+    return status, json.loads(body) if body else None
+
+
+async def test_publish_returns_position_and_reaches_subscribers(
+    server: RunningServer, ws_client: ClientFactory
+) -> None:
+    client = await ws_client(server.ws_url)
+    await client.connect(token())
+    await client.subscribe("chat:api")
+    status, answer = await api(
+        server.port, "publish", {"channel": "chat:api", "data": {"text": "hi"}}
+    )
+    assert status == 200
+    assert answer["result"]["offset"] == 1 and len(answer["result"]["epoch"]) == 8
+    (publication,) = await client.publications("chat:api", 1)
+    assert publication == {"data": {"text": "hi"}, "offset": 1}
+
+
+async def test_pretty_printed_data_is_sent_compact(
+    server: RunningServer, ws_client: ClientFactory
+) -> None:
+    client = await ws_client(server.ws_url)
+    await client.connect(token())
+    await client.subscribe("open:pretty")
+    body = b'{"channel": "open:pretty",\n "data": {\n   "a": [1,\n 2]\n }\n}'
+    status, _, answer = await http(
+        server.port, "POST", "/api/publish", body, {"X-API-Key": API_KEY}
+    )
+    assert status == 200 and json.loads(answer) == {"result": {}}
+    await client.push(lambda d: "pub" in d.get("push", {}))
+    assert '"data":{"a":[1,2]}' in client.frames[-1]
+
+
+async def test_authentication(server: RunningServer) -> None:
+    port = server.port
+    body = {"channel": "open:x", "data": 1}
+    assert (await http(port, "POST", "/api/publish", body))[0] == 401
+    assert (await http(port, "POST", "/api/publish", body, {"X-API-Key": "wrong"}))[0] == 401
+    unauthorized = await http(port, "POST", "/api/publish", body, {"X-API-Key": "wrong"})
+    assert unauthorized[2] == b""
+    assert (await http(port, "POST", "/api/publish", body, {"Authorization": f"apikey {API_KEY}"}))[
+        0
+    ] == 200
+    assert (await http(port, "POST", "/api/publish", body, {"Authorization": f"ApiKey {API_KEY}"}))[
+        0
+    ] == 200
+    assert (await http(port, "POST", f"/api/publish?api_key={API_KEY}", body))[0] == 200
+
+
+async def test_no_key_configured_closes_the_api(start_server: StartServer) -> None:
+    server = await start_server(api_key="")
+    status, _, _ = await http(server.port, "POST", "/api/info", {}, {"X-API-Key": ""})
+    assert status == 401
+
+
+async def test_bad_requests(server: RunningServer) -> None:
+    port = server.port
+    key = {"X-API-Key": API_KEY}
+    assert (await http(port, "GET", "/api/publish", None, key))[0] == 405
+    status, _, body = await http(port, "POST", "/api/publish", b"{not json", key)
+    assert status == 400 and b"Traceback" not in body
+    assert (await api(port, "nosuch", {}))[1] == {"error": {"code": 104, "message": "not found"}}
+    assert (await api(port, "publish", {"data": 1}))[1]["error"]["code"] == 107
+    assert (await api(port, "publish", {"channel": "open:x"}))[1]["error"]["code"] == 107
+    assert (await api(port, "publish", {"channel": 5, "data": 1}))[1]["error"]["code"] == 107
+    assert (await api(port, "publish", {"channel": "nowhere:x", "data": 1}))[1]["error"] == {
+        "code": 102,
+        "message": "unknown channel",
+    }
+    assert (await api(port, "presence", {"channel": "quiet:x"}))[1]["error"]["code"] == 108
+    assert (await api(port, "history", {"channel": "quiet:x"}))[1]["error"]["code"] == 108
+    oversized = json.dumps({"channel": "open:x", "data": "x" * 70000}).encode()
+    assert (await http(port, "POST", "/api/publish", oversized, key))[0] == 413
+    # the API still works afterwards
+    assert (await api(port, "info", {}))[0] == 200
+
+
+async def test_transport_error_mode(server: RunningServer) -> None:
+    status, _, body = await http(
+        server.port,
+        "POST",
+        "/api/publish",
+        {"channel": "nowhere:x", "data": 1},
+        {"X-API-Key": API_KEY, "X-Centrifugo-Error-Mode": "transport"},
+    )
+    assert status == 404 and json.loads(body) == {"code": 102, "message": "unknown channel"}
+
+
+async def test_history_presence_and_channels(
+    server: RunningServer, ws_client: ClientFactory
+) -> None:
+    client = await ws_client(server.ws_url)
+    await client.connect(token("alice"))
+    await client.subscribe("chat:stats")
+    for n in range(3):
+        await api(server.port, "publish", {"channel": "chat:stats", "data": {"n": n}})
+    _, history = await api(
+        server.port, "history", {"channel": "chat:stats", "limit": 2, "reverse": True}
+    )
+    assert [p["data"]["n"] for p in history["result"]["publications"]] == [2, 1]
+    assert history["result"]["offset"] == 3
+    _, empty = await api(server.port, "history", {"channel": "chat:unused"})
+    assert empty["result"]["publications"] == [] and empty["result"]["offset"] == 0
+    _, presence = await api(server.port, "presence", {"channel": "chat:stats"})
+    (entry,) = presence["result"]["presence"].values()
+    assert entry["user"] == "alice"
+    _, stats = await api(server.port, "presence_stats", {"channel": "chat:stats"})
+    assert stats["result"] == {"num_clients": 1, "num_users": 1}
+    _, channels = await api(server.port, "channels", {"pattern": "chat:*"})
+    assert channels["result"]["channels"] == {"chat:stats": {"num_clients": 1}}
+    _, removed = await api(server.port, "history_remove", {"channel": "chat:stats"})
+    assert removed == {"result": {}}
+    _, after = await api(server.port, "history", {"channel": "chat:stats", "limit": -1})
+    assert after["result"]["publications"] == [] and after["result"]["offset"] == 3
+
+
+async def test_info(server: RunningServer, ws_client: ClientFactory) -> None:
+    client = await ws_client(server.ws_url)
+    await client.connect(token("alice"))
+    _, info = await api(server.port, "info", {})
+    (node,) = info["result"]["nodes"]
+    assert node["uid"] == server.node.id and node["num_clients"] == 1 and node["num_users"] == 1
+
+
+async def test_broadcast_and_batch(server: RunningServer) -> None:
+    _, broadcast = await api(
+        server.port, "broadcast", {"channels": ["chat:a", "nowhere:b", "open:c"], "data": {"x": 1}}
+    )
+    responses = broadcast["result"]["responses"]
+    assert responses[0]["result"]["offset"] == 1
+    assert responses[1] == {"error": {"code": 102, "message": "unknown channel"}}
+    assert responses[2] == {"result": {}}
+    assert (await api(server.port, "broadcast", {"channels": [], "data": 1}))[1]["error"][
+        "code"
+    ] == 107
+    _, batch = await api(
+        server.port,
+        "batch",
+        {
+            "commands": [
+                {"publish": {"channel": "chat:a", "data": 2}},
+                {"nosuch": {}},
+                {"history": {"channel": "chat:a", "limit": -1}},
+            ],
+            "parallel": False,
+        },
+    )
+    replies = batch["replies"]
+    assert replies[0] == {"publish": {"offset": 2, "epoch": responses[0]["result"]["epoch"]}}
+    assert replies[1] == {"error": {"code": 104, "message": "not found"}}
+    assert len(replies[2]["history"]["publications"]) == 2
+
+
+async def test_legacy_api_endpoint(server: RunningServer) -> None:
+    body = (
+        b'{"method":"publish","params":{"channel":"open:l","data":1}}\n'
+        b'{"method":"info","params":{}}'
+    )
+    status, _, answer = await http(server.port, "POST", "/api", body, {"X-API-Key": API_KEY})
+    first, second = answer.split(b"\n")
+    assert status == 200 and json.loads(first) == {"result": {}}
+    assert "nodes" in json.loads(second)["result"]
+
+
+async def test_idempotent_publish(server: RunningServer) -> None:
+    params = {"channel": "chat:once", "data": 1, "idempotency_key": "k1"}
+    _, first = await api(server.port, "publish", params)
+    _, second = await api(server.port, "publish", params)
+    assert first == second
+    _, history = await api(server.port, "history", {"channel": "chat:once", "limit": -1})
+    assert len(history["result"]["publications"]) == 1
+
+
+@pytest.mark.parametrize(
+    ("method", "params", "expect"),
+    [
+        ("disconnect", {"user": "alice"}, (3503, "force disconnect")),
+        (
+            "disconnect",
+            {"user": "alice", "disconnect": {"code": 4001, "reason": "bye"}},
+            (4001, "bye"),
+        ),
+        ("refresh", {"user": "alice", "expired": True}, (3005, "connection expired")),
+    ],
+)
+async def test_api_actions_on_connections(
+    server: RunningServer,
+    ws_client: ClientFactory,
+    method: str,
+    params: dict[str, Any],
+    expect: tuple[int, str],
+) -> None:
+    alice = await ws_client(server.ws_url)
+    await alice.connect(token("alice"))
+    bob = await ws_client(server.ws_url)
+    await bob.connect(token("bob"))
+    await bob.subscribe("chat:x")
+    assert (await api(server.port, method, params))[1] == {"result": {}}
+    assert await alice.closed() == expect
+    await api(server.port, "publish", {"channel": "chat:x", "data": 1})
+    (publication,) = await bob.publications("chat:x", 1)
+    assert publication["data"] == 1
+
+
+async def test_disconnect_whitelist(server: RunningServer, ws_client: ClientFactory) -> None:
+    keep = await ws_client(server.ws_url)
+    kept_id = (await keep.connect(token("alice")))["client"]
+    drop = await ws_client(server.ws_url)
+    await drop.connect(token("alice"))
+    await api(server.port, "disconnect", {"user": "alice", "whitelist": [kept_id]})
+    assert (await drop.closed())[0] == 3503
+    assert (await keep.subscribe("chat:still")) is not None
+
+
+async def test_api_subscribe_and_unsubscribe(
+    server: RunningServer, ws_client: ClientFactory
+) -> None:
+    client = await ws_client(server.ws_url)
+    await client.connect(token("alice"))
+    assert (await api(server.port, "subscribe", {"user": "alice", "channel": "chat:srv"}))[1] == {
+        "result": {}
+    }
+    subscribe_push = await client.push(lambda d: "subscribe" in d.get("push", {}))
+    assert subscribe_push["push"]["channel"] == "chat:srv"
+    assert subscribe_push["push"]["subscribe"]["recoverable"] is True
+    await api(server.port, "publish", {"channel": "chat:srv", "data": {"n": 1}})
+    (publication,) = await client.publications("chat:srv", 1)
+    assert publication["data"] == {"n": 1}
+    await api(server.port, "unsubscribe", {"user": "alice", "channel": "chat:srv"})
+    unsubscribe = await client.push(lambda d: "unsubscribe" in d.get("push", {}))
+    assert unsubscribe["push"] == {
+        "channel": "chat:srv",
+        "unsubscribe": {"code": 2000, "reason": "server unsubscribe"},
+    }
+
+
+async def test_health_and_not_found(server: RunningServer) -> None:
+    status, _, body = await http(server.port, "GET", "/health")
+    assert status == 200 and json.loads(body) == {"status": "ok"}
+    assert (await http(server.port, "GET", "/no/such/page"))[0] == 404

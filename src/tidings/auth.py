@@ -2,7 +2,8 @@
 
 PyJWT checks the signature with the algorithms the configuration pins (never
 the one a token names); time claims are checked here against the injected
-clock, so tests can move time without sleeping.
+clock, so tests can move time without sleeping. JWKS documents are fetched
+elsewhere (:mod:`tidings.jwks`) and handed in with :meth:`TokenVerifier.set_jwks`.
 """
 
 from __future__ import annotations
@@ -107,14 +108,47 @@ def _override(claim: Any) -> SubscriptionOverride:
     )
 
 
+HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
+RSA_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"})
+EC_ALGORITHMS = frozenset({"ES256", "ES384", "ES512"})
+OKP_ALGORITHMS = frozenset({"EdDSA"})
+SUPPORTED_ALGORITHMS = HMAC_ALGORITHMS | RSA_ALGORITHMS | EC_ALGORITHMS | OKP_ALGORITHMS
+_JWK_TYPES = {"RSA": RSA_ALGORITHMS, "EC": EC_ALGORITHMS, "OKP": OKP_ALGORITHMS}
+
+
+class UnknownKeyId(TokenError):
+    """The token names a ``kid`` the JWKS does not hold (yet): refresh the set, then retry."""
+
+
+def load_public_key(pem: str) -> Any:
+    """A PEM public key (RSA or EC) from its text or from a file path."""
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+    text = pem.strip()
+    if not text.startswith("-----BEGIN"):
+        with open(text, encoding="ascii") as file:
+            text = file.read()
+    return load_pem_public_key(text.encode())
+
+
 class TokenVerifier:
-    """Verifies connection and subscription JWTs against configured keys."""
+    """Verifies connection and subscription JWTs against configured keys.
+
+    The algorithm a token names selects a key *family* only among the
+    configured algorithms: HMAC tokens are checked with the shared secret and
+    nothing else, RSA/ECDSA tokens with public keys only, so a token signed
+    with HS256 over a public key (the classic key-confusion attack) never
+    verifies. ``alg: none`` is never accepted. A ``kid`` is used only to look a
+    key up in the JWKS.
+    """
 
     def __init__(
         self,
         *,
         hmac_secret: str = "",
         algorithms: list[str] | tuple[str, ...] = ("HS256", "HS384", "HS512"),
+        rsa_public_key: str = "",
+        ecdsa_public_key: str = "",
         audience: str = "",
         issuer: str = "",
         leeway: float = 1.0,
@@ -126,7 +160,12 @@ class TokenVerifier:
                 "the token HMAC secret is shorter than %d bytes: use a longer random secret",
                 MIN_HMAC_SECRET_BYTES,
             )
-        self._algorithms = [a for a in algorithms if a.startswith("HS")]
+        self._algorithms = frozenset(algorithms) & SUPPORTED_ALGORITHMS
+        self._rsa_keys = [load_public_key(rsa_public_key)] if rsa_public_key else []
+        self._ec_keys = [load_public_key(ecdsa_public_key)] if ecdsa_public_key else []
+        self._jwks: dict[str, tuple[str, Any]] = {}
+        self._jwks_unnamed: list[tuple[str, Any]] = []
+        self.jwks_configured = False
         self._audience = audience
         self._issuer = issuer
         self._leeway = leeway
@@ -134,28 +173,89 @@ class TokenVerifier:
 
     @property
     def configured(self) -> bool:
-        return bool(self._secret and self._algorithms)
+        return bool(
+            self._algorithms
+            and (self._secret or self._rsa_keys or self._ec_keys or self.jwks_configured)
+        )
+
+    def set_jwks(self, document: dict[str, Any]) -> int:
+        """Replace the JWKS keys; returns how many usable keys it held."""
+        keys: dict[str, tuple[str, Any]] = {}
+        unnamed: list[tuple[str, Any]] = []
+        for entry in document.get("keys", []) if isinstance(document, dict) else []:
+            if not isinstance(entry, dict) or entry.get("use", "sig") != "sig":
+                continue
+            try:
+                jwk = jwt.PyJWK(entry)
+            except jwt.PyJWTError:
+                continue
+            kty = str(entry.get("kty", ""))
+            if kty not in _JWK_TYPES:
+                continue
+            kid = entry.get("kid")
+            if isinstance(kid, str) and kid:
+                keys[kid] = (kty, jwk.key)
+            else:
+                unnamed.append((kty, jwk.key))
+        self._jwks = keys
+        self._jwks_unnamed = unnamed
+        self.jwks_configured = True
+        return len(keys) + len(unnamed)
+
+    def _keys_for(self, algorithm: str, kid: str | None) -> list[Any]:
+        if algorithm in HMAC_ALGORITHMS:
+            return [self._secret] if self._secret else []
+        family = next(kty for kty, algs in _JWK_TYPES.items() if algorithm in algs)
+        if kid is not None and self.jwks_configured:
+            entry = self._jwks.get(kid)
+            if entry is None:
+                raise UnknownKeyId(f"unknown kid {kid[:64]!r}")
+            return [entry[1]] if entry[0] == family else []
+        keys = list(self._rsa_keys if family == "RSA" else self._ec_keys if family == "EC" else [])
+        keys += [key for kty, key in self._jwks_unnamed if kty == family]
+        keys += [key for kty, key in self._jwks.values() if kty == family]
+        return keys
 
     def _decode(self, token: str) -> dict[str, Any]:
         if not self.configured:
             raise TokenError("no token key configured")
-        if len(token) > MAX_TOKEN_LENGTH:
-            raise TokenError("token too long")
+        if not token or len(token) > MAX_TOKEN_LENGTH:
+            raise TokenError("token empty or too long")
         try:
-            claims: dict[str, Any] = jwt.decode(
-                token,
-                self._secret,
-                algorithms=self._algorithms,
-                options={
-                    "verify_exp": False,
-                    "verify_nbf": False,
-                    "verify_iat": False,
-                    "verify_aud": False,
-                    "verify_iss": False,
-                },
-            )
+            header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as exc:
-            raise TokenError(f"invalid token ({exc.__class__.__name__})") from None
+            raise TokenError(f"malformed token ({exc.__class__.__name__})") from None
+        algorithm = header.get("alg")
+        if not isinstance(algorithm, str) or algorithm not in self._algorithms:
+            raise TokenError("algorithm not allowed")
+        kid = header.get("kid")
+        if kid is not None and not isinstance(kid, str):
+            raise TokenError("kid is not a string")
+        keys = self._keys_for(algorithm, kid)
+        if not keys:
+            raise TokenError(f"no key for {algorithm}")
+        claims: dict[str, Any] | None = None
+        for key in keys:
+            try:
+                claims = jwt.decode(
+                    token,
+                    key,
+                    algorithms=[algorithm],
+                    options={
+                        "verify_exp": False,
+                        "verify_nbf": False,
+                        "verify_iat": False,
+                        "verify_aud": False,
+                        "verify_iss": False,
+                    },
+                )
+                break
+            except jwt.InvalidSignatureError:
+                continue
+            except jwt.PyJWTError as exc:
+                raise TokenError(f"invalid token ({exc.__class__.__name__})") from None
+        if claims is None:
+            raise TokenError("invalid signature")
         now = self._clock()
         exp = claims.get("exp")
         if exp is not None:

@@ -81,8 +81,25 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "token_algorithms",
         "list",
-        ["HS256", "HS384", "HS512"],
-        "Token algorithms accepted (never taken from the token header).",
+        ["HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256", "ES384", "ES512"],
+        "Token algorithms accepted (a token's own header never widens this list); each needs "
+        "its key: the HMAC secret, an RSA/ECDSA public key, or the JWKS.",
+    ),
+    Option(
+        "token_rsa_public_key",
+        "str",
+        "",
+        "PEM public key (text or file path) for RS256/384/512 and PS256/384/512 tokens.",
+    ),
+    Option(
+        "token_ecdsa_public_key",
+        "str",
+        "",
+        "PEM public key (text or path) for ES256/384/512 tokens.",
+    ),
+    Option("token_jwks_url", "str", "", "URL of a JSON Web Key Set; tokens pick a key by `kid`."),
+    Option(
+        "token_jwks_refresh_interval", "duration", 300.0, "How often the JWKS is fetched again."
     ),
     Option("token_audience", "str", "", "Required `aud` claim of tokens, when set."),
     Option("token_issuer", "str", "", "Required `iss` claim of tokens, when set."),
@@ -214,7 +231,23 @@ class Config:
     workers: int = 1
     log_level: str = "info"
     token_hmac_secret: str = ""
-    token_algorithms: list[str] = field(default_factory=lambda: ["HS256", "HS384", "HS512"])
+    token_algorithms: list[str] = field(
+        default_factory=lambda: [
+            "HS256",
+            "HS384",
+            "HS512",
+            "RS256",
+            "RS384",
+            "RS512",
+            "ES256",
+            "ES384",
+            "ES512",
+        ]
+    )
+    token_rsa_public_key: str = ""
+    token_ecdsa_public_key: str = ""
+    token_jwks_url: str = ""
+    token_jwks_refresh_interval: float = 300.0
     token_audience: str = ""
     token_issuer: str = ""
     api_key: str = ""
@@ -248,7 +281,12 @@ class Config:
             return True
         if self.demo == "off":
             return False
-        return not self.token_hmac_secret
+        return not (
+            self.token_hmac_secret
+            or self.token_rsa_public_key
+            or self.token_ecdsa_public_key
+            or self.token_jwks_url
+        )
 
     @property
     def allow_anonymous(self) -> bool:
@@ -275,7 +313,22 @@ class Config:
         for name in ("max_message_size", "channel_max_length", "client_channel_limit"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: expected a number >= 1, got {getattr(self, name)}")
-        known = {"HS256", "HS384", "HS512"}
+        from tidings.auth import SUPPORTED_ALGORITHMS, load_public_key
+
+        known = SUPPORTED_ALGORITHMS
+        for name in ("token_rsa_public_key", "token_ecdsa_public_key"):
+            if getattr(self, name):
+                try:
+                    load_public_key(getattr(self, name))
+                except (OSError, ValueError, TypeError) as exc:
+                    raise ConfigError(
+                        f"{name}: expected a PEM public key or the path of one "
+                        f"({exc.__class__.__name__})"
+                    ) from None
+        if self.token_jwks_url and not self.token_jwks_url.startswith(("https://", "http://")):
+            raise ConfigError(
+                f"token_jwks_url: expected an http(s) URL, got {self.token_jwks_url!r}"
+            )
         for algorithm in self.token_algorithms:
             if algorithm not in known:
                 raise ConfigError(

@@ -36,6 +36,7 @@ from tidings.errors import (
     UnsubscribeCode,
 )
 from tidings.hub import Hub, Subscriber
+from tidings.jwks import JwksClient
 from tidings.protocol.codec import (
     EMPTY_DOCUMENT,
     compact_raw,
@@ -110,9 +111,18 @@ class Node:
         self.verifier = TokenVerifier(
             hmac_secret=config.token_hmac_secret,
             algorithms=config.token_algorithms,
+            rsa_public_key=config.token_rsa_public_key,
+            ecdsa_public_key=config.token_ecdsa_public_key,
             audience=config.token_audience,
             issuer=config.token_issuer,
         )
+        self.jwks: JwksClient | None = None
+        if config.token_jwks_url:
+            self.jwks = JwksClient(
+                config.token_jwks_url,
+                self.verifier,
+                refresh_interval=config.token_jwks_refresh_interval,
+            )
         if broker is None:
             broker, presence_default = _build_engine(config)
             presence = presence or presence_default
@@ -150,6 +160,9 @@ class Node:
         self._started = True
         self.broker.set_event_handler(self)
         await self.broker.start()
+        if self.jwks is not None:
+            await self.jwks.refresh(force=True)
+            self.spawn(self.jwks.run())
         interval = self.config.ping_interval
         if interval > 0:
             self._tick_period = min(1.0, interval)
@@ -175,6 +188,10 @@ class Node:
             task.cancel()
         await self.broker.close()
         await self.presence.close()
+
+    async def refresh_jwks(self) -> bool:
+        """A token named an unknown ``kid``: refetch the JWKS (rate-limited)."""
+        return self.jwks is not None and await self.jwks.refresh()
 
     def spawn(self, coroutine: Coroutine[Any, Any, Any]) -> None:
         """Run a fire-and-forget coroutine that the node keeps a reference to."""

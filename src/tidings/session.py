@@ -28,7 +28,13 @@ from typing import TYPE_CHECKING
 
 from msgspec import Raw
 
-from tidings.auth import ConnectToken, SubscriptionToken, TokenError, TokenSubscription
+from tidings.auth import (
+    ConnectToken,
+    SubscriptionToken,
+    TokenError,
+    TokenSubscription,
+    UnknownKeyId,
+)
 from tidings.channels import ChannelOptions, ChannelRules
 from tidings.errors import (
     Disconnect,
@@ -369,7 +375,7 @@ class Session:
         token: ConnectToken | None = None
         if request.token:
             try:
-                token = node.verifier.verify_connect_token(request.token)
+                token = await self._verify_connect_token(request.token)
             except TokenError as exc:
                 log.info("connect from %s refused: %s", self.remote, exc.reason)
                 if exc.expired:
@@ -444,6 +450,22 @@ class Session:
             await self._complete_subscribe(subscription, position)
         return None
 
+    async def _verify_connect_token(self, token: str) -> ConnectToken:
+        try:
+            return self.node.verifier.verify_connect_token(token)
+        except UnknownKeyId:
+            if not await self.node.refresh_jwks():
+                raise
+            return self.node.verifier.verify_connect_token(token)
+
+    async def _verify_subscription_token(self, token: str) -> SubscriptionToken:
+        try:
+            return self.node.verifier.verify_subscription_token(token)
+        except UnknownKeyId:
+            if not await self.node.refresh_jwks():
+                raise
+            return self.node.verifier.verify_subscription_token(token)
+
     def _ttl(self) -> int | None:
         """Seconds left; at least 1 while expiring (the SDKs read ``ttl`` whenever ``expires``)."""
         if self.expire_at is None:
@@ -481,7 +503,7 @@ class Session:
         sub_token: SubscriptionToken | None = None
         if request.token:
             try:
-                sub_token = node.verifier.verify_subscription_token(request.token)
+                sub_token = await self._verify_subscription_token(request.token)
             except TokenError as exc:
                 log.info("client %s: subscription token refused: %s", self.client_id, exc.reason)
                 if exc.expired:
@@ -845,7 +867,7 @@ class Session:
     async def _refresh(self, command_id: int, request: object) -> bytes:
         token: str = request.token  # type: ignore[attr-defined]
         try:
-            claims = self.node.verifier.verify_connect_token(token)
+            claims = await self._verify_connect_token(token)
         except TokenError as exc:
             log.info("client %s: refresh refused: %s", self.client_id, exc.reason)
             if exc.expired:
@@ -879,7 +901,7 @@ class Session:
         if not token:
             raise ProtocolViolation("sub_refresh without a token")
         try:
-            claims = self.node.verifier.verify_subscription_token(token)
+            claims = await self._verify_subscription_token(token)
         except TokenError as exc:
             log.info("client %s: sub_refresh refused: %s", self.client_id, exc.reason)
             if exc.expired:

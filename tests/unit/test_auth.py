@@ -115,3 +115,114 @@ def test_subscription_token() -> None:
 def test_no_secret_means_no_token_is_valid() -> None:
     with pytest.raises(TokenError):
         TokenVerifier(hmac_secret="").verify_connect_token(sign({"sub": "a"}))
+
+
+# --------------------------------------------------------------------------- asymmetric keys
+
+
+def _rsa() -> tuple[object, str]:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    public = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return key, public.decode()
+
+
+def _ec() -> tuple[object, str]:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    public = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return key, public.decode()
+
+
+RSA_KEY, RSA_PUBLIC = _rsa()
+EC_KEY, EC_PUBLIC = _ec()
+ALL = ["HS256", "RS256", "RS384", "RS512", "PS256", "ES256"]
+
+
+@pytest.mark.parametrize("algorithm", ["RS256", "RS384", "RS512", "PS256"])
+def test_rsa_tokens(algorithm: str) -> None:
+    checker = verifier(rsa_public_key=RSA_PUBLIC, algorithms=ALL)
+    token = jwt.encode({"sub": "r"}, RSA_KEY, algorithm=algorithm)  # type: ignore[arg-type]
+    assert checker.verify_connect_token(token).user == "r"
+
+
+def test_ecdsa_tokens() -> None:
+    checker = verifier(ecdsa_public_key=EC_PUBLIC, algorithms=ALL)
+    token = jwt.encode({"sub": "e"}, EC_KEY, algorithm="ES256")  # type: ignore[arg-type]
+    assert checker.verify_connect_token(token).user == "e"
+
+
+def test_public_key_from_a_file(tmp_path: object) -> None:
+    from pathlib import Path
+
+    path = Path(str(tmp_path)) / "rsa.pem"
+    path.write_text(RSA_PUBLIC)
+    checker = verifier(rsa_public_key=str(path), algorithms=ALL)
+    token = jwt.encode({"sub": "f"}, RSA_KEY, algorithm="RS256")  # type: ignore[arg-type]
+    assert checker.verify_connect_token(token).user == "f"
+
+
+def test_hs_rs_key_confusion_is_refused() -> None:
+    """HS256 signed with the RSA *public* key as secret must not verify."""
+    import base64
+    import hashlib
+    import hmac
+
+    header = b64({"alg": "HS256", "typ": "JWT"})
+    payload = b64({"sub": "mallory"})
+    signing_input = f"{header}.{payload}".encode()
+    signature = hmac.new(RSA_PUBLIC.encode(), signing_input, hashlib.sha256).digest()
+    forged = f"{header}.{payload}." + base64.urlsafe_b64encode(signature).rstrip(b"=").decode()
+    checker = TokenVerifier(rsa_public_key=RSA_PUBLIC, algorithms=ALL, clock=lambda: NOW)
+    with pytest.raises(TokenError):
+        checker.verify_connect_token(forged)
+
+
+def test_rs_token_is_refused_when_rs_is_not_configured() -> None:
+    checker = verifier(rsa_public_key=RSA_PUBLIC, algorithms=["HS256"])
+    token = jwt.encode({"sub": "r"}, RSA_KEY, algorithm="RS256")  # type: ignore[arg-type]
+    with pytest.raises(TokenError, match="algorithm not allowed"):
+        checker.verify_connect_token(token)
+
+
+def test_ecdsa_token_against_rsa_key_fails() -> None:
+    checker = verifier(rsa_public_key=RSA_PUBLIC, algorithms=ALL)
+    token = jwt.encode({"sub": "e"}, EC_KEY, algorithm="ES256")  # type: ignore[arg-type]
+    with pytest.raises(TokenError):
+        checker.verify_connect_token(token)
+
+
+def jwks_document() -> dict[str, object]:
+    rsa_jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(RSA_KEY.public_key()))  # type: ignore[attr-defined]
+    rsa_jwk.update(kid="rsa-1", use="sig")
+    ec_jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(EC_KEY.public_key()))  # type: ignore[attr-defined]
+    ec_jwk.update(kid="ec-1")
+    return {"keys": [rsa_jwk, ec_jwk, {"kty": "oct", "k": "c2VjcmV0", "kid": "sym"}, {"junk": 1}]}
+
+
+def test_jwks_keys_are_chosen_by_kid() -> None:
+    checker = TokenVerifier(algorithms=ALL, clock=lambda: NOW)
+    assert checker.set_jwks(jwks_document()) == 2  # the symmetric and the junk entries are ignored
+    rsa_token = jwt.encode({"sub": "r"}, RSA_KEY, algorithm="RS256", headers={"kid": "rsa-1"})  # type: ignore[arg-type]
+    ec_token = jwt.encode({"sub": "e"}, EC_KEY, algorithm="ES256", headers={"kid": "ec-1"})  # type: ignore[arg-type]
+    assert checker.verify_connect_token(rsa_token).user == "r"
+    assert checker.verify_connect_token(ec_token).user == "e"
+    wrong_family = jwt.encode({"sub": "x"}, EC_KEY, algorithm="ES256", headers={"kid": "rsa-1"})  # type: ignore[arg-type]
+    with pytest.raises(TokenError):
+        checker.verify_connect_token(wrong_family)
+    from tidings.auth import UnknownKeyId
+
+    unknown = jwt.encode({"sub": "x"}, RSA_KEY, algorithm="RS256", headers={"kid": "rsa-2"})  # type: ignore[arg-type]
+    with pytest.raises(UnknownKeyId):
+        checker.verify_connect_token(unknown)
+    symmetric = jwt.encode({"sub": "x"}, "s" * 32, algorithm="HS256", headers={"kid": "sym"})
+    with pytest.raises(TokenError):
+        checker.verify_connect_token(symmetric)

@@ -90,7 +90,10 @@ class _Channel:
         return not (self.pending or any(self.plain.values()) or any(self.join_leave.values()))
 
     def count(self) -> int:
-        return sum(map(len, self.plain.values())) + sum(map(len, self.join_leave.values()))
+        """Subscribers whose subscribe reply is out: live ones and those waiting to go live."""
+        waiting = sum(1 for pending in self.pending.values() if pending.buffer is None)
+        live = sum(map(len, self.plain.values())) + sum(map(len, self.join_leave.values()))
+        return live + waiting
 
 
 def _frame(wire: WireFormat, pushes: list[PreparedPush]) -> bytes:

@@ -12,6 +12,7 @@ frame those bytes (WebSocket frame, SSE event, stream line).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Protocol
 
 import msgspec
 from msgspec import Raw
@@ -137,6 +138,10 @@ EMPTY_DOCUMENT = b"{}"
 # --------------------------------------------------------------------------- pushes
 
 
+class _HasEnvelope(Protocol):
+    envelope: bool
+
+
 class PreparedPush:
     """A push encoded once, in both envelopes, shared by every recipient.
 
@@ -152,6 +157,10 @@ class PreparedPush:
         self.envelope = b'{"push":{' + body + b"}}"
         self.offset = offset
         self.epoch = epoch
+
+    def envelope_for(self, wire: _HasEnvelope) -> bytes:
+        """The document a transport of this kind sends: wrapped or bare."""
+        return self.envelope if wire.envelope else self.bare
 
 
 def _push_body(channel: str, kind: bytes, payload: bytes) -> bytes:

@@ -69,6 +69,13 @@ OPTIONS: tuple[Option, ...] = (
     Option("port", "int", 8000, "TCP port to listen on (0 picks a free one)."),
     Option("broker", "str", "memory", 'Engine: "memory" (one process) or a redis:// URL.'),
     Option(
+        "broker_prefix",
+        "str",
+        "tidings",
+        "Prefix of the Redis broker's keys and pub/sub channels: every node of one deployment "
+        "uses the same one; deployments sharing a Redis use different ones.",
+    ),
+    Option(
         "workers", "int", 1, "Worker processes sharing the port (needs a shared broker when > 1)."
     ),
     Option("log_level", "str", "info", "Logging level: debug, info, warning or error."),
@@ -189,6 +196,88 @@ OPTIONS: tuple[Option, ...] = (
         0.0,
         "Extra time to gather publications into one write per connection (0: same loop turn).",
     ),
+    Option(
+        "websocket_compression",
+        "bool",
+        False,
+        "Offer permessage-deflate (RFC 7692). Broadcasts are compressed once per batch, "
+        "without context takeover; decompressed input is held to max_message_size.",
+    ),
+    Option(
+        "websocket_compression_min_size",
+        "int",
+        256,
+        "Messages shorter than this are sent uncompressed even on a compressing connection.",
+    ),
+    Option(
+        "websocket_max_fragments",
+        "int",
+        1024,
+        "Most frames one incoming WebSocket message may be split into (beyond: close 1009).",
+    ),
+    Option(
+        "client_command_rate_limit",
+        "int",
+        1000,
+        "Commands per second one connection may send (token bucket; 0: no limit). Over it: "
+        "error 111, then disconnect 3013 if the client keeps going.",
+    ),
+    Option(
+        "client_command_burst",
+        "int",
+        1000,
+        "Bucket size of the command rate limit: how many commands may arrive at once.",
+    ),
+    Option(
+        "client_user_connection_limit",
+        "int",
+        0,
+        "Most concurrent connections per user on this node (0: no limit); over it: 3504.",
+    ),
+    Option(
+        "client_ip_connection_limit",
+        "int",
+        0,
+        "Most concurrent connections per client IP (0: no limit; behind a proxy every client "
+        "shares the proxy's IP). Over it: HTTP 503.",
+    ),
+    Option(
+        "client_connection_rate_limit",
+        "int",
+        0,
+        "New connections accepted per second by this node (0: no limit). Over it: HTTP 503.",
+    ),
+    Option(
+        "http_header_timeout",
+        "duration",
+        10.0,
+        "Time a client has to send a complete request head (slow-header attacks).",
+    ),
+    Option(
+        "cors_allowed_origins",
+        "list",
+        [],
+        "Origins that get CORS headers on /events, /longpoll and the emulation endpoints; "
+        '"*" allows all (never with credentials). Empty: the allowed_origins list.',
+    ),
+    Option(
+        "cors_allow_credentials",
+        "bool",
+        False,
+        "Let cross-origin pages send cookies to those endpoints (needs explicit origins).",
+    ),
+    Option(
+        "longpoll_timeout",
+        "duration",
+        25.0,
+        "How long GET /longpoll holds a request that has nothing to return yet.",
+    ),
+    Option(
+        "sse_heartbeat_interval",
+        "duration",
+        15.0,
+        "Period of the comment lines that keep idle SSE streams alive through proxies (0: none).",
+    ),
     Option("node_name", "str", "", "Name of this node in the API's info (default: host name)."),
 )
 
@@ -228,6 +317,7 @@ class Config:
     host: str = "127.0.0.1"
     port: int = 8000
     broker: str = "memory"
+    broker_prefix: str = "tidings"
     workers: int = 1
     log_level: str = "info"
     token_hmac_secret: str = ""
@@ -271,6 +361,19 @@ class Config:
     write_buffer_limit: int = 1 << 20
     slow_timeout: float = 10.0
     coalesce_delay: float = 0.0
+    websocket_compression: bool = False
+    websocket_compression_min_size: int = 256
+    websocket_max_fragments: int = 1024
+    client_command_rate_limit: int = 1000
+    client_command_burst: int = 1000
+    client_user_connection_limit: int = 0
+    client_ip_connection_limit: int = 0
+    client_connection_rate_limit: int = 0
+    http_header_timeout: float = 10.0
+    cors_allowed_origins: list[str] = field(default_factory=list)
+    cors_allow_credentials: bool = False
+    longpoll_timeout: float = 25.0
+    sse_heartbeat_interval: float = 15.0
     node_name: str = ""
     channels: ChannelsConfig = field(default_factory=ChannelsConfig)
 
@@ -336,6 +439,18 @@ class Config:
                 )
         if not (self.broker == "memory" or self.broker.startswith(("redis", "rediss"))):
             raise ConfigError(f'broker: expected "memory" or a redis:// URL, got {self.broker!r}')
+        if not self.broker_prefix or "{" in self.broker_prefix or "}" in self.broker_prefix:
+            raise ConfigError(
+                "broker_prefix: expected a non-empty name without braces, "
+                f"got {self.broker_prefix!r}"
+            )
+        if self.cors_allow_credentials and "*" in (
+            self.cors_allowed_origins or self.allowed_origins
+        ):
+            raise ConfigError(
+                'cors_allow_credentials: cannot be combined with "*" in the CORS origins; '
+                "list the origins that may send credentials"
+            )
         if self.workers > 1 and self.broker == "memory":
             raise ConfigError(
                 "workers: more than one worker needs a shared broker (--broker redis://...); "

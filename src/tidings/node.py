@@ -8,6 +8,7 @@ state, so a test can run several nodes in one process.
 from __future__ import annotations
 
 import asyncio
+import fnmatch
 import logging
 import math
 import os
@@ -29,6 +30,7 @@ from tidings.brokers.memory import MemoryBroker, MemoryPresence
 from tidings.channels import ChannelOptions, ChannelRules
 from tidings.config import Config
 from tidings.errors import (
+    BrokerUnavailable,
     Disconnect,
     DisconnectCode,
     ErrorCode,
@@ -58,6 +60,13 @@ SendHandler = Callable[["Session", bytes], Awaitable[None]]
 NODE_INFO_INTERVAL = 5.0
 """Seconds between a node's announcements of itself to the others (API ``info``)."""
 
+CHANNELS_SURVEY_TIMEOUT = 1.0
+"""Longest wait for the other nodes' answers to an API ``channels`` call."""
+
+PRESENCE_REFRESH_BATCH = 1000
+"""Presence entries refreshed per store call: with Redis one round trip per batch
+(``RedisPresence.add_presence_many``), where one call per entry cost a round trip each."""
+
 
 @dataclass(frozen=True, slots=True)
 class PublishResult:
@@ -85,6 +94,25 @@ class ControlMessage(msgspec.Struct, omit_defaults=True):
     since_offset: int = -1
     since_epoch: str = ""
     node: dict[str, Any] | None = None
+    survey: str = ""
+    sender: str = ""
+    counts: dict[str, int] | None = None
+
+
+class _Survey:
+    """An API ``channels`` call waiting for the other nodes' counts."""
+
+    __slots__ = ("done", "expected", "replies")
+
+    def __init__(self, expected: set[str]) -> None:
+        self.expected = expected
+        self.replies: dict[str, dict[str, int]] = {}
+        self.done = asyncio.Event()
+
+    def answer(self, sender: str, counts: dict[str, int]) -> None:
+        self.replies.setdefault(sender, counts)
+        if self.expected <= self.replies.keys():
+            self.done.set()
 
 
 _control_decoder = msgspec.json.Decoder(ControlMessage)
@@ -124,7 +152,7 @@ class Node:
                 refresh_interval=config.token_jwks_refresh_interval,
             )
         if broker is None:
-            broker, presence_default = _build_engine(config)
+            broker, presence_default = _build_engine(config, self.id)
             presence = presence or presence_default
         self.broker: Broker = broker
         self.history: HistoryReader = broker  # type: ignore[assignment]
@@ -137,6 +165,7 @@ class Node:
         self.send_handler: SendHandler | None = None
         self.sessions: dict[str, Session] = {}
         self.users: dict[str, set[Session]] = {}
+        self.emulation_sessions: dict[str, Session] = {}
         self.nodes: dict[str, tuple[float, dict[str, Any]]] = {}
         self._all_sessions: set[Session] = set()
         self._presence_entries: dict[tuple[str, Session], None] = {}
@@ -148,6 +177,8 @@ class Node:
         self._pong_checks: deque[tuple[int, list[Session]]] = deque()
         self._ping_frames: dict[WireFormat, bytes] = {}
         self._last_presence_refresh = 0.0
+        self._presence_refreshing = False
+        self._surveys: dict[str, _Survey] = {}
         self._last_node_info = 0.0
         self._started = False
         self._closing = False
@@ -181,6 +212,7 @@ class Node:
         for session in list(self._all_sessions):
             session.close(disconnect)
         self.hub.flush()
+        self.spawn(self._announce_departure())
         pending = [task for task in self._tasks if not task.done()]
         if pending:
             await asyncio.wait(pending, timeout=2.0)
@@ -214,6 +246,14 @@ class Node:
         """A session finished ``connect``: index it by client id and user."""
         self.sessions[session.client_id] = session
         self.users.setdefault(session.user, set()).add(session)
+
+    def register_emulation(self, session: Session) -> None:
+        """Index a session by its ``session_id``, for ``POST /emulation`` (fact sheet section 8)."""
+        self.emulation_sessions[session.session_id] = session
+
+    def unregister_emulation(self, session: Session) -> None:
+        if self.emulation_sessions.get(session.session_id) is session:
+            del self.emulation_sessions[session.session_id]
 
     def untrack(self, session: Session, *, was_connected: bool) -> None:
         self._all_sessions.discard(session)
@@ -315,14 +355,45 @@ class Node:
         return frame
 
     async def _refresh_presence(self) -> None:
+        """Re-add this node's presence entries so they outlive ``presence_ttl``.
+
+        Entries go to the store in batches: with a store that has
+        ``add_presence_many`` (Redis) one round trip per batch. An entry whose
+        client left while its batch was in flight is removed again afterwards,
+        so a refresh never resurrects it. A failure is logged; the next
+        interval tries again (entries live ``presence_ttl``, several intervals).
+        """
+        if self._presence_refreshing:
+            return
+        self._presence_refreshing = True
         ttl = self.config.presence_ttl
-        for channel, session in list(self._presence_entries):
-            if session.closed or channel not in session.subscriptions:
-                continue
-            subscription = session.subscriptions[channel]
-            await self.presence.add_presence(
-                channel, session.client_id, session.channel_info(subscription), ttl
-            )
+        add_many = getattr(self.presence, "add_presence_many", None)
+        try:
+            keys = []
+            entries = []
+            for key in list(self._presence_entries):
+                channel, session = key
+                subscription = session.subscriptions.get(channel)
+                if session.closed or subscription is None:
+                    continue
+                keys.append(key)
+                entries.append((channel, session.client_id, session.channel_info(subscription)))
+            for start in range(0, len(entries), PRESENCE_REFRESH_BATCH):
+                batch = entries[start : start + PRESENCE_REFRESH_BATCH]
+                if add_many is not None:
+                    await add_many(batch, ttl)
+                else:
+                    for channel, client_id, info in batch:
+                        await self.presence.add_presence(channel, client_id, info, ttl)
+                for key, (channel, client_id, _) in zip(
+                    keys[start : start + PRESENCE_REFRESH_BATCH], batch, strict=True
+                ):
+                    if key not in self._presence_entries:
+                        await self.presence.remove_presence(channel, client_id)
+        except BrokerUnavailable as exc:
+            log.warning("presence refresh failed, retrying next interval: %s", exc)
+        finally:
+            self._presence_refreshing = False
 
     # ------------------------------------------------------------------ channels
 
@@ -461,7 +532,24 @@ class Node:
             return
         if control.op == "node":
             if control.node is not None:
-                self.nodes[str(control.node.get("uid", ""))] = (time.monotonic(), control.node)
+                uid = str(control.node.get("uid", ""))
+                if uid not in self.nodes and uid != self.id and not self._closing:
+                    # A newcomer: introduce this node now rather than at the next
+                    # interval, so its ``info`` and ``channels`` see every node at once.
+                    self.spawn(self._announce_node())
+                self.nodes[uid] = (time.monotonic(), control.node)
+            return
+        if control.op == "node_gone":
+            self.nodes.pop(control.sender, None)
+            return
+        if control.op == "channels":
+            if control.sender != self.id:
+                self.spawn(self._answer_channels_survey(control))
+            return
+        if control.op == "channels_reply":
+            survey = self._surveys.get(control.survey)
+            if survey is not None:
+                survey.answer(control.sender, control.counts or {})
             return
         self.spawn(self._apply_control(control))
 
@@ -501,6 +589,65 @@ class Node:
     async def send_control(self, control: ControlMessage) -> None:
         await self.broker.publish_control(msgspec.json.encode(control))
 
+    # ------------------------------------------------------------------ channels survey
+
+    def local_channels(self, pattern: str = "") -> dict[str, int]:
+        """Channels with subscribers on this node (matching the glob ``pattern``), and how many."""
+        return {
+            name: count
+            for name, count in self.hub.channels()
+            if not pattern or fnmatch.fnmatchcase(name, pattern)
+        }
+
+    async def channels(self, pattern: str = "") -> dict[str, int]:
+        """Channels with subscribers on any node, with subscriber counts (API ``channels``).
+
+        The other live nodes (announced within the last ``3 * NODE_INFO_INTERVAL``)
+        are asked over control messages and each answers with its own counts.
+        The call waits until all have answered, at most
+        ``CHANNELS_SURVEY_TIMEOUT`` seconds, then sums whatever arrived: a node
+        that died a moment ago costs that wait, never an error.
+        """
+        counts = self.local_channels(pattern)
+        horizon = time.monotonic() - 3 * NODE_INFO_INTERVAL
+        peers = {uid for uid, (seen, _) in self.nodes.items() if seen >= horizon and uid != self.id}
+        if not peers:
+            return counts
+        survey_id = uuid.uuid4().hex
+        survey = self._surveys[survey_id] = _Survey(peers)
+        try:
+            await self.send_control(
+                ControlMessage(op="channels", survey=survey_id, sender=self.id, channel=pattern)
+            )
+            try:
+                async with asyncio.timeout(CHANNELS_SURVEY_TIMEOUT):
+                    await survey.done.wait()
+            except TimeoutError:
+                log.warning(
+                    "channels: %d of %d other nodes did not answer within %s s",
+                    len(peers - survey.replies.keys()),
+                    len(peers),
+                    CHANNELS_SURVEY_TIMEOUT,
+                )
+        finally:
+            del self._surveys[survey_id]
+        for reply in survey.replies.values():
+            for name, count in reply.items():
+                counts[name] = counts.get(name, 0) + count
+        return counts
+
+    async def _answer_channels_survey(self, control: ControlMessage) -> None:
+        reply = ControlMessage(
+            op="channels_reply",
+            survey=control.survey,
+            sender=self.id,
+            counts=self.local_channels(control.channel),
+        )
+        try:
+            await self.send_control(reply)
+        except BrokerUnavailable as exc:
+            log.warning("channels survey not answered: %s", exc)
+
     # ------------------------------------------------------------------ node info
 
     def node_info(self) -> dict[str, Any]:
@@ -529,6 +676,13 @@ class Node:
         except Exception as exc:
             log.warning("node announcement failed: %s", exc)
 
+    async def _announce_departure(self) -> None:
+        """Tell the other nodes this one is gone, so ``info`` and ``channels`` stop counting it."""
+        try:
+            await self.send_control(ControlMessage(op="node_gone", sender=self.id))
+        except Exception as exc:
+            log.debug("node departure not announced: %s", exc)
+
     def known_nodes(self) -> list[dict[str, Any]]:
         horizon = time.monotonic() - 3 * NODE_INFO_INTERVAL
         nodes = {self.id: self.node_info()}
@@ -538,9 +692,13 @@ class Node:
         return list(nodes.values())
 
 
-def _build_engine(config: Config) -> tuple[Broker, PresenceStore]:
+def _build_engine(config: Config, node_id: str) -> tuple[Broker, PresenceStore]:
     if config.broker == "memory":
         return MemoryBroker(), MemoryPresence()
     from tidings.brokers.redis import RedisBroker, RedisPresence
 
-    return RedisBroker(config.broker), RedisPresence(config.broker)
+    prefix = config.broker_prefix
+    return (
+        RedisBroker(config.broker, prefix=prefix, name=node_id[:8]),
+        RedisPresence(config.broker, prefix=prefix),
+    )

@@ -37,6 +37,7 @@ from tidings.auth import (
 )
 from tidings.channels import ChannelOptions, ChannelRules
 from tidings.errors import (
+    BrokerUnavailable,
     Disconnect,
     DisconnectCode,
     DisconnectError,
@@ -54,6 +55,7 @@ from tidings.protocol.codec import (
     encode,
     encode_error_reply,
     encode_reply,
+    prepare_publication,
     prepare_push,
     raw,
 )
@@ -88,6 +90,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("tidings.session")
 
 CONNECTING, CONNECTED, REFUSED, CLOSED = "connecting", "connected", "refused", "closed"
+
+RATE_LIMITED = "rate-limited"
+"""Queue marker: the command came over the rate limit and is answered with error 111."""
+
+RATE_STRIKES_BEFORE_DISCONNECT = 10
+"""Commands refused in a row (error 111) before the connection is closed with 3013."""
 
 
 class Subscription:
@@ -125,9 +133,12 @@ class Session:
     __slots__ = (
         "__weakref__",
         "_queue",
+        "_rate_strikes",
         "_slow_disconnect",
         "_slow_handle",
         "_stale_handle",
+        "_tokens",
+        "_tokens_at",
         "_worker",
         "awaiting_pong",
         "client_id",
@@ -168,10 +179,17 @@ class Session:
         self.expire_at: int | None = None
         self.expiry_handle: asyncio.TimerHandle | None = None
         self.awaiting_pong = False
-        self._queue: deque[tuple[str | None, Command]] = deque()
+        # Created when commands arrive and dropped when they are done: an empty
+        # deque costs ~600 bytes, more than a tenth of an idle connection.
+        self._queue: deque[tuple[str | None, Command]] | None = None
         self._worker: asyncio.Task[None] | None = None
         self._slow_handle: asyncio.TimerHandle | None = None
         self._slow_disconnect: asyncio.Handle | None = None
+        self._tokens = float(
+            node.config.client_command_burst or node.config.client_command_rate_limit
+        )
+        self._tokens_at = time.monotonic()
+        self._rate_strikes = 0
         delay = node.config.stale_close_delay
         self._stale_handle: asyncio.TimerHandle | None = (
             asyncio.get_running_loop().call_later(delay, self._on_stale) if delay > 0 else None
@@ -206,10 +224,33 @@ class Session:
             self._violation(violation)
             return
         queue = self._queue
+        if queue is None:
+            queue = self._queue = deque()
+        rate = self.node.config.client_command_rate_limit
+        if rate:
+            self._refill_tokens(rate)
         for command in commands:
-            queue.append((command_method(command), command))
+            method = command_method(command)
+            if rate and method is not None:
+                if self._tokens >= 1.0:
+                    self._tokens -= 1.0
+                    self._rate_strikes = 0
+                else:
+                    self._rate_strikes += 1
+                    if self._rate_strikes > RATE_STRIKES_BEFORE_DISCONNECT:
+                        log.info("client %s (%s): command flood", self.client_id, self.remote)
+                        self.close(DisconnectCode.TOO_MANY_REQUESTS)
+                        return
+                    method = RATE_LIMITED
+            queue.append((method, command))
         if self._worker is None:
             self._worker = asyncio.get_running_loop().create_task(self._process())
+
+    def _refill_tokens(self, rate: int) -> None:
+        now = time.monotonic()
+        burst = float(self.node.config.client_command_burst or rate)
+        self._tokens = min(burst, self._tokens + (now - self._tokens_at) * rate)
+        self._tokens_at = now
 
     def _violation(self, violation: ProtocolViolation) -> None:
         log.info("client %s (%s): %s", self.client_id or "-", self.remote, violation)
@@ -217,6 +258,7 @@ class Session:
 
     async def _process(self) -> None:
         queue = self._queue
+        assert queue is not None
         try:
             while queue and self.state in (CONNECTING, CONNECTED):
                 method, command = queue.popleft()
@@ -231,12 +273,15 @@ class Session:
             self.close(DisconnectCode.SERVER_ERROR)
         finally:
             self._worker = None
-            if self.state not in (CONNECTING, CONNECTED):
-                queue.clear()
+            self._queue = None
 
     async def _dispatch(self, method: str | None, command: Command) -> None:
         if method is None:
             self._on_pong()
+            return
+        if method == RATE_LIMITED:
+            if command.id:
+                self.send(encode_error_reply(command.id, ErrorCode.TOO_MANY_REQUESTS))
             return
         if self.state == CONNECTING:
             if method != "connect":
@@ -252,8 +297,18 @@ class Session:
                 return
             if method == "connect":
                 self.state = REFUSED
-                self._queue.clear()
+                if self._queue is not None:
+                    self._queue.clear()
             self.send(encode_error_reply(command_id, exc.error))
+            return
+        except BrokerUnavailable as exc:
+            # The engine did not answer within its bound: error 100 (temporary), so
+            # the SDK retries; a connect (server-side subscriptions) reconnects (3004).
+            log.warning("client %s: %s failed: %s", self.client_id or "-", method, exc)
+            if method == "connect":
+                raise DisconnectError(DisconnectCode.SERVER_ERROR) from None
+            if self.state != CLOSED:
+                self.send(encode_error_reply(command_id, ErrorCode.INTERNAL))
             return
         if reply is not None and self.state != CLOSED:
             self.send(reply)
@@ -272,7 +327,7 @@ class Session:
 
     def send_push(self, channel: str, kind: str, body: object) -> None:
         push = prepare_push(channel, kind, body)
-        self.send(push.envelope if self.wire.envelope else push.bare)
+        self.send(push.envelope_for(self.wire))
 
     def ping(self, frame: bytes, *, expect_pong: bool) -> None:
         """Called by the node's ping wheel with a ping already framed for this wire."""
@@ -352,7 +407,7 @@ class Session:
         self._stale_handle = self.expiry_handle = self._slow_handle = self._slow_disconnect = None
         if self._worker is not None and not self._worker.done():
             self._worker.cancel()
-        self._queue.clear()
+        self._queue = None
         node = self.node
         subscriptions = list(self.subscriptions.values())
         self.subscriptions = {}
@@ -369,6 +424,27 @@ class Session:
             await self._announce_leave(subscription)
 
     # ------------------------------------------------------------------ connect
+
+    async def connect_unidirectional(self, request: ConnectRequest) -> None:
+        """Run the one ``connect`` of a unidirectional transport (fact sheet section 8).
+
+        There is no reply to carry an error, so a refusal becomes a disconnect:
+        109/110 -> 3005, 111 -> 3013, 103 -> 3507, any other error -> 3004; a
+        disconnect raised by connect (3500, 3501...) is sent as it is.
+        """
+        if self.state != CONNECTING:
+            return
+        try:
+            await self._connect(0, request)
+        except ReplyError as exc:
+            self.close(
+                _UNIDIRECTIONAL_CONNECT_ERRORS.get(exc.error.code, DisconnectCode.SERVER_ERROR)
+            )
+        except DisconnectError as exc:
+            self.close(exc.disconnect)
+        except Exception:
+            log.exception("unidirectional connect from %s failed", self.remote)
+            self.close(DisconnectCode.SERVER_ERROR)
 
     async def _connect(self, command_id: int, request: ConnectRequest) -> bytes | None:
         node = self.node
@@ -393,6 +469,10 @@ class Session:
             self.conn_info = token.info
             self.meta = token.meta
             self.expire_at = token.expire_at
+        limit = node.config.client_user_connection_limit
+        if limit and self.user and len(node.users.get(self.user, ())) >= limit:
+            log.info("connect of user %r refused: %d connections already", self.user, limit)
+            raise DisconnectError(DisconnectCode.CONNECTION_LIMIT)
         if self._stale_handle is not None:
             self._stale_handle.cancel()
             self._stale_handle = None
@@ -657,9 +737,17 @@ class Session:
         subscription.live = True
         self._schedule_subscription_expiry(subscription)
         if subscription.options.join_leave:
-            await self.node.broker.publish_join(
-                subscription.channel, self.channel_info(subscription)
-            )
+            try:
+                await self.node.broker.publish_join(
+                    subscription.channel, self.channel_info(subscription)
+                )
+            except BrokerUnavailable as exc:  # the subscribe is answered: join is best effort
+                log.warning(
+                    "join of %s in %r not announced: %s",
+                    self.client_id,
+                    subscription.channel,
+                    exc,
+                )
 
     def _subscription_ttl(self, subscription: Subscription) -> int | None:
         if subscription.expire_at is None:
@@ -745,7 +833,7 @@ class Session:
             result, subscription, position = await self._subscribe(
                 channel, request, server_side=True, token_sub=token_sub
             )
-        except ReplyError as exc:
+        except (ReplyError, BrokerUnavailable) as exc:
             log.info("server subscribe of %s to %r failed: %s", self.client_id, channel, exc)
             return
         if self.state == CLOSED:
@@ -761,6 +849,12 @@ class Session:
                 data=result.data,
             ),
         )
+        # A subscribe push has no room for publications: recovered ones follow it as
+        # ordinary pub pushes, in order, before anything live (which the hub dedups).
+        for publication in result.publications:
+            self.send(
+                prepare_publication(channel, publication, result.epoch).envelope_for(self.wire)
+            )
         await self._complete_subscribe(subscription, position)
 
     def refresh_by_server(
@@ -787,7 +881,7 @@ class Session:
     def disconnect_push(self, disconnect: Disconnect) -> bytes:
         """The disconnect push non-WebSocket transports write before they end."""
         push = prepare_push("", "disconnect", DisconnectPush(disconnect.code, disconnect.reason))
-        return push.envelope if self.wire.envelope else push.bare
+        return push.envelope_for(self.wire)
 
     # ------------------------------------------------------------------ other commands
 
@@ -921,6 +1015,15 @@ class Session:
         return encode_reply(
             command_id, "sub_refresh", SubRefreshResult(expires=ttl is not None, ttl=ttl or 0)
         )
+
+
+_UNIDIRECTIONAL_CONNECT_ERRORS: dict[int, Disconnect] = {
+    ErrorCode.TOKEN_EXPIRED.code: DisconnectCode.EXPIRED,
+    ErrorCode.EXPIRED.code: DisconnectCode.EXPIRED,
+    ErrorCode.TOO_MANY_REQUESTS.code: DisconnectCode.TOO_MANY_REQUESTS,
+    ErrorCode.PERMISSION_DENIED.code: DisconnectCode.PERMISSION_DENIED,
+}
+"""How a unidirectional connect's error reply becomes a disconnect (fact sheet section 8)."""
 
 
 def error_document(error: Error) -> bytes:

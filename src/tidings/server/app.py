@@ -11,12 +11,17 @@ import contextlib
 import logging
 import mimetypes
 import socket
+import time
 from collections.abc import Callable, Sequence
 from importlib import resources
 from pathlib import Path
 
 from websockets.datastructures import Headers
 from websockets.exceptions import NegotiationError
+from websockets.extensions.permessage_deflate import (
+    PerMessageDeflate,
+    ServerPerMessageDeflateFactory,
+)
 from websockets.http11 import Request as WsRequest
 from websockets.protocol import State
 from websockets.server import ServerProtocol
@@ -34,8 +39,10 @@ from tidings.server.http import (
     text_response,
 )
 from tidings.server.origins import OriginPolicy
+from tidings.server.transports import install as install_transports
 from tidings.session import Session
-from tidings.transports.websocket import WebSocketConnection
+from tidings.transports.base import WireFormat
+from tidings.transports.websocket import JSON_WIRE, WebSocketConnection, deflate_wire
 
 log = logging.getLogger("tidings.server")
 
@@ -78,7 +85,10 @@ class TidingsServer:
         self.router = Router()
         self._server: asyncio.AbstractServer | None = None
         self._websockets: set[WebSocketConnection] = set()
-        self._http_connections = 0
+        self.gate = AdmissionGate(
+            per_ip=self.config.client_ip_connection_limit,
+            rate=self.config.client_connection_rate_limit,
+        )
         self._all_closed: asyncio.Event | None = None
         self.port = 0
         self._install_routes()
@@ -95,6 +105,7 @@ class TidingsServer:
         router.route("/", self._index)
         router.route("/demo/*", self._demo_asset)
         router.route("/vendor/centrifuge.js", self._centrifuge_js)
+        self.transports = install_transports(self)
 
     def add_route(self, path: str, handler: Callable[[Request], object]) -> None:
         """Extension point for other transports (SSE, streaming, long polling)."""
@@ -171,6 +182,7 @@ class TidingsServer:
         ws = ServerProtocol(
             max_size=self.config.max_message_size,
             select_subprotocol=_select_subprotocol,
+            extensions=self._extensions,
             logger=_QUIET_LOGGER,
         )
         headers = Headers()
@@ -185,10 +197,26 @@ class TidingsServer:
             log.info("websocket handshake from %s refused: %s", request.client, ws.handshake_exc)
             transport.close()
             return
-        connection = self.accept_websocket(self.open_protocol(ws), transport, remote=request.client)
+        opened = self.open_protocol(ws)
+        connection = self.accept_websocket(
+            opened, transport, request=request, wire=self._wire_for(opened)
+        )
         connection.session = Session(self.node, connection, remote=request.client)
         if rest:
             connection.data_received(rest)
+
+    @property
+    def _extensions(self) -> list[ServerPerMessageDeflateFactory] | None:
+        if not self.config.websocket_compression:
+            return None
+        # No context takeover either way: the server compresses each batch once for
+        # every recipient, and the client's inflater is reset per message, so an idle
+        # connection keeps no compression window.
+        return [
+            ServerPerMessageDeflateFactory(
+                server_no_context_takeover=True, client_no_context_takeover=True
+            )
+        ]
 
     def open_protocol(self, handshake: ServerProtocol) -> ServerProtocol:
         """A frame-level protocol in the OPEN state, carrying what the handshake negotiated.
@@ -204,11 +232,31 @@ class TidingsServer:
         ws.subprotocol = handshake.subprotocol
         return ws
 
+    def _wire_for(self, ws: ServerProtocol) -> WireFormat:
+        """Plain JSON frames, or frames compressed once per batch when deflate was negotiated."""
+        for extension in ws.extensions:
+            if isinstance(extension, PerMessageDeflate):
+                return deflate_wire(
+                    extension.local_max_window_bits, self.config.websocket_compression_min_size
+                )
+        return JSON_WIRE
+
     def accept_websocket(
-        self, ws: ServerProtocol, transport: asyncio.Transport, *, remote: str, **options: object
+        self,
+        ws: ServerProtocol,
+        transport: asyncio.Transport,
+        *,
+        request: Request,
+        **options: object,
     ) -> WebSocketConnection:
         """Swap the HTTP protocol for a WebSocket one; shared by every WebSocket route."""
-        connection = WebSocketConnection(ws, transport, **options)  # type: ignore[arg-type]
+        connection = WebSocketConnection(
+            ws,
+            transport,
+            max_fragments=self.config.websocket_max_fragments,
+            **options,  # type: ignore[arg-type]
+        )
+        connection.remote_ip = request.connection.hand_over()
         transport.set_protocol(connection)
         limit = self.config.write_buffer_limit
         transport.set_write_buffer_limits(high=max(limit // 2, 16384))
@@ -218,17 +266,18 @@ class TidingsServer:
 
     def _websocket_lost(self, connection: WebSocketConnection) -> None:
         self._websockets.discard(connection)
+        self.gate.release(connection.remote_ip)
         if not self._websockets and self._all_closed is not None:
             self._all_closed.set()
 
     # ------------------------------------------------------------------ lifecycle
 
-    def _count_http(self, delta: int) -> None:
-        self._http_connections += delta
-
     def protocol_factory(self) -> HttpProtocol:
         return HttpProtocol(
-            self.router, max_body=self.config.max_message_size, on_connection=self._count_http
+            self.router,
+            max_body=self.config.max_message_size,
+            header_timeout=self.config.http_header_timeout,
+            gate=self.gate,
         )
 
     async def start(self, *, sock: socket.socket | None = None) -> int:
@@ -252,6 +301,7 @@ class TidingsServer:
         """Stop accepting, disconnect every client with 3001, wait for them to go, bounded."""
         if self._server is not None:
             self._server.close()
+        self.transports.close()
         await self.node.shutdown()
         if self._websockets:
             self._all_closed = asyncio.Event()
@@ -265,6 +315,47 @@ class TidingsServer:
                 close_clients()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._server.wait_closed(), timeout=1.0)
+
+
+class AdmissionGate:
+    """Per-IP concurrent connections and a node-wide accept rate (token bucket).
+
+    Zero disables a limit. Checked once per TCP connection, before any parsing.
+    """
+
+    def __init__(self, *, per_ip: int, rate: int) -> None:
+        self.per_ip = per_ip
+        self.rate = rate
+        self._open: dict[str, int] = {}
+        self._tokens = float(rate)
+        self._refilled = time.monotonic()
+        self.refused = 0
+
+    def admit(self, ip: str) -> bool:
+        if self.rate:
+            now = time.monotonic()
+            self._tokens = min(float(self.rate), self._tokens + (now - self._refilled) * self.rate)
+            self._refilled = now
+            if self._tokens < 1.0:
+                self.refused += 1
+                return False
+            self._tokens -= 1.0
+        if self.per_ip:
+            count = self._open.get(ip, 0)
+            if count >= self.per_ip:
+                self.refused += 1
+                return False
+            self._open[ip] = count + 1
+        return True
+
+    def release(self, ip: str) -> None:
+        if not self.per_ip:
+            return
+        count = self._open.get(ip, 0) - 1
+        if count > 0:
+            self._open[ip] = count
+        else:
+            self._open.pop(ip, None)
 
 
 def _refuse(transport: asyncio.Transport, status: int, text: str) -> None:

@@ -19,6 +19,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
+from typing import Protocol
 from urllib.parse import parse_qs, unquote
 
 import httptools
@@ -116,6 +117,14 @@ class Request:
         return self.connection.start_stream(status, headers, chunked=chunked)
 
 
+class ConnectionGate(Protocol):
+    """Admits or refuses new TCP connections (per-IP and rate limits live behind it)."""
+
+    def admit(self, ip: str) -> bool: ...
+
+    def release(self, ip: str) -> None: ...
+
+
 Handler = Callable[[Request], Awaitable[Response | None]]
 UpgradeHandler = Callable[[Request, asyncio.Transport, bytes], None]
 
@@ -153,7 +162,16 @@ class Router:
 class HttpStream:
     """The write side of a long-lived response. ``on_close`` fires once when it ends."""
 
-    __slots__ = ("_chunked", "_protocol", "closed", "on_close", "transport", "write")
+    __slots__ = (
+        "_chunked",
+        "_protocol",
+        "closed",
+        "on_close",
+        "on_pause",
+        "on_resume",
+        "transport",
+        "write",
+    )
 
     def __init__(self, protocol: HttpProtocol, transport: asyncio.Transport, chunked: bool) -> None:
         self._protocol = protocol
@@ -161,6 +179,8 @@ class HttpStream:
         self._chunked = chunked
         self.closed = False
         self.on_close: Callable[[], None] | None = None
+        self.on_pause: Callable[[], None] | None = None
+        self.on_resume: Callable[[], None] | None = None
         self.write: Callable[[bytes], None] = self._write_chunk if chunked else transport.write
 
     def _write_chunk(self, data: bytes) -> None:
@@ -203,7 +223,7 @@ class HttpProtocol(asyncio.Protocol):
         *,
         max_body: int,
         header_timeout: float = 10.0,
-        on_connection: Callable[[int], None] | None = None,
+        gate: ConnectionGate | None = None,
     ) -> None:
         self._router = router
         self._max_body = max_body
@@ -223,7 +243,10 @@ class HttpProtocol(asyncio.Protocol):
         self._stream: HttpStream | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._closing = False
-        self._on_connection = on_connection
+        self._gate = gate
+        self._ip = ""
+        self._admitted = False
+        self._refused = False
 
     # ------------------------------------------------------------------ asyncio.Protocol
 
@@ -231,15 +254,25 @@ class HttpProtocol(asyncio.Protocol):
         self._transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
         self._client = f"{peer[0]}:{peer[1]}" if peer else ""
+        self._ip = str(peer[0]) if peer else ""
+        if self._gate is not None:
+            # A refused client still gets a proper answer to its request (503),
+            # once its request head is in: closing before that confuses clients.
+            self._refused = not self._gate.admit(self._ip)
+            self._admitted = not self._refused
         self._arm_timer(self._header_timeout)
-        if self._on_connection is not None:
-            self._on_connection(1)
+
+    def hand_over(self) -> str:
+        """An upgrade took the connection: its new owner releases the admission. Returns the IP."""
+        self._admitted = False
+        return self._ip
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
         self._cancel_timer()
-        if self._on_connection is not None:
-            self._on_connection(-1)
+        if self._admitted and self._gate is not None:
+            self._admitted = False
+            self._gate.release(self._ip)
         if self._stream is not None:
             self._stream.closed = True
             self._stream._fire_close()
@@ -285,6 +318,9 @@ class HttpProtocol(asyncio.Protocol):
         if self._closing:
             return
         self._cancel_timer()
+        if self._refused:
+            self._reply_and_close(503, "too many connections")
+            return
         method = self._parser.get_method().decode("latin-1")
         try:
             request = Request(method, self._url, self._headers, self._client, self)
@@ -388,15 +424,13 @@ class HttpProtocol(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         stream = self._stream
-        callback = getattr(stream, "on_pause", None) if stream is not None else None
-        if callback is not None:
-            callback()
+        if stream is not None and stream.on_pause is not None:
+            stream.on_pause()
 
     def resume_writing(self) -> None:
         stream = self._stream
-        callback = getattr(stream, "on_resume", None) if stream is not None else None
-        if callback is not None:
-            callback()
+        if stream is not None and stream.on_resume is not None:
+            stream.on_resume()
 
     def _begin_upgrade(self, rest: bytes) -> None:
         request = self._upgrade
@@ -411,9 +445,6 @@ class HttpProtocol(asyncio.Protocol):
             return
         self._cancel_timer()
         self._closing = True  # this protocol is done; the upgrade handler owns the transport
-        if self._on_connection is not None:
-            self._on_connection(-1)
-            self._on_connection = None
         try:
             handler(request, transport, rest)
         except Exception:

@@ -17,6 +17,7 @@ import asyncio
 import codecs
 import logging
 import struct
+import zlib
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, cast
 
@@ -59,6 +60,58 @@ class WebSocketWire(WireFormat):
         return text_frame(join_documents(documents))
 
 
+def compressed_text_frame(payload: bytes, window_bits: int, level: int = 6) -> bytes:
+    """A final text frame compressed with permessage-deflate (RFC 7692 section 7.2.1).
+
+    Each message is compressed on its own (no context takeover), so the bytes
+    are valid for every recipient whatever it received before.
+    """
+    compressor = zlib.compressobj(level, zlib.DEFLATED, -window_bits)
+    data = compressor.compress(payload) + compressor.flush(zlib.Z_SYNC_FLUSH)
+    if data.endswith(b"\x00\x00\xff\xff"):
+        data = data[:-4]
+    length = len(data)
+    if length < 126:
+        return bytes((0xC1, length)) + data
+    if length < 65536:
+        return _pack_short(0xC1, 126, length) + data
+    return _pack_long(0xC1, 127, length) + data
+
+
+class WebSocketDeflateWire(WireFormat):
+    """Like :class:`WebSocketWire`, compressed once per batch when it is worth it.
+
+    One instance per (window bits, threshold): the hub frames a broadcast once
+    per wire format, so compression happens once per publication batch, never
+    per recipient.
+    """
+
+    __slots__ = ("min_size", "window_bits")
+
+    def __init__(self, window_bits: int, min_size: int) -> None:
+        super().__init__(f"websocket+deflate/{window_bits}", envelope=True)
+        self.window_bits = window_bits
+        self.min_size = min_size
+
+    def frame(self, documents: Sequence[bytes]) -> bytes:
+        payload = join_documents(documents)
+        if len(payload) < self.min_size:
+            return text_frame(payload)
+        return compressed_text_frame(payload, self.window_bits)
+
+
+_deflate_wires: dict[tuple[int, int], WebSocketDeflateWire] = {}
+
+
+def deflate_wire(window_bits: int, min_size: int) -> WebSocketDeflateWire:
+    """The shared wire format for one negotiated window size."""
+    key = (window_bits, min_size)
+    wire = _deflate_wires.get(key)
+    if wire is None:
+        wire = _deflate_wires[key] = WebSocketDeflateWire(window_bits, min_size)
+    return wire
+
+
 class WebSocketMessagesWire(WireFormat):
     """Each document in its own text frame (unidirectional WebSocket)."""
 
@@ -80,9 +133,12 @@ class WebSocketConnection(asyncio.Protocol):
         "_utf8",
         "closed",
         "emulation",
+        "max_fragments",
         "name",
+        "on_binary",
         "on_lost",
         "on_text",
+        "remote_ip",
         "session",
         "transport",
         "unidirectional",
@@ -99,6 +155,7 @@ class WebSocketConnection(asyncio.Protocol):
         wire: WireFormat = JSON_WIRE,
         name: str = "websocket",
         unidirectional: bool = False,
+        max_fragments: int = 1024,
     ) -> None:
         self.ws = ws
         self.transport = transport
@@ -107,9 +164,12 @@ class WebSocketConnection(asyncio.Protocol):
         self.name = name
         self.unidirectional = unidirectional
         self.emulation = False
+        self.max_fragments = max_fragments
+        self.remote_ip = ""
         self.closed = False
         self.session: Session | None = None
         self.on_text: Callable[[bytes], None] | None = None
+        self.on_binary: Callable[[bytes], None] | None = None
         self.on_lost: Callable[[WebSocketConnection], None] | None = None
         self._fragments: list[bytes] | None = None
         self._utf8: codecs.IncrementalDecoder | None = None
@@ -157,17 +217,31 @@ class WebSocketConnection(asyncio.Protocol):
                         if not self._check_utf8(bytes(frame.data), final=False):
                             break
                 elif opcode is Opcode.CONT:
-                    if self._fragments is None:  # continuation of a binary message
+                    if self._fragments is None:  # continuation of a refused binary message
                         continue
                     self._fragments.append(bytes(frame.data))
-                    if not self._check_utf8(bytes(frame.data), final=frame.fin):
+                    if len(self._fragments) > self.max_fragments:
+                        self._fragments = self._utf8 = None
+                        self._fail(1009, "too many fragments")
+                        break
+                    text = self._utf8 is not None
+                    if text and not self._check_utf8(bytes(frame.data), final=frame.fin):
                         break
                     if frame.fin:
                         message = b"".join(self._fragments)
                         self._fragments = self._utf8 = None
-                        self._deliver(message)
+                        if text:
+                            self._deliver(message)
+                        elif self.on_binary is not None and not self.closed:
+                            self.on_binary(message)
                 elif opcode is Opcode.BINARY:
-                    self._binary()
+                    if self.on_binary is None:
+                        self._binary()
+                    elif frame.fin:
+                        if not self.closed:
+                            self.on_binary(bytes(frame.data))
+                    else:  # reassembled like text, under the same fragment cap
+                        self._fragments = [bytes(frame.data)]
         self._flush_protocol_output()
         if ws.state is State.CLOSED or ws.close_rcvd is not None or ws.parser_exc is not None:
             self._peer_closed()

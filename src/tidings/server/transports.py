@@ -1,0 +1,596 @@
+"""Routes of every transport but bidirectional WebSocket; :func:`install` wires them.
+
+* ``/connection/http_stream``, ``/connection/sse`` and ``/emulation``: centrifuge-js'
+  bidirectional emulation;
+* ``/connection/uni_websocket``, ``/connection/uni_sse``, ``/connection/uni_http_stream``:
+  the unidirectional Centrifugo transports;
+* ``/events``: plain SSE with cursor ids, for an ``EventSource`` without an SDK;
+* ``/longpoll``: long polling for ``fetch()``, with the same cursor.
+
+The Centrifugo transports run a :class:`~tidings.session.Session` each, like
+WebSocket: they only adapt bytes. ``/events`` and ``/longpoll`` are plain HTTP
+for clients without an SDK; they use the node's hub, history and permission
+rules directly.
+
+Every endpoint applies the server's origin policy (``origin_allowed``); the
+plain-HTTP and emulation endpoints answer CORS from ``cors_allowed_origins``.
+Bad input gets a 4xx JSON error ``{"error":{"code":N,"message":..}}`` with the
+protocol's code (or, once a stream runs, the protocol's disconnect), and
+nothing else is affected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING
+
+import msgspec
+from msgspec import Raw
+from websockets.datastructures import Headers
+from websockets.http11 import Request as WsRequest
+from websockets.server import ServerProtocol
+from websockets.typing import Subprotocol
+
+from tidings.auth import ConnectToken, TokenError
+from tidings.errors import (
+    BrokerUnavailable,
+    Error,
+    ErrorCode,
+    ProtocolViolation,
+    ReplyError,
+)
+from tidings.protocol.codec import compact_raw, decode_connect_request
+from tidings.protocol.cursor import CursorError, parse_cursor
+from tidings.protocol.messages import ClientInfo, Publication, StreamPosition
+from tidings.server.http import Request, Response, json_response
+from tidings.server.origins import OriginPolicy
+from tidings.session import Session
+from tidings.transports.events import EventsFeeds, EventsMember
+from tidings.transports.http_stream import (
+    END_CHUNK,
+    HTTP_STREAM_WIRE,
+    NO_CACHE_HEADERS,
+    UNI_HTTP_STREAM_WIRE,
+    StreamTransport,
+    chunk,
+)
+from tidings.transports.longpoll import LongPollWaiter
+from tidings.transports.sse import OPENING, SSE_HEADERS, SSE_WIRE, UNI_SSE_WIRE
+from tidings.transports.uni_websocket import UNI_WEBSOCKET_WIRE, UniWebSocketTransport
+
+if TYPE_CHECKING:
+    from tidings.protocol.messages import ConnectRequest
+    from tidings.server.app import TidingsServer
+    from tidings.server.http import HttpStream
+    from tidings.transports.base import WireFormat
+
+log = logging.getLogger("tidings.transports")
+
+TOKEN_COOKIE = "tidings_token"
+"""Cookie that may carry the connection token of ``/events`` and ``/longpoll``."""
+
+SSE_RETRY_MS = 1000
+"""Reconnection delay suggested to ``EventSource`` (its ``retry:`` field)."""
+
+CHUNKED = ("transfer-encoding", "chunked")
+JSON_STREAM_HEADERS = [("content-type", "application/json"), *NO_CACHE_HEADERS]
+
+ERROR_STATUS = {100: 503, 101: 401, 102: 404, 103: 403, 106: 400, 107: 400, 108: 400, 109: 401}
+"""HTTP status of each protocol error code a plain-HTTP endpoint can answer with."""
+
+METHOD_NOT_ALLOWED = Error(107, "method not allowed")
+NOT_FOUND = Error(104, "not found")
+
+
+class HttpError(Exception):
+    """Refuse a request with a status and a protocol error (a JSON body)."""
+
+    def __init__(self, status: int, error: Error, headers: Sequence[tuple[str, str]] = ()) -> None:
+        super().__init__(f"{status} {error.code} {error.message}")
+        self.status = status
+        self.error = error
+        self.headers = list(headers)
+
+    @classmethod
+    def from_reply(cls, exc: ReplyError) -> HttpError:
+        return cls(ERROR_STATUS.get(exc.error.code, 400), exc.error)
+
+
+def error_response(status: int, error: Error, headers: Sequence[tuple[str, str]] = ()) -> Response:
+    body = b'{"error":{"code":%d,"message":%b}}' % (error.code, msgspec.json.encode(error.message))
+    response = json_response(body, status)
+    response.headers.extend(headers)
+    return response
+
+
+class EmulationRequest(msgspec.Struct):
+    """``POST /emulation`` body: the commands travel as a JSON *string* (fact sheet section 8)."""
+
+    session: str
+    node: str = ""
+    data: str = ""
+
+
+class LongPollPublish(msgspec.Struct, forbid_unknown_fields=True):
+    channel: str
+    data: Raw
+
+
+_emulation_decoder = msgspec.json.Decoder(EmulationRequest)
+_publish_decoder = msgspec.json.Decoder(LongPollPublish)
+
+
+class Cors:
+    """CORS headers from ``cors_allowed_origins`` (default: ``allowed_origins``).
+
+    ``*`` answers ``Access-Control-Allow-Origin: *`` and is never combined with
+    credentials (the configuration refuses that pair); with credentials the
+    page's own origin is echoed, with ``Vary: Origin``.
+    """
+
+    def __init__(self, origins: list[str], credentials: bool) -> None:
+        self.policy = OriginPolicy(origins) if origins else None
+        self.credentials = credentials
+
+    def headers(self, request: Request) -> list[tuple[str, str]]:
+        origin = request.header("origin")
+        policy = self.policy
+        if origin is None or policy is None or not policy.allows(origin, request.header("host")):
+            return []
+        if policy.allow_all and not self.credentials:
+            return [("access-control-allow-origin", "*")]
+        headers = [("access-control-allow-origin", origin), ("vary", "origin")]
+        if self.credentials:
+            headers.append(("access-control-allow-credentials", "true"))
+        return headers
+
+    def preflight(self, request: Request, methods: str) -> Response:
+        headers = self.headers(request)
+        if headers:
+            headers += [
+                ("access-control-allow-methods", methods),
+                ("access-control-allow-headers", "content-type, authorization, last-event-id"),
+                ("access-control-max-age", "300"),
+            ]
+        return Response(204, b"", "text/plain", headers)
+
+
+Handler = Callable[[Request], Awaitable[Response | None]]
+
+_QUIET_LOGGER = logging.getLogger("tidings.websocket.frames")
+JSON_SUBPROTOCOL = Subprotocol("centrifuge-json")
+
+
+def _echo_json_subprotocol(_: ServerProtocol, offered: Sequence[Subprotocol]) -> Subprotocol | None:
+    return JSON_SUBPROTOCOL if JSON_SUBPROTOCOL in offered else None
+
+
+def _refuse(transport: asyncio.Transport, status: int, error: Error) -> None:
+    """Answer a WebSocket upgrade with a JSON error and close (no HTTP parser owns it now)."""
+    body = b'{"error":{"code":%d,"message":%b}}' % (error.code, msgspec.json.encode(error.message))
+    head = b"HTTP/1.1 %d Refused\r\ncontent-type: application/json\r\ncontent-length: %d\r\n" % (
+        status,
+        len(body),
+    )
+    transport.write(head + b"connection: close\r\n\r\n" + body)
+    transport.close()
+
+
+class TransportRoutes:
+    """The handlers; one instance per server, holding the ``/events`` feeds and poll waiters."""
+
+    def __init__(self, server: TidingsServer) -> None:
+        self.server = server
+        self.node = server.node
+        self.config = config = server.config
+        self.cors = Cors(
+            config.cors_allowed_origins or config.allowed_origins, config.cors_allow_credentials
+        )
+        self.feeds = EventsFeeds(self.node)
+        self.waiters: set[LongPollWaiter] = set()
+        self._heartbeat: asyncio.TimerHandle | None = None
+        self._closing = False
+
+    def close(self) -> None:
+        """Server shutdown: end every ``/events`` stream, answer every waiting long poll."""
+        self._closing = True
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            self._heartbeat = None
+        self.feeds.close()
+        for waiter in list(self.waiters):
+            waiter.finish()
+
+    # ------------------------------------------------------------------ plumbing
+
+    def guard(self, methods: str, handler: Handler) -> Handler:
+        """Origin policy, OPTIONS preflight, method check, then JSON errors for refusals."""
+        allowed = {method.strip() for method in methods.split(",")}
+        preflight_methods = f"{methods}, OPTIONS"
+
+        async def guarded(request: Request) -> Response | None:
+            if not self.server.origin_allowed(request):
+                log.info(
+                    "%s from %s refused: origin %r not allowed",
+                    request.path,
+                    request.client,
+                    request.header("origin"),
+                )
+                return error_response(403, ErrorCode.PERMISSION_DENIED)
+            if request.method == "OPTIONS":
+                return self.cors.preflight(request, preflight_methods)
+            cors = self.cors.headers(request)
+            if request.method not in allowed:
+                return error_response(405, METHOD_NOT_ALLOWED, [("allow", methods), *cors])
+            try:
+                return await handler(request)
+            except HttpError as exc:
+                return error_response(exc.status, exc.error, [*exc.headers, *cors])
+            except ReplyError as exc:
+                refusal = HttpError.from_reply(exc)
+                return error_response(refusal.status, refusal.error, cors)
+            except BrokerUnavailable as exc:
+                log.warning("%s %s: %s", request.method, request.path, exc)
+                return error_response(503, ErrorCode.INTERNAL, cors)
+
+        return guarded
+
+    def _stream(self, request: Request, headers: list[tuple[str, str]]) -> HttpStream:
+        """Start a long-lived response whose body the wire formats chunk themselves."""
+        return request.start_stream(
+            200, [*headers, *self.cors.headers(request), CHUNKED], chunked=False
+        )
+
+    # ------------------------------------------------------------------ Centrifugo transports
+
+    def _open_session(
+        self,
+        request: Request,
+        headers: list[tuple[str, str]],
+        wire: WireFormat,
+        *,
+        name: str,
+        unidirectional: bool,
+        opening: bytes = b"",
+    ) -> Session:
+        stream = self._stream(request, headers)
+        if opening:
+            stream.write(opening)
+        transport = StreamTransport(
+            stream, wire, name=name, unidirectional=unidirectional, emulation=not unidirectional
+        )
+        session = Session(self.node, transport, remote=request.client)
+        session.session_id = str(uuid.uuid4())
+        transport.attach(session, self.config.write_buffer_limit)
+        if not unidirectional:
+            node = self.node
+            node.register_emulation(session)
+            transport.on_end = lambda: node.unregister_emulation(session)
+        return session
+
+    async def http_stream(self, request: Request) -> Response | None:
+        """``POST /connection/http_stream``: the connect command in the body, replies streamed."""
+        if (request.header("content-type") or "").startswith("application/octet-stream"):
+            raise HttpError(400, ErrorCode.BAD_REQUEST)  # Protobuf is not supported
+        session = self._open_session(
+            request, JSON_STREAM_HEADERS, HTTP_STREAM_WIRE, name="http_stream", unidirectional=False
+        )
+        session.handle_frame(request.body)
+        return None
+
+    async def sse(self, request: Request) -> Response | None:
+        """``GET /connection/sse?cf_connect=<commands>`` (or ``POST`` with them as the body)."""
+        commands = self._commands(request, required=True)
+        session = self._open_session(
+            request, SSE_HEADERS, SSE_WIRE, name="sse", unidirectional=False, opening=OPENING
+        )
+        session.handle_frame(commands)
+        return None
+
+    async def emulation(self, request: Request) -> Response | None:
+        """``POST /emulation``: commands for an emulation session; replies go down its stream."""
+        try:
+            body = _emulation_decoder.decode(request.body)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            raise HttpError(400, ErrorCode.BAD_REQUEST) from None
+        if body.node != self.node.id:
+            raise HttpError(404, NOT_FOUND)
+        session = self.node.emulation_sessions.get(body.session)
+        if session is not None:
+            session.handle_frame(body.data.encode())
+        # An unknown session is answered 204 too: its stream has ended already, which
+        # is what tells the client (centrifuge-js reads 404 as "node gone" instead).
+        return Response(204, b"", "text/plain", self.cors.headers(request))
+
+    @staticmethod
+    def _commands(request: Request, *, required: bool) -> bytes:
+        if request.method == "POST":
+            return request.body
+        value = request.query_value("cf_connect")
+        if value is None:
+            if required:
+                raise HttpError(400, ErrorCode.BAD_REQUEST)
+            return b"{}"
+        return value.encode()
+
+    @staticmethod
+    def _connect_request(body: bytes) -> ConnectRequest:
+        try:
+            return decode_connect_request(body)
+        except ProtocolViolation:
+            raise HttpError(400, ErrorCode.BAD_REQUEST) from None
+
+    async def uni_http_stream(self, request: Request) -> Response | None:
+        """``POST /connection/uni_http_stream``: a ConnectRequest body; bare pushes as lines."""
+        connect = self._connect_request(request.body)
+        session = self._open_session(
+            request,
+            JSON_STREAM_HEADERS,
+            UNI_HTTP_STREAM_WIRE,
+            name="uni_http_stream",
+            unidirectional=True,
+        )
+        self.node.spawn(session.connect_unidirectional(connect))
+        return None
+
+    async def uni_sse(self, request: Request) -> Response | None:
+        """``GET /connection/uni_sse?cf_connect=<ConnectRequest>`` (missing: ``{}``) or POST."""
+        connect = self._connect_request(self._commands(request, required=False))
+        session = self._open_session(
+            request, SSE_HEADERS, UNI_SSE_WIRE, name="uni_sse", unidirectional=True, opening=OPENING
+        )
+        self.node.spawn(session.connect_unidirectional(connect))
+        return None
+
+    async def expect_upgrade(self, request: Request) -> Response | None:
+        raise HttpError(400, ErrorCode.BAD_REQUEST)
+
+    def uni_websocket_upgrade(
+        self, request: Request, transport: asyncio.Transport, rest: bytes
+    ) -> None:
+        """``/connection/uni_websocket``: ConnectRequest in ``cf_connect`` or the first message."""
+        if not self.server.origin_allowed(request):
+            log.info("uni_websocket from %s refused: origin not allowed", request.client)
+            _refuse(transport, 403, ErrorCode.PERMISSION_DENIED)
+            return
+        handshake = ServerProtocol(
+            max_size=self.config.max_message_size,
+            select_subprotocol=_echo_json_subprotocol,
+            logger=_QUIET_LOGGER,
+        )
+        headers = Headers()
+        for name, value in request.headers:
+            headers[name.decode("latin-1")] = value.decode("latin-1")
+        response = handshake.accept(WsRequest(request.raw_path.decode("latin-1"), headers))
+        handshake.send_response(response)
+        for data in handshake.data_to_send():
+            if data:
+                transport.write(data)
+        if response.status_code != 101:
+            transport.close()
+            return
+        connection = self.server.accept_websocket(
+            self.server.open_protocol(handshake),
+            transport,
+            request=request,
+            wire=UNI_WEBSOCKET_WIRE,
+            name="uni_websocket",
+            unidirectional=True,
+        )
+        session = Session(self.node, UniWebSocketTransport(connection), remote=request.client)
+        session.session_id = str(uuid.uuid4())
+        connection.session = session
+
+        def ignore(message: bytes) -> None:
+            """After the ConnectRequest, whatever the client sends is ignored (section 8)."""
+
+        def first_message(message: bytes) -> None:
+            connection.on_text = ignore
+            self._connect_unidirectional(session, message)
+
+        cf_connect = request.query_value("cf_connect")
+        if cf_connect is not None:
+            connection.on_text = ignore
+            self._connect_unidirectional(session, cf_connect.encode())
+        else:
+            connection.on_text = first_message
+        if rest:
+            connection.data_received(rest)
+
+    def _connect_unidirectional(self, session: Session, body: bytes) -> None:
+        try:
+            request = decode_connect_request(body)
+        except ProtocolViolation as violation:
+            log.info("uni_websocket from %s: %s", session.remote, violation)
+            session.close(violation.disconnect)
+            return
+        self.node.spawn(session.connect_unidirectional(request))
+
+    # ------------------------------------------------------------------ plain HTTP: shared
+
+    def _credentials(self, request: Request) -> ConnectToken | None:
+        """The connection token from ``Authorization: Bearer``, ``?token=`` or the cookie."""
+        token = ""
+        authorization = request.header("authorization") or ""
+        if authorization[:7].lower() == "bearer ":
+            token = authorization[7:].strip()
+        token = token or request.query_value("token") or request.cookie(TOKEN_COOKIE) or ""
+        challenge = [("www-authenticate", 'Bearer realm="tidings"')]
+        if not token:
+            if self.config.allow_anonymous:
+                return None
+            raise HttpError(401, ErrorCode.UNAUTHORIZED, challenge)
+        try:
+            return self.node.verifier.verify_connect_token(token)
+        except TokenError as exc:
+            log.info("%s from %s refused: %s", request.path, request.client, exc.reason)
+            error = ErrorCode.TOKEN_EXPIRED if exc.expired else ErrorCode.UNAUTHORIZED
+            raise HttpError(401, error, challenge) from None
+
+    def _channels(self, request: Request, token: ConnectToken | None) -> list[str]:
+        """The ``channel`` parameters (default: the token's channels), each one permitted.
+
+        A channel in the token's ``channels``/``subs`` claims is granted like a
+        server-side subscription; any other must pass the namespace's subscribe
+        rules for this user (102 unknown namespace, 103 forbidden).
+        """
+        granted = set(token.channels) | set(token.subs) if token is not None else set()
+        requested = request.query.get("channel") or sorted(granted)
+        channels = list(dict.fromkeys(requested))
+        if not channels or "" in channels:
+            raise HttpError(400, ErrorCode.BAD_REQUEST)
+        if len(channels) > self.config.client_channel_limit:
+            raise HttpError(400, ErrorCode.LIMIT_EXCEEDED)
+        user = token.user if token is not None else ""
+        rules = self.node.rules
+        for channel in channels:
+            if channel in granted:
+                rules.options(channel)
+            else:
+                rules.check_subscribe(channel, user, has_token=False)
+        return channels
+
+    def _cursor(self, text: str | None) -> dict[str, StreamPosition]:
+        if not text:
+            return {}
+        try:
+            return parse_cursor(text, max_channels=self.config.client_channel_limit)
+        except CursorError as exc:
+            log.info("bad cursor refused: %s", exc)
+            raise HttpError(400, ErrorCode.BAD_REQUEST) from None
+
+    # ------------------------------------------------------------------ /events
+
+    async def events(self, request: Request) -> Response | None:
+        """``GET /events``: publications as SSE events with cursor ids (see transports.events)."""
+        token = self._credentials(request)
+        channels = self._channels(request, token)
+        last_event_id = request.header("last-event-id")
+        cursor = self._cursor(
+            last_event_id if last_event_id is not None else request.query_value("last_event_id")
+        )
+        rules = self.node.rules
+        history = frozenset(c for c in channels if rules.options(c).history_enabled)
+        feed = await self.feeds.feed(frozenset(channels), history)
+        stream = self._stream(request, SSE_HEADERS)
+        stream.write(chunk(b"\r\nretry: %d\n\n" % SSE_RETRY_MS))
+        member = EventsMember(stream)
+
+        def ended() -> None:
+            member.end()
+            feed.remove(member)
+
+        stream.on_close = ended
+        if token is not None and token.expire_at is not None:
+            delay = token.expire_at - time.time() + self.config.expired_close_delay
+            member.expiry = asyncio.get_running_loop().call_later(max(0.0, delay), member.end)
+        self._start_heartbeat()
+        try:
+            await feed.join(member, cursor)
+        except Exception as exc:
+            log.warning("/events catch-up for %s failed: %s", request.client, exc)
+            member.end()
+        return None
+
+    def _start_heartbeat(self) -> None:
+        interval = self.config.sse_heartbeat_interval
+        if interval > 0 and self._heartbeat is None and not self._closing:
+            self._heartbeat = asyncio.get_running_loop().call_later(interval, self._beat)
+
+    def _beat(self) -> None:
+        self._heartbeat = None
+        self.feeds.heartbeat()
+        if self.feeds.feeds:
+            self._start_heartbeat()
+
+    # ------------------------------------------------------------------ /longpoll
+
+    async def longpoll(self, request: Request) -> Response | None:
+        """``GET /longpoll?channel=..&cursor=..`` waits; ``POST /longpoll`` publishes."""
+        if request.method == "POST":
+            return await self._longpoll_publish(request)
+        token = self._credentials(request)
+        channels = self._channels(request, token)
+        rules = self.node.rules
+        for channel in channels:
+            if not rules.options(channel).history_enabled:
+                raise HttpError(400, ErrorCode.NOT_AVAILABLE)  # nothing to resume from
+        cursor = self._cursor(request.query_value("cursor"))
+        headers = [*NO_CACHE_HEADERS, *self.cors.headers(request)]
+        waiter = LongPollWaiter(self.node, channels)
+        self.waiters.add(waiter)
+        try:
+            await waiter.register()
+            await waiter.read_history(cursor)
+            if waiter.has_answer or self._closing:
+                return Response(200, waiter.body(), "application/json", headers)
+            # Headers now, body when there is one: the stream's end is how a client
+            # that gives up is noticed, so its hub subscription goes at once.
+            stream = self._stream(request, JSON_STREAM_HEADERS)
+            stream.on_close = waiter.finish
+            waiter.wait_live()
+            await asyncio.wait({waiter.done}, timeout=self.config.longpoll_timeout)
+            waiter.release()
+            if not stream.closed:
+                stream.write(chunk(waiter.body()))
+                stream.write(END_CHUNK)
+                stream.on_close = None
+                stream.end()
+            return None
+        finally:
+            waiter.release()
+            self.waiters.discard(waiter)
+
+    async def _longpoll_publish(self, request: Request) -> Response:
+        """``POST /longpoll`` with ``{"channel":..,"data":..}``, where clients may publish.
+
+        The poster counts as a subscriber when it may subscribe to the channel
+        (``allow_publish_for_subscriber``), as a long-poll reader of it would be.
+        """
+        token = self._credentials(request)
+        try:
+            body = _publish_decoder.decode(request.body)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            raise HttpError(400, ErrorCode.BAD_REQUEST) from None
+        channel = body.channel
+        if not channel or not len(body.data):
+            raise HttpError(400, ErrorCode.BAD_REQUEST)
+        user = token.user if token is not None else ""
+        rules = self.node.rules
+        subscribed = token is not None and (channel in token.channels or channel in token.subs)
+        if not subscribed:
+            try:
+                rules.check_subscribe(channel, user, has_token=False)
+                subscribed = True
+            except ReplyError as exc:
+                if exc.error.code != ErrorCode.PERMISSION_DENIED.code:
+                    raise
+        options = rules.check_publish(channel, user, subscribed=subscribed)
+        publication = Publication(
+            data=Raw(compact_raw(bytes(body.data))), info=ClientInfo(user, "")
+        )
+        position = await self.node.publish_publication(channel, publication, options)
+        result = b"{}"
+        if position is not None and position.offset:
+            result = msgspec.json.encode({"offset": position.offset, "epoch": position.epoch})
+        return Response(200, result, "application/json", self.cors.headers(request))
+
+
+def install(server: TidingsServer) -> TransportRoutes:
+    """Add every non-WebSocket transport's routes to ``server``; returns their owner."""
+    routes = TransportRoutes(server)
+    add, guard = server.add_route, routes.guard
+    add("/connection/http_stream", guard("POST", routes.http_stream))
+    add("/connection/sse", guard("GET, POST", routes.sse))
+    add("/emulation", guard("POST", routes.emulation))
+    add("/connection/uni_http_stream", guard("POST", routes.uni_http_stream))
+    add("/connection/uni_sse", guard("GET, POST", routes.uni_sse))
+    add("/connection/uni_websocket", guard("GET", routes.expect_upgrade))
+    server.router.upgrade("/connection/uni_websocket", routes.uni_websocket_upgrade)
+    add("/events", guard("GET", routes.events))
+    add("/longpoll", guard("GET, POST", routes.longpoll))
+    return routes

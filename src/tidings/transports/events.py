@@ -1,0 +1,485 @@
+"""Plain SSE for clients without an SDK: ``GET /events?channel=a&channel=b``.
+
+Each publication is one event whose ``data:`` is
+``{"channel": ..., "offset": ..., "data": ...}`` and whose ``id:`` is the
+cursor (:mod:`tidings.protocol.cursor`) of every channel of the stream after
+that publication. A browser ``EventSource`` that reconnects sends the last id
+as ``Last-Event-ID`` and gets exactly what it missed, or an ``event: resync``
+when history no longer reaches.
+
+Shared bytes, as on every other transport. Clients asking for the same set of
+channels share one :class:`EventsFeed`: the feed is the hub subscriber (one per
+channel of the set, positioned, so the hub keeps its order), it turns each
+batch into SSE events once, ids included, and writes the same bytes object to
+every live member. The ids can be shared because every live member of a feed
+has received exactly the feed's events since it joined, so its position in
+every channel *is* the feed's position.
+
+Joining (rules of the state machine, per member)::
+
+    PENDING  --catch-up written, position == feed's--> LIVE --end--> gone
+       |     --position ahead of the feed (broker ahead)--> CATCHING --equal--> LIVE
+       '--gap or stale epoch--> end of stream (the browser resumes with its last id)
+
+* PENDING: the member is registered before any history read, so every feed
+  event from then on is buffered for it; the catch-up (history since its
+  cursor, per channel) is written with its own ids; the buffer is then
+  replayed, skipping what the catch-up covered (by offset).
+* CATCHING: the catch-up went further than the feed has seen (a networked
+  broker's history is ahead of its pub/sub); feed events up to the member's
+  position are skipped, later ones written with the member's ids, until the
+  two positions meet.
+* LIVE: the member receives the feed's shared frames.
+
+A feed whose channel loses publications (the hub reports insufficient state)
+ends every member's stream: each browser reconnects with its own last id and
+recovers from history, and a fresh feed takes over. The feed keeps no client
+state that is not also in the ids.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, cast
+
+import msgspec
+from msgspec import Raw
+
+from tidings.protocol.cursor import encode_cursor, encode_entry
+from tidings.protocol.messages import NO_DATA, Publication, StreamPosition
+from tidings.transports.base import WireFormat
+from tidings.transports.http_stream import END_CHUNK, chunk
+
+if TYPE_CHECKING:
+    from tidings.node import Node
+    from tidings.server.http import HttpStream
+    from tidings.session import Session
+    from tidings.transports.base import Writer
+
+log = logging.getLogger("tidings.events")
+
+HEARTBEAT = chunk(b": ping\n\n")
+"""An SSE comment: ignored by clients, keeps proxies from closing an idle stream."""
+
+
+# --------------------------------------------------------------------------- encoding
+
+
+class _Pub(msgspec.Struct):
+    data: Raw = NO_DATA
+    offset: int = 0
+
+
+class _Push(msgspec.Struct):
+    channel: str = ""
+    pub: _Pub | None = None
+
+
+_push_decoder = msgspec.json.Decoder(_Push)
+_encode = msgspec.json.encode
+
+
+class PushLinesWire(WireFormat):
+    """Bare pushes joined by ``\\n``: what a feed or a long-poll waiter decodes once per batch."""
+
+    __slots__ = ()
+
+    def frame(self, documents: Sequence[bytes]) -> bytes:
+        return documents[0] if len(documents) == 1 else b"\n".join(documents)
+
+
+PUSH_LINES_WIRE = PushLinesWire("push-lines", envelope=False)
+
+
+def publication_json(channel_json: bytes, offset: int, data: bytes) -> bytes:
+    """``{"channel":..,"offset":..,"data":..}``: one publication for plain-HTTP clients."""
+    return b'{"channel":%b,"offset":%d,"data":%b}' % (channel_json, offset, data)
+
+
+def decode_publications(frame: bytes) -> Iterable[tuple[str, int, bytes]]:
+    """``(channel, offset, data)`` of each publication in a :data:`PUSH_LINES_WIRE` frame."""
+    for line in frame.split(b"\n"):
+        try:
+            push = _push_decoder.decode(line)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            log.warning("undecodable push skipped")
+            continue
+        if push.pub is not None:
+            yield push.channel, push.pub.offset, bytes(push.pub.data)
+
+
+def sse_event(event_id: bytes, payload: bytes, kind: bytes = b"") -> bytes:
+    event = b"event: " + kind + b"\n" if kind else b""
+    return event + b"id: " + event_id + b"\ndata: " + payload + b"\n\n"
+
+
+class FeedEvent:
+    """One publication as a feed saw it; ``position`` is None on channels without history."""
+
+    __slots__ = ("channel", "payload", "position")
+
+    def __init__(self, channel: str, position: StreamPosition | None, payload: bytes) -> None:
+        self.channel = channel
+        self.position = position
+        self.payload = payload
+
+
+# --------------------------------------------------------------------------- members
+
+
+PENDING, CATCHING, LIVE, ENDED = "pending", "catching", "live", "ended"
+
+
+class EventsMember:
+    """One ``/events`` response. Its ``write`` is the socket's (frames come pre-chunked)."""
+
+    __slots__ = ("buffer", "expiry", "feed", "positions", "state", "stream", "write")
+
+    def __init__(self, stream: HttpStream) -> None:
+        self.stream = stream
+        self.write: Writer = stream.write
+        self.feed: EventsFeed | None = None
+        self.state = PENDING
+        self.positions: dict[str, StreamPosition] = {}
+        self.buffer: list[FeedEvent] | None = []
+        self.expiry: asyncio.TimerHandle | None = None
+
+    def cursor(self) -> bytes:
+        return encode_cursor(self.positions).encode()
+
+    def end(self) -> None:
+        """Finish the response; the browser reconnects with its last event id."""
+        if self.state == ENDED:
+            return
+        self.state = ENDED
+        if self.expiry is not None:
+            self.expiry.cancel()
+            self.expiry = None
+        if not self.stream.closed:
+            self.stream.write(END_CHUNK)
+            self.stream.end()
+
+    def apply(self, events: Iterable[FeedEvent]) -> bool:
+        """Write the events this member has not seen, with its own ids. False on a gap."""
+        parts = []
+        positions = self.positions
+        for event in events:
+            position = event.position
+            if position is None:
+                parts.append(sse_event(self.cursor(), event.payload))
+                continue
+            current = positions.get(event.channel)
+            if current is not None and current.epoch == position.epoch:
+                if position.offset <= current.offset:
+                    continue
+                if position.offset != current.offset + 1:
+                    self._write(parts)
+                    return False
+            elif current is not None:
+                self._write(parts)
+                return False
+            positions[event.channel] = position
+            parts.append(sse_event(self.cursor(), event.payload))
+        self._write(parts)
+        return True
+
+    def _write(self, parts: list[bytes]) -> None:
+        if parts and not self.stream.closed:
+            self.write(chunk(b"".join(parts)))
+
+
+# --------------------------------------------------------------------------- feeds
+
+
+class EventsFeed:
+    """The ordered event stream of one set of channels, shared by its members."""
+
+    __slots__ = (
+        "_channel_json",
+        "_entries",
+        "_fail_handle",
+        "_order",
+        "channels",
+        "client_id",
+        "cursor",
+        "history_channels",
+        "live",
+        "node",
+        "on_gone",
+        "pending",
+        "positions",
+        "ready",
+        "wire",
+        "writer",
+    )
+
+    def __init__(
+        self,
+        node: Node,
+        channels: frozenset[str],
+        history_channels: frozenset[str],
+        on_gone: Callable[[EventsFeed], None],
+    ) -> None:
+        self.node = node
+        self.channels = channels
+        self.history_channels = history_channels
+        self.on_gone = on_gone
+        self.client_id = "events-feed"  # how the node's logs name a subscriber
+        self.wire: WireFormat = PUSH_LINES_WIRE
+        self.writer: Writer = self._on_frame
+        self.positions: dict[str, StreamPosition] = {}
+        self._order = sorted(history_channels)
+        self._entries: dict[str, str] = {}
+        self._channel_json = {channel: _encode(channel) for channel in channels}
+        self.cursor = b""
+        self.live: dict[EventsMember, Writer] = {}
+        self.pending: set[EventsMember] = set()
+        self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._fail_handle: asyncio.Handle | None = None
+
+    def __repr__(self) -> str:
+        return f"<EventsFeed {sorted(self.channels)} live={len(self.live)}>"
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Subscribe every channel in the hub at the stream's current top."""
+        node = self.node
+        subscriber = cast("Session", self)
+        subscribed: list[str] = []
+        try:
+            for channel in sorted(self.channels):
+                await node.add_local_subscriber(channel, subscriber)
+                subscribed.append(channel)
+            tops = {}
+            for channel in self._order:
+                options = node.rules.options(channel)
+                _, tops[channel] = await node.history.history(
+                    channel, limit=0, meta_ttl=node.meta_ttl(options)
+                )
+            for channel, top in tops.items():
+                self._set_position(channel, top)
+            for channel in subscribed:
+                node.hub.complete_subscribe(
+                    channel,
+                    subscriber,
+                    join_leave=False,
+                    positioned=channel in tops,
+                    position=tops.get(channel),
+                )
+        except BaseException as exc:
+            for channel in subscribed:
+                node.remove_local_subscriber(channel, self)
+            if not self.ready.done():
+                self.ready.set_exception(exc)
+                self.ready.exception()  # retrieved here; joiners re-raise it
+            self.on_gone(self)
+            raise
+        self.ready.set_result(None)
+
+    def _release(self) -> None:
+        for channel in self.channels:
+            self.node.remove_local_subscriber(channel, self)
+        self.on_gone(self)
+
+    def remove(self, member: EventsMember) -> None:
+        """A member's stream ended. The last one takes the feed with it."""
+        self.live.pop(member, None)
+        self.pending.discard(member)
+        if not self.live and not self.pending and self.ready.done():
+            self._release()
+
+    def insufficient_state(self, channel: str) -> None:
+        """The hub saw publications lost in ``channel``: every member resumes from history."""
+        log.info("events feed %s lost publications in %r: members resume", self, channel)
+        self.fail()
+
+    def fail(self) -> None:
+        if self._fail_handle is None:  # never tear down in the middle of a hub fan-out
+            self._fail_handle = asyncio.get_running_loop().call_soon(self._fail_now)
+
+    def _fail_now(self) -> None:
+        if self._fail_handle is not None:
+            self._fail_handle.cancel()
+        self._fail_handle = None
+        members = [*self.live, *self.pending]
+        self.live.clear()
+        self.pending.clear()
+        self._release()
+        for member in members:
+            member.end()
+
+    def close(self) -> None:
+        """Server shutdown: end every member's stream."""
+        self._fail_now()
+
+    # ------------------------------------------------------------------ positions
+
+    def _set_position(self, channel: str, position: StreamPosition) -> None:
+        self.positions[channel] = position
+        self._entries[channel] = encode_entry(channel, position)
+        entries = self._entries
+        self.cursor = ",".join(entries[name] for name in self._order if name in entries).encode()
+
+    def channel_json(self, channel: str) -> bytes:
+        return self._channel_json[channel]
+
+    # ------------------------------------------------------------------ fan-out
+
+    def _on_frame(self, frame: bytes) -> None:
+        """A batch from the hub: build the SSE events once, write them to every live member."""
+        events: list[FeedEvent] = []
+        parts: list[bytes] = []
+        positions = self.positions
+        for channel, offset, data in decode_publications(frame):
+            position: StreamPosition | None = None
+            current = positions.get(channel)
+            if current is not None:
+                if offset <= current.offset:
+                    continue
+                if offset != current.offset + 1:
+                    self.fail()
+                    break
+                position = StreamPosition(offset, current.epoch)
+                self._set_position(channel, position)
+            payload = publication_json(self._channel_json[channel], offset, data)
+            events.append(FeedEvent(channel, position, payload))
+            parts.append(sse_event(self.cursor, payload))
+        if not events:
+            return
+        shared = chunk(b"".join(parts))
+        for write in list(self.live.values()):
+            write(shared)
+        for member in list(self.pending):
+            if member.buffer is not None:
+                member.buffer.extend(events)
+            elif not member.apply(events):
+                self._drop(member)
+            else:
+                self._promote(member)
+
+    # ------------------------------------------------------------------ joining
+
+    async def join(self, member: EventsMember, cursor: dict[str, StreamPosition]) -> None:
+        """Catch ``member`` up from ``cursor`` (history, or ``event: resync``), then go live."""
+        member.feed = self
+        member.buffer = []
+        self.pending.add(member)
+        node = self.node
+        catch_up: list[tuple[str, list[Publication], StreamPosition]] = []
+        resync: list[tuple[str, StreamPosition]] = []
+        start: dict[str, StreamPosition] = {}
+        for channel in self._order:
+            since = cursor.get(channel)
+            if since is not None:
+                publications, top, recovered = await node.recover(channel, since)
+                if recovered:
+                    start[channel] = StreamPosition(since.offset, top.epoch)
+                    catch_up.append((channel, publications, top))
+                    continue
+                start[channel] = since
+                resync.append((channel, top))
+            else:
+                options = node.rules.options(channel)
+                _, top = await node.history.history(
+                    channel, limit=0, meta_ttl=node.meta_ttl(options)
+                )
+                start[channel] = top
+        if member.state == ENDED:
+            self.remove(member)
+            return
+        # From here on everything is synchronous: no feed event can slip in between.
+        member.positions = start
+        parts: list[bytes] = [b"id: " + member.cursor() + b"\n\n"]
+        for channel, top in resync:
+            member.positions[channel] = top
+            body = b'{"channel":%b,"epoch":%b,"offset":%d}' % (
+                self._channel_json[channel],
+                _encode(top.epoch),
+                top.offset,
+            )
+            parts.append(sse_event(member.cursor(), body, b"resync"))
+        member._write(parts)
+        events = [
+            FeedEvent(
+                channel,
+                StreamPosition(publication.offset, top.epoch),
+                publication_json(
+                    self._channel_json[channel], publication.offset, bytes(publication.data)
+                ),
+            )
+            for channel, publications, top in catch_up
+            for publication in publications
+        ]
+        buffered = member.buffer or []
+        member.buffer = None
+        member.state = CATCHING
+        if not member.apply(events) or not member.apply(buffered):
+            self._drop(member)
+            return
+        self._promote(member)
+
+    def _promote(self, member: EventsMember) -> None:
+        """Go live once the member stands exactly where the feed stands."""
+        mine, feeds = member.positions, self.positions
+        for channel in self._order:
+            if mine[channel].epoch != feeds[channel].epoch:
+                # The feed never saw this stream's new epoch: it is stale. Start over.
+                self.fail()
+                return
+            if mine[channel].offset < feeds[channel].offset:
+                self._drop(member)  # cannot happen with an ordered hub; resume from history
+                return
+            if mine[channel].offset > feeds[channel].offset:
+                return  # the broker's history is ahead of its pub/sub: keep catching up
+        self.pending.discard(member)
+        member.state = LIVE
+        self.live[member] = member.write
+
+    def _drop(self, member: EventsMember) -> None:
+        self.pending.discard(member)
+        self.live.pop(member, None)
+        member.end()
+
+
+class EventsFeeds:
+    """Every feed of a node, by channel set. Owned by the server's transport routes."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.feeds: dict[frozenset[str], EventsFeed] = {}
+
+    async def feed(self, channels: frozenset[str], history_channels: frozenset[str]) -> EventsFeed:
+        """The running feed for ``channels``, started on first use."""
+        feed = self.feeds.get(channels)
+        if feed is None:
+            feed = self.feeds[channels] = EventsFeed(
+                self.node, channels, history_channels, self._gone
+            )
+            self.node.spawn(self._start(feed))
+        await asyncio.shield(feed.ready)
+        return feed
+
+    async def _start(self, feed: EventsFeed) -> None:
+        try:
+            await feed.start()
+        except Exception as exc:
+            log.warning("events feed for %s failed to start: %s", sorted(feed.channels), exc)
+
+    def _gone(self, feed: EventsFeed) -> None:
+        if self.feeds.get(feed.channels) is feed:
+            del self.feeds[feed.channels]
+
+    def members(self) -> list[EventsMember]:
+        return [member for feed in self.feeds.values() for member in (*feed.live, *feed.pending)]
+
+    def heartbeat(self) -> None:
+        for member in self.members():
+            if not member.stream.closed:
+                member.write(HEARTBEAT)
+
+    def close(self) -> None:
+        for feed in list(self.feeds.values()):
+            feed.close()

@@ -1,0 +1,131 @@
+"""HTTP streaming: ``/connection/http_stream`` (emulation) and ``/connection/uni_http_stream``.
+
+A session's replies and pushes go down one long-lived HTTP/1.1 response, each
+JSON document followed by ``\\n`` (fact sheet section 8). Commands of the
+bidirectional variant arrive separately, in ``POST /emulation``.
+
+Every stream transport here writes **pre-chunked** bytes: a wire format frames
+a batch into a complete HTTP chunk (``<size>\\r\\n<payload>\\r\\n``), and the
+response is started with ``chunked=False`` plus an explicit
+``transfer-encoding: chunked`` header, so the stream's ``write`` is the socket
+transport's own ``write``. The hub's fan-out then hands the same bytes object
+to every subscriber of a wire format, exactly as for WebSocket: no chunk
+header is built, and no payload copied, per recipient.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+from tidings.errors import Disconnect
+from tidings.protocol.codec import prepare_push
+from tidings.protocol.messages import DisconnectPush
+from tidings.transports.base import WireFormat
+
+if TYPE_CHECKING:
+    from tidings.server.http import HttpStream
+    from tidings.session import Session
+
+END_CHUNK = b"0\r\n\r\n"
+"""The last chunk of a chunked body (RFC 9112 section 7.1)."""
+
+NO_CACHE_HEADERS = [
+    ("cache-control", "private, no-cache, no-store, must-revalidate, max-age=0"),
+    ("pragma", "no-cache"),
+    ("expires", "0"),
+    ("x-accel-buffering", "no"),
+]
+"""Long-lived responses: never cached, never buffered by a proxy (nginx honours the last)."""
+
+
+def chunk(payload: bytes) -> bytes:
+    """One HTTP chunk holding ``payload`` (which must not be empty)."""
+    return b"%x\r\n%b\r\n" % (len(payload), payload)
+
+
+class LinesWire(WireFormat):
+    """Each document followed by ``\\n``, the batch in one chunk (what centrifuge-js splits)."""
+
+    __slots__ = ()
+
+    def frame(self, documents: Sequence[bytes]) -> bytes:
+        if len(documents) == 1:
+            return chunk(documents[0] + b"\n")
+        return chunk(b"".join(document + b"\n" for document in documents))
+
+
+HTTP_STREAM_WIRE = LinesWire("http_stream", envelope=True)
+UNI_HTTP_STREAM_WIRE = LinesWire("uni_http_stream", envelope=False)
+
+
+class StreamTransport:
+    """A session's :class:`~tidings.transports.base.Transport` over a chunked response.
+
+    ``write`` is the socket transport's bound ``write`` (the wire already
+    chunked the bytes). A disconnect is a disconnect push, then the end of the
+    response (fact sheet section 5, "How a disconnect travels").
+    """
+
+    __slots__ = (
+        "emulation",
+        "name",
+        "on_end",
+        "session",
+        "stream",
+        "unidirectional",
+        "wire",
+        "write",
+    )
+
+    def __init__(
+        self,
+        stream: HttpStream,
+        wire: WireFormat,
+        *,
+        name: str,
+        unidirectional: bool = False,
+        emulation: bool = False,
+    ) -> None:
+        self.stream = stream
+        self.wire = wire
+        self.name = name
+        self.unidirectional = unidirectional
+        self.emulation = emulation
+        self.write = stream.write
+        self.session: Session | None = None
+        self.on_end: Callable[[], None] | None = None
+
+    @property
+    def closed(self) -> bool:
+        return self.stream.closed
+
+    def send(self, documents: Sequence[bytes]) -> None:
+        if not self.stream.closed:
+            self.write(self.wire.frame(documents))
+
+    def close(self, disconnect: Disconnect) -> None:
+        if self.stream.closed:
+            return
+        push = prepare_push("", "disconnect", DisconnectPush(disconnect.code, disconnect.reason))
+        self.write(self.wire.frame([push.envelope if self.wire.envelope else push.bare]))
+        self.write(END_CHUNK)
+        self.stream.end()
+
+    def write_buffer_size(self) -> int:
+        return self.stream.write_buffer_size()
+
+    def attach(self, session: Session, write_buffer_limit: int) -> None:
+        """Bind the session: end of response -> ``transport_closed``; back-pressure -> slow."""
+        self.session = session
+        self.stream.on_close = self._ended
+        self.stream.transport.set_write_buffer_limits(high=max(write_buffer_limit // 2, 16384))
+        self.stream.on_pause = session.on_write_paused
+        self.stream.on_resume = session.on_write_resumed
+
+    def _ended(self) -> None:
+        if self.session is not None:
+            self.session.transport_closed()
+        callback, self.on_end = self.on_end, None
+        if callback is not None:
+            callback()

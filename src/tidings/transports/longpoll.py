@@ -1,0 +1,171 @@
+"""HTTP long polling for clients that only have ``fetch()``: ``GET /longpoll``.
+
+No per-client state lives in the process between requests: the cursor the
+client sends back (:mod:`tidings.protocol.cursor`) plus the history in the
+broker are the whole state, so any node can answer any request (with the Redis
+broker: no sticky sessions).
+
+One request, as a state machine::
+
+    REGISTERED --history has publications (or cannot reach)--> ANSWERED
+        '--nothing new--> WAITING --publication--> ANSWERED (next loop turn)
+                             |--timeout-----------> ANSWERED (empty list)
+                             '--client gone-------> DROPPED
+
+The waiter is registered in the hub *before* the history is read, as a
+pending subscriber, so a publication racing the read is buffered by the hub
+and merged by offset (the same rule a subscribe follows): nothing is lost and
+nothing repeated. It holds a hub subscription only for the lifetime of one
+request; it is removed on answer, timeout or disconnect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, cast
+
+import msgspec
+
+from tidings.protocol.cursor import encode_cursor
+from tidings.protocol.messages import StreamPosition
+from tidings.transports.events import PUSH_LINES_WIRE, decode_publications, publication_json
+
+if TYPE_CHECKING:
+    from tidings.node import Node
+    from tidings.session import Session
+    from tidings.transports.base import WireFormat, Writer
+
+_encode = msgspec.json.encode
+
+
+class LongPollWaiter:
+    """One ``GET /longpoll`` request's hub subscription and what it collected."""
+
+    __slots__ = (
+        "_answer_handle",
+        "channels",
+        "client_id",
+        "done",
+        "node",
+        "positions",
+        "publications",
+        "resync",
+        "wire",
+        "writer",
+    )
+
+    def __init__(self, node: Node, channels: list[str]) -> None:
+        self.node = node
+        self.channels = channels
+        self.client_id = "longpoll"  # how the node's logs name a subscriber
+        self.wire: WireFormat = PUSH_LINES_WIRE
+        self.writer: Writer = self._on_frame
+        self.positions: dict[str, StreamPosition] = {}
+        self.publications: list[bytes] = []
+        self.resync: list[str] = []
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._answer_handle: asyncio.Handle | None = None
+
+    async def register(self) -> None:
+        """Join the hub as a pending subscriber of every channel (pushes are buffered)."""
+        subscriber = cast("Session", self)
+        added: list[str] = []
+        try:
+            for channel in self.channels:
+                await self.node.add_local_subscriber(channel, subscriber)
+                added.append(channel)
+        except BaseException:
+            for channel in added:
+                self.node.remove_local_subscriber(channel, self)
+            raise
+
+    def release(self) -> None:
+        """Leave the hub: answered, timed out or the client went away."""
+        if self._answer_handle is not None:
+            self._answer_handle.cancel()
+            self._answer_handle = None
+        for channel in self.channels:
+            self.node.remove_local_subscriber(channel, self)
+
+    def finish(self) -> None:
+        """Stop waiting now (the client left, or the server stops): answer what there is."""
+        if not self.done.done():
+            self.done.set_result(None)
+
+    async def read_history(self, cursor: dict[str, StreamPosition]) -> None:
+        """Publications since the cursor; positions from now for channels it does not name."""
+        node = self.node
+        for channel in self.channels:
+            since = cursor.get(channel)
+            channel_json = _encode(channel)
+            if since is None:
+                options = node.rules.options(channel)
+                _, top = await node.history.history(
+                    channel, limit=0, meta_ttl=node.meta_ttl(options)
+                )
+                self.positions[channel] = top
+                continue
+            publications, top, recovered = await node.recover(channel, since)
+            if not recovered:
+                self.resync.append(channel)
+                self.positions[channel] = top
+                continue
+            position = StreamPosition(since.offset, top.epoch)
+            for publication in publications:
+                self.publications.append(
+                    publication_json(channel_json, publication.offset, bytes(publication.data))
+                )
+                position = StreamPosition(publication.offset, top.epoch)
+            self.positions[channel] = position
+
+    @property
+    def has_answer(self) -> bool:
+        return bool(self.publications or self.resync)
+
+    def wait_live(self) -> None:
+        """Nothing to answer yet: go live in the hub from the positions just read."""
+        hub = self.node.hub
+        subscriber = cast("Session", self)
+        for channel in self.channels:
+            hub.complete_subscribe(
+                channel,
+                subscriber,
+                join_leave=False,
+                positioned=True,
+                position=self.positions[channel],
+            )
+
+    def _on_frame(self, frame: bytes) -> None:
+        for channel, offset, data in decode_publications(frame):
+            current = self.positions.get(channel)
+            if current is None or offset <= current.offset:
+                continue
+            if offset != current.offset + 1:
+                # Lost between broker and node: answer now; the next request reads history.
+                self._answer_soon()
+                return
+            self.publications.append(publication_json(_encode(channel), offset, data))
+            self.positions[channel] = StreamPosition(offset, current.epoch)
+        if self.publications:
+            self._answer_soon()
+
+    def insufficient_state(self, channel: str) -> None:
+        """The hub lost publications of ``channel``: answer with what is known to be whole."""
+        self._answer_soon()
+
+    def _answer_soon(self) -> None:
+        """Answer on the next loop turn, so a burst across channels leaves in one response."""
+        if self._answer_handle is None and not self.done.done():
+            self._answer_handle = asyncio.get_running_loop().call_soon(self._answer)
+
+    def _answer(self) -> None:
+        self._answer_handle = None
+        self.finish()
+
+    def body(self) -> bytes:
+        """``{"publications":[..],"cursor":".."}``, plus ``"resync":[..]`` if history fell short."""
+        cursor = _encode(encode_cursor(self.positions))
+        body = b'{"publications":[' + b",".join(self.publications) + b'],"cursor":' + cursor
+        if self.resync:
+            body += b',"resync":' + _encode(self.resync)
+        return body + b"}"

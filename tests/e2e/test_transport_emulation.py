@@ -1,0 +1,331 @@
+"""Bidirectional emulation (``/connection/http_stream``, ``/connection/sse``, ``/emulation``).
+
+Raw HTTP clients check the wire; centrifuge-js under Node (``js/fallback.mjs``,
+with ``ws`` and the ``eventsource`` package) checks that the real SDK falls
+back to each emulation transport when the WebSocket upgrade is refused and
+then works fully: subscribe, publish, presence, history, recovery.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+import pytest
+
+from tests.conftest import ClientFactory, RunningServer, StartServer, token
+from tests.e2e import test_transport_support as support
+from tests.e2e.test_transport_support import (
+    LineStream,
+    SseStream,
+    control_client,
+    error_body,
+    still_serving,
+    wait_for,
+)
+
+pytestmark = pytest.mark.timeout(30)
+
+http = support.http
+
+REPO = Path(__file__).resolve().parents[2]
+FALLBACK = REPO / "tests" / "compat" / "js" / "fallback.mjs"
+
+
+def connect_line(tok: str) -> str:
+    return json.dumps({"connect": {"token": tok, "name": "test"}, "id": 1})
+
+
+async def open_http_stream(
+    http: aiohttp.ClientSession, server: RunningServer, body: str
+) -> LineStream:
+    response = await http.post(
+        f"{server.http_url}/connection/http_stream",
+        data=body,
+        headers={"Content-Type": "application/json"},
+    )
+    assert response.status == 200
+    assert response.headers["transfer-encoding"] == "chunked"
+    return LineStream(response)
+
+
+async def emulate(
+    http: aiohttp.ClientSession, server: RunningServer, session: str, *commands: dict[str, Any]
+) -> int:
+    body = {
+        "session": session,
+        "node": server.node.id,
+        "data": "\n".join(json.dumps(c) for c in commands),
+    }
+    async with http.post(f"{server.http_url}/emulation", json=body) as response:
+        return response.status
+
+
+async def test_http_stream_session(server: RunningServer, http: aiohttp.ClientSession) -> None:
+    stream = await open_http_stream(http, server, connect_line(token()))
+    connect = (await stream.next())["connect"]
+    assert connect["node"] == server.node.id and len(connect["session"]) == 36
+    assert connect["pong"] is True
+    session = connect["session"]
+    status = await emulate(
+        http, server, session, {"id": 2, "subscribe": {"channel": "chat:e", "recoverable": True}}
+    )
+    assert status == 204
+    subscribe = await stream.until(lambda d: d.get("id") == 2)
+    assert subscribe["subscribe"]["recoverable"] is True
+    await emulate(
+        http, server, session, {"id": 3, "publish": {"channel": "chat:e", "data": {"x": 1}}}
+    )
+    assert (await stream.until(lambda d: d.get("id") == 3)) == {"id": 3, "publish": {}}
+    pub = await stream.until(lambda d: "pub" in d.get("push", {}))
+    assert pub["push"]["channel"] == "chat:e" and pub["push"]["pub"]["data"] == {"x": 1}
+    await emulate(http, server, session, {"id": 4, "history": {"channel": "chat:e", "limit": -1}})
+    history = await stream.until(lambda d: d.get("id") == 4)
+    assert [p["data"] for p in history["history"]["publications"]] == [{"x": 1}]
+    # The API disconnects the user: a disconnect push, then the response ends.
+    server.node.sessions[connect["client"]].close(server_disconnect())
+    rest = await stream.rest()
+    assert rest[-1] == {"push": {"disconnect": {"code": 3503, "reason": "force disconnect"}}}
+    assert session not in server.node.emulation_sessions
+
+
+def server_disconnect() -> Any:
+    from tidings.errors import DisconnectCode
+
+    return DisconnectCode.FORCE_DISCONNECT
+
+
+async def test_sse_session_and_pings_answered_through_emulation(
+    start_server: StartServer, http: aiohttp.ClientSession
+) -> None:
+    server = await start_server(ping_interval=0.2, pong_timeout=1.0)
+    response = await http.get(
+        f"{server.http_url}/connection/sse?cf_connect={quote(connect_line(token()))}"
+    )
+    assert response.headers["content-type"] == "text/event-stream; charset=utf-8"
+    stream = SseStream(response)
+    connect = (await stream.next()).json()["connect"]
+    session = connect["session"]
+    assert connect["ping"] == 1 and connect["pong"] is True
+    for _ in range(2):  # a ping each period, answered with {} through /emulation
+        assert (await stream.next()).json() == {}
+        assert await emulate(http, server, session, {}) == 204
+    # Pings left unanswered: 3012 as a disconnect push, then the end of the stream.
+    last = [e.json() for e in await stream.ended()]
+    assert last[-1] == {"push": {"disconnect": {"code": 3012, "reason": "no pong"}}}
+    assert all(document == {} for document in last[:-1])
+    assert session not in server.node.emulation_sessions
+
+
+async def test_shutdown_sends_3001_down_every_stream(
+    start_server: StartServer, http: aiohttp.ClientSession
+) -> None:
+    server = await start_server()
+    stream = await open_http_stream(http, server, connect_line(token()))
+    await stream.next()
+    await server.server.stop()
+    assert (await stream.rest())[-1] == {
+        "push": {"disconnect": {"code": 3001, "reason": "shutdown"}}
+    }
+
+
+async def test_protocol_violation_on_the_stream_is_3501(
+    server: RunningServer, http: aiohttp.ClientSession
+) -> None:
+    stream = await open_http_stream(http, server, "not json")
+    assert await stream.rest() == [
+        {"push": {"disconnect": {"code": 3501, "reason": "bad request"}}}
+    ]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "headers", "status", "code", "message"),
+    [
+        ("GET", "/connection/sse", None, {}, 400, 107, "bad request"),
+        ("GET", "/connection/http_stream", None, {}, 405, 107, "method not allowed"),
+        ("PUT", "/connection/sse", b"{}", {}, 405, 107, "method not allowed"),
+        (
+            "POST",
+            "/connection/http_stream",
+            b"\x00",
+            {"Content-Type": "application/octet-stream"},
+            400,
+            107,
+            "bad request",
+        ),
+        ("POST", "/emulation", b"{nope", {}, 400, 107, "bad request"),
+        ("POST", "/emulation", b'{"node":"x"}', {}, 400, 107, "bad request"),
+        (
+            "POST",
+            "/emulation",
+            b'{"session":"s","node":"other","data":"{}"}',
+            {},
+            404,
+            104,
+            "not found",
+        ),
+        ("GET", "/emulation", None, {}, 405, 107, "method not allowed"),
+        (
+            "GET",
+            "/connection/http_stream",
+            None,
+            {"Origin": "https://evil.test"},
+            403,
+            103,
+            "permission denied",
+        ),
+    ],
+)
+async def test_bad_requests(
+    server: RunningServer,
+    ws_client: ClientFactory,
+    http: aiohttp.ClientSession,
+    method: str,
+    path: str,
+    body: bytes | None,
+    headers: dict[str, str],
+    status: int,
+    code: int,
+    message: str,
+) -> None:
+    control = await control_client(server, ws_client)
+    async with http.request(method, server.http_url + path, data=body, headers=headers) as response:
+        assert response.status == status, await response.text()
+        assert await response.json() == error_body(code, message)
+    await still_serving(server, control)
+
+
+async def test_unknown_session_and_oversized_body(
+    server: RunningServer, ws_client: ClientFactory, http: aiohttp.ClientSession
+) -> None:
+    control = await control_client(server, ws_client)
+    assert await emulate(http, server, "no-such-session", {"id": 2, "presence": {}}) == 204
+    async with http.post(f"{server.http_url}/emulation", data=b"x" * 70_000) as response:
+        assert response.status == 413
+    preflight = await http.options(f"{server.http_url}/emulation")
+    assert preflight.status == 204
+    await still_serving(server, control)
+
+
+# --------------------------------------------------------------------------- centrifuge-js
+
+
+def node_missing() -> str | None:
+    if shutil.which("node") is None:
+        return "Node.js is not installed"
+    for package in ("centrifuge", "ws", "eventsource"):
+        if not (REPO / "node_modules" / package / "package.json").is_file():
+            return f"npm package {package!r} is not installed"
+    return None
+
+
+class FallbackClient:
+    """centrifuge-js in Node: JSON lines out (events, results), JSON commands in."""
+
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.process = process
+        self.lines: list[dict[str, Any]] = []
+        self.stderr = b""
+
+    async def next(self, predicate: Any, timeout: float = 10.0) -> dict[str, Any]:
+        assert self.process.stdout is not None
+        for line in self.lines:
+            if predicate(line):
+                self.lines.remove(line)
+                return line
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            remaining = deadline - asyncio.get_running_loop().time()
+            raw = await asyncio.wait_for(self.process.stdout.readline(), max(0.01, remaining))
+            if not raw:
+                assert self.process.stderr is not None
+                raise AssertionError(f"node exited: {(await self.process.stderr.read()).decode()}")
+            line = json.loads(raw)
+            if predicate(line):
+                return line
+            self.lines.append(line)
+
+    async def call(self, op: str, **args: Any) -> Any:
+        assert self.process.stdin is not None
+        self.process.stdin.write(json.dumps({"op": op, **args}).encode() + b"\n")
+        await self.process.stdin.drain()
+        result = await self.next(lambda d: d.get("result") == op)
+        assert "error" not in result, result
+        return result.get("value")
+
+
+@pytest.fixture
+async def fallback_client() -> Any:
+    reason = node_missing()
+    if reason:
+        pytest.skip(reason)
+    started: list[FallbackClient] = []
+
+    async def start(server: RunningServer, transports: list[str], channel: str) -> FallbackClient:
+        process = await asyncio.create_subprocess_exec(
+            "node",
+            str(FALLBACK),
+            server.http_url,
+            token(),
+            channel,
+            json.dumps(transports),
+            cwd=REPO,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        client = FallbackClient(process)
+        started.append(client)
+        return client
+
+    yield start
+    for client in started:
+        if client.process.returncode is None:
+            client.process.kill()
+            await client.process.wait()
+
+
+@pytest.mark.node
+@pytest.mark.parametrize("expected", ["http_stream", "sse"])
+async def test_centrifuge_js_falls_back_and_works_fully(
+    server: RunningServer, fallback_client: Any, expected: str
+) -> None:
+    # The WebSocket endpoint refuses the upgrade (as a blocking proxy would); for the
+    # sse case the http_stream endpoint is blocked too.
+    blocked = ["websocket"] if expected == "http_stream" else ["websocket", "http_stream"]
+    client = await fallback_client(server, blocked, "chat:fb")
+    connected = await client.next(lambda d: d.get("event") == "connected")
+    assert connected["transport"] == expected
+    subscribed = await client.next(lambda d: d.get("event") == "subscribed")
+    assert subscribed["recoverable"] is True
+    await client.call("publish", data={"n": 1})
+    await server.node.publish("chat:fb", {"n": 2})
+    offsets = [
+        (await client.next(lambda d: d.get("event") == "publication"))["offset"] for _ in range(2)
+    ]
+    assert offsets == [1, 2]
+    presence = await client.call("presence")
+    assert [info["user"] for info in presence.values()] == ["alice"]
+    history = await client.call("history")
+    assert [p["data"] for p in history] == [{"n": 1}, {"n": 2}]
+    # Drop the session: the client reconnects on its own and recovers what it missed.
+    (session,) = [s for s in server.node.sessions.values() if s.transport.name == expected]
+    from tidings.errors import DisconnectCode
+
+    session.close(DisconnectCode.FORCE_RECONNECT)
+    await client.next(lambda d: d.get("event") == "connecting")
+    for n in (3, 4):
+        await server.node.publish("chat:fb", {"n": n})
+    resubscribed = await client.next(lambda d: d.get("event") == "subscribed")
+    assert resubscribed["wasRecovering"] is True and resubscribed["recovered"] is True
+    offsets = [
+        (await client.next(lambda d: d.get("event") == "publication"))["offset"] for _ in range(2)
+    ]
+    assert offsets == [3, 4]
+    await wait_for(lambda: bool(server.node.emulation_sessions), what="the new emulation session")
+    await client.call("quit")

@@ -50,6 +50,8 @@ _QUIET_LOGGER = logging.getLogger("tidings.websocket.frames")
 """websockets logs every open and close at INFO; tidings logs refusals itself."""
 _QUIET_LOGGER.setLevel(logging.WARNING)
 
+SubprotocolSelector = Callable[[ServerProtocol, Sequence[Subprotocol]], Subprotocol | None]
+
 JSON_SUBPROTOCOL = Subprotocol("centrifuge-json")
 PROTOBUF_SUBPROTOCOL = Subprotocol("centrifuge-protobuf")
 
@@ -179,25 +181,9 @@ class TidingsServer:
         if "protobuf" in (request.query_value("cf_protocol"), request.query_value("format")):
             _refuse(transport, 400, "the Protobuf protocol is not supported")
             return
-        ws = ServerProtocol(
-            max_size=self.config.max_message_size,
-            select_subprotocol=_select_subprotocol,
-            extensions=self._extensions,
-            logger=_QUIET_LOGGER,
-        )
-        headers = Headers()
-        for name, value in request.headers:
-            headers[name.decode("latin-1")] = value.decode("latin-1")
-        response = ws.accept(WsRequest(request.raw_path.decode("latin-1"), headers))
-        ws.send_response(response)
-        for chunk in ws.data_to_send():
-            if chunk:
-                transport.write(chunk)
-        if response.status_code != 101:
-            log.info("websocket handshake from %s refused: %s", request.client, ws.handshake_exc)
-            transport.close()
+        opened = self.websocket_handshake(request, transport, compression=True)
+        if opened is None:
             return
-        opened = self.open_protocol(ws)
         connection = self.accept_websocket(
             opened, transport, request=request, wire=self._wire_for(opened)
         )
@@ -217,6 +203,40 @@ class TidingsServer:
                 server_no_context_takeover=True, client_no_context_takeover=True
             )
         ]
+
+    def websocket_handshake(
+        self,
+        request: Request,
+        transport: asyncio.Transport,
+        *,
+        select_subprotocol: SubprotocolSelector = _select_subprotocol,
+        compression: bool = False,
+    ) -> ServerProtocol | None:
+        """Answer an upgrade (RFC 6455 section 4.2) with websockets' sans-I/O handshake.
+
+        Returns the frame-level protocol, OPEN, on success; ``None`` when the
+        handshake was refused (the refusal is already written and the
+        connection closing). Every WebSocket route goes through here.
+        """
+        ws = ServerProtocol(
+            max_size=self.config.max_message_size,
+            select_subprotocol=select_subprotocol,
+            extensions=self._extensions if compression else None,
+            logger=_QUIET_LOGGER,
+        )
+        headers = Headers()
+        for name, value in request.headers:
+            headers[name.decode("latin-1")] = value.decode("latin-1")
+        response = ws.accept(WsRequest(request.raw_path.decode("latin-1"), headers))
+        ws.send_response(response)
+        for chunk in ws.data_to_send():
+            if chunk:
+                transport.write(chunk)
+        if response.status_code != 101:
+            log.info("websocket handshake from %s refused: %s", request.client, ws.handshake_exc)
+            transport.close()
+            return None
+        return self.open_protocol(ws)
 
     def open_protocol(self, handshake: ServerProtocol) -> ServerProtocol:
         """A frame-level protocol in the OPEN state, carrying what the handshake negotiated.

@@ -30,8 +30,6 @@ from typing import TYPE_CHECKING
 
 import msgspec
 from msgspec import Raw
-from websockets.datastructures import Headers
-from websockets.http11 import Request as WsRequest
 from websockets.server import ServerProtocol
 from websockets.typing import Subprotocol
 
@@ -161,7 +159,6 @@ class Cors:
 
 Handler = Callable[[Request], Awaitable[Response | None]]
 
-_QUIET_LOGGER = logging.getLogger("tidings.websocket.frames")
 JSON_SUBPROTOCOL = Subprotocol("centrifuge-json")
 
 
@@ -357,24 +354,13 @@ class TransportRoutes:
             log.info("uni_websocket from %s refused: origin not allowed", request.client)
             _refuse(transport, 403, ErrorCode.PERMISSION_DENIED)
             return
-        handshake = ServerProtocol(
-            max_size=self.config.max_message_size,
-            select_subprotocol=_echo_json_subprotocol,
-            logger=_QUIET_LOGGER,
+        opened = self.server.websocket_handshake(
+            request, transport, select_subprotocol=_echo_json_subprotocol
         )
-        headers = Headers()
-        for name, value in request.headers:
-            headers[name.decode("latin-1")] = value.decode("latin-1")
-        response = handshake.accept(WsRequest(request.raw_path.decode("latin-1"), headers))
-        handshake.send_response(response)
-        for data in handshake.data_to_send():
-            if data:
-                transport.write(data)
-        if response.status_code != 101:
-            transport.close()
+        if opened is None:
             return
         connection = self.server.accept_websocket(
-            self.server.open_protocol(handshake),
+            opened,
             transport,
             request=request,
             wire=UNI_WEBSOCKET_WIRE,

@@ -15,7 +15,7 @@ import click
 
 from tidings import __version__
 from tidings.config import OPTIONS, Config, load_config
-from tidings.errors import ConfigError
+from tidings.errors import BrokerUnavailable, ConfigError
 
 log = logging.getLogger("tidings")
 
@@ -83,7 +83,7 @@ def serve(config_path: str | None, **flags: Any) -> None:
         return
     _configure_logging(config.log_level)
     if config.workers > 1:
-        from tidings.server.workers import run_workers  # type: ignore[import-not-found]
+        from tidings.server.workers import run_workers
 
         sys.exit(run_workers(config))
     sys.exit(run_server(config))
@@ -112,7 +112,11 @@ def run_server(config: Config) -> int:
     async def serve_forever() -> int:
         node = Node(config)
         server = TidingsServer(node)
-        port = await server.start()
+        try:
+            port = await server.start()
+        except BrokerUnavailable as exc:
+            log.error("cannot start: the broker is unreachable: %s", exc)
+            return 1
         if config.demo_enabled:
             log.warning(
                 "DEMO MODE: no token secret is configured, so anonymous clients may connect and "

@@ -1142,6 +1142,48 @@ class RedisPresence:
             _presence_add_script(self._client, self._presence_keys(channel), args),
         )
 
+    async def add_presence_many(
+        self, entries: Sequence[tuple[str, str, ClientInfo]], ttl: float
+    ) -> None:
+        """Add or refresh many ``(channel, client id, info)`` entries in one round trip.
+
+        The same script as :meth:`add_presence`, once per entry, sent as one
+        pipeline (on a cluster redis-py splits it by master: one round trip
+        each). The Node's periodic refresh uses it, so N entries cost one round
+        trip instead of N. Entries whose script was not cached yet are sent
+        again with ``EVAL``; any other failure raises.
+        """
+        if not entries:
+            return
+        ttl_ms = _ms(ttl)
+        script = _presence_add_script
+
+        commands: list[list[str | bytes]] = [
+            [*self._presence_keys(channel), client_id, _encode(info), info.user, ttl_ms]
+            for channel, client_id, info in entries
+        ]
+
+        async def run() -> None:
+            pipe = self._client.pipeline(transaction=False)
+            for command in commands:
+                pipe.execute_command("EVALSHA", script.sha, 3, *command)
+            results = await pipe.execute(raise_on_error=False)
+            retry = [
+                commands[i]
+                for i, result in enumerate(results)
+                if isinstance(result, redis_errors.NoScriptError)
+            ]
+            if retry:
+                pipe = self._client.pipeline(transaction=False)
+                for command in retry:
+                    pipe.execute_command("EVAL", script.source, 3, *command)
+                results = await pipe.execute(raise_on_error=False)
+            for result in results:
+                if isinstance(result, BaseException):
+                    raise result
+
+        await _bounded("refresh presence", self._timeout, run())
+
     async def remove_presence(self, channel: str, client_id: str) -> None:
         await _bounded(
             "remove presence",

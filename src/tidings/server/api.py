@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import fnmatch
 import hmac
 import logging
 from collections.abc import Awaitable, Callable
@@ -23,7 +22,7 @@ from msgspec import Raw, Struct
 
 from tidings.errors import ApiErrorCode, BrokerUnavailable, Error, ReplyError
 from tidings.node import ControlMessage, Node
-from tidings.protocol.codec import compact_raw
+from tidings.protocol.codec import JSON_INPUT_ERRORS, compact_raw
 from tidings.protocol.messages import NO_DATA, StreamPosition
 from tidings.server.http import Request, Response, json_response, text_response
 
@@ -140,15 +139,22 @@ def _bad_request() -> ApiError:
 
 def _payload(data: Raw, b64data: str) -> Raw:
     if len(data):
-        return Raw(compact_raw(bytes(data)))
+        try:
+            return Raw(compact_raw(bytes(data)))
+        except RecursionError:
+            raise _bad_request() from None
     if b64data:
         try:
             decoded = base64.b64decode(b64data, validate=True)
             msgspec.json.decode(decoded)
-        except (binascii.Error, ValueError, msgspec.DecodeError):
+        except (binascii.Error, ValueError, *JSON_INPUT_ERRORS):
             raise _bad_request() from None
         return Raw(compact_raw(decoded))
     raise _bad_request()
+
+
+_BROKER_UNAVAILABLE = Error(100, "internal server error", temporary=True)
+"""The engine did not answer in time: the caller may retry (with an idempotency key)."""
 
 
 class ServerApi:
@@ -189,14 +195,15 @@ class ServerApi:
         request_type, handler = entry
         try:
             request = msgspec.json.decode(params.strip() or b"{}", type=request_type)
-        except (msgspec.DecodeError, msgspec.ValidationError):
+        except JSON_INPUT_ERRORS:
             raise _bad_request() from None
         try:
             return await handler(request)
         except ReplyError as exc:
             raise ApiError(_api_error(exc.error)) from None
-        except BrokerUnavailable:
-            raise ApiError(Error(100, "internal server error", temporary=True)) from None
+        except BrokerUnavailable as exc:
+            log.warning("API %s failed: %s", method, exc)
+            raise ApiError(_BROKER_UNAVAILABLE) from None
 
     async def publish(self, request: PublishRequest) -> dict[str, Any]:
         if not request.channel:
@@ -233,6 +240,8 @@ class ServerApi:
                 responses.append({"error": _error_dict(_api_error(exc.error))})
             except ApiError as exc:
                 responses.append({"error": _error_dict(exc.error)})
+            except BrokerUnavailable:
+                responses.append({"error": _error_dict(_BROKER_UNAVAILABLE)})
         return {"responses": responses}
 
     async def subscribe(self, request: SubscribeRequest) -> dict[str, Any]:
@@ -338,13 +347,8 @@ class ServerApi:
         return {}
 
     async def channels(self, request: ChannelsRequest) -> dict[str, Any]:
-        pattern = request.pattern
-        found = {
-            name: {"num_clients": count}
-            for name, count in self.node.hub.channels()
-            if not pattern or fnmatch.fnmatchcase(name, pattern)
-        }
-        return {"channels": found}
+        counts = await self.node.channels(request.pattern)
+        return {"channels": {name: {"num_clients": count} for name, count in counts.items()}}
 
     async def info(self, request: EmptyRequest) -> dict[str, Any]:
         return {"nodes": self.node.known_nodes()}
@@ -352,7 +356,7 @@ class ServerApi:
     async def batch(self, params: bytes) -> list[dict[str, Any]]:
         try:
             request = msgspec.json.decode(params, type=BatchRequest)
-        except (msgspec.DecodeError, msgspec.ValidationError):
+        except JSON_INPUT_ERRORS:
             raise _bad_request() from None
 
         async def one(command: dict[str, Raw]) -> dict[str, Any]:
@@ -440,7 +444,7 @@ class ApiEndpoint:
         body = request.body.strip() or b"{}"
         try:
             msgspec.json.decode(body, type=dict)
-        except (msgspec.DecodeError, msgspec.ValidationError):
+        except JSON_INPUT_ERRORS:
             return text_response("malformed JSON body", 400)
         transport_mode = (request.header("x-centrifugo-error-mode") or "").lower() == "transport"
         try:
@@ -466,7 +470,7 @@ class ApiEndpoint:
         for line in lines:
             try:
                 command = msgspec.json.decode(line, type=LegacyCommand)
-            except msgspec.DecodeError:
+            except (msgspec.DecodeError, RecursionError):
                 return text_response("malformed JSON body", 400)
             except msgspec.ValidationError:
                 answers.append(_encode({"error": _error_dict(ApiErrorCode.BAD_REQUEST)}))

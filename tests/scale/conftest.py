@@ -1,0 +1,636 @@
+"""Fixtures for the scale-out suite: tidings nodes as real processes sharing Redis.
+
+* :func:`tidings_nodes` starts ``python -m tidings serve --port 0 --broker URL
+  --broker-prefix P`` processes (each prefix unique to a test, its keys deleted
+  afterwards) and kills every one of them at teardown.
+* :class:`FailoverProxy` is a TCP proxy in front of several nodes: each new
+  connection goes to the first node that accepts it, so SDK clients configured
+  with one URL reconnect to a surviving node when theirs is killed.
+* :class:`JsSubscriber` runs one centrifuge-js client (``js/subscriber.mjs``) and
+  :func:`py_subscriber` one centrifuge-python client; both record what their
+  SDK reports in a :class:`Story`.
+* ``private_redis_dir`` and :class:`PrivateRedis` run a redis-server of the
+  test's own, which it may kill and restart on the same port and data dir.
+
+Nothing here sleeps for a fixed time: waits are on events or polls with deadlines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from centrifuge import (  # type: ignore[import-untyped]
+    Client,
+    ClientEventHandler,
+    PublicationContext,
+    SubscribedContext,
+    SubscriptionEventHandler,
+)
+from redis.asyncio import Redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from tests.brokers import servers
+from tests.conftest import API_KEY, SECRET, token
+
+REDIS_URL = os.environ.get("TIDINGS_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+REPO = Path(__file__).resolve().parents[2]
+JS_SUBSCRIBER = Path(__file__).resolve().parent / "js" / "subscriber.mjs"
+
+WAIT = 20.0
+"""Deadline for one awaited condition: far above what each needs on a loaded 2-core machine."""
+
+PRESENCE_TTL = 2.0
+PRESENCE_REFRESH = 0.5
+
+NODE_CONFIG = """
+[channels.namespaces.chat]
+history_size = 2000
+history_ttl = "300s"
+force_recovery = true
+presence = true
+join_leave = true
+force_push_join_leave = true
+allow_subscribe_for_client = true
+allow_publish_for_subscriber = true
+allow_publish_for_client = true
+allow_history_for_subscriber = true
+allow_presence_for_subscriber = true
+allow_presence_for_client = true
+"""
+"""The ``chat`` namespace every node process serves: history, recovery, presence."""
+
+
+async def eventually(condition: Callable[[], Any], what: str, within: float = WAIT) -> None:
+    """Poll ``condition`` (sync or async) until it holds; fail naming ``what`` at the deadline."""
+    deadline = time.monotonic() + within
+    while True:
+        result = condition()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {within} s waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+# --------------------------------------------------------------------------- Redis
+
+
+def redis_reachable(url: str) -> str:
+    """Why ``url`` cannot be used, or "" when Redis answers there."""
+    client = redis.Redis.from_url(
+        url, socket_connect_timeout=0.5, socket_timeout=0.5, retry=Retry(NoBackoff(), 0)
+    )
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        return f"no Redis at TIDINGS_TEST_REDIS_URL={url} ({exc})"
+    finally:
+        client.close()
+    return ""
+
+
+@pytest.fixture(scope="session")
+def scale_redis() -> str:
+    """The shared Redis URL, or a skip naming it when nothing answers there."""
+    reason = redis_reachable(REDIS_URL)
+    if reason:
+        pytest.skip(reason)
+    return REDIS_URL
+
+
+async def delete_keys(url: str, prefix: str) -> None:
+    """Delete every key under ``prefix:`` (never a FLUSH: the server is shared)."""
+    client = Redis.from_url(url)
+    try:
+        keys = [key async for key in client.scan_iter(match=f"{prefix}:*", count=1000)]
+        async with client.pipeline(transaction=False) as pipe:
+            for key in keys:  # one by one: on a cluster's master they live in different slots
+                pipe.delete(key)
+            await pipe.execute()
+    finally:
+        await client.aclose()
+
+
+def unique_prefix() -> str:
+    """A key prefix no other test run uses."""
+    return f"tscale{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+async def prefix(scale_redis: str) -> AsyncIterator[str]:
+    """A key prefix unique to this test on the shared Redis; its keys are deleted afterwards."""
+    value = unique_prefix()
+    yield value
+    await delete_keys(scale_redis, value)
+
+
+class PrivateRedis:
+    """A redis-server of the test's own on a fixed port and data directory.
+
+    ``kill`` is ``kill -9`` (no shutdown save); ``start`` brings it back on
+    the same port with the same directory and options, so what it persisted
+    (an append-only file) is loaded again.
+    """
+
+    def __init__(self, directory: str, *options: str) -> None:
+        self.directory = directory
+        self.options = options
+        self.port = servers.free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        log = open(os.path.join(self.directory, "redis.log"), "ab")  # noqa: SIM115
+        self.process = subprocess.Popen(
+            [
+                "redis-server",
+                "--port", str(self.port),
+                "--bind", "127.0.0.1",
+                "--save", "",
+                "--dir", self.directory,
+                "--daemonize", "no",
+                *self.options,
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        log.close()
+        servers.wait_for(
+            lambda: servers.cli(self.port, "PING").strip() == "PONG",
+            f"redis-server on port {self.port}",
+        )
+
+    def pause(self) -> None:
+        """Freeze the server: connections stay open, nothing answers."""
+        assert self.process is not None
+        os.kill(self.process.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.process is not None
+        os.kill(self.process.pid, signal.SIGCONT)
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGCONT)
+            self.process.kill()
+            self.process.wait(5)
+        self.process = None
+
+
+@pytest.fixture
+def private_redis_factory() -> Iterator[Callable[..., PrivateRedis]]:
+    """Start private redis-servers (skipped without the binary); all killed at teardown."""
+    missing = servers.binaries_missing()
+    if missing:
+        pytest.skip(f"needs a local redis-server: {missing}")
+    made: list[PrivateRedis] = []
+    directories: list[str] = []
+
+    def make(*options: str) -> PrivateRedis:
+        directory = tempfile.mkdtemp(prefix="tidings-scale-redis-")
+        directories.append(directory)
+        server = PrivateRedis(directory, *options)
+        made.append(server)
+        server.start()
+        return server
+
+    yield make
+    for server in made:
+        server.kill()
+    for directory in directories:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- node processes
+
+
+class NodeProcess:
+    """One ``tidings serve`` process; its log is read continuously (the pipe never fills)."""
+
+    def __init__(self, process: asyncio.subprocess.Process, name: str) -> None:
+        self.process = process
+        self.name = name
+        self.port = 0
+        self.lines: list[str] = []
+        self._changed = asyncio.Event()
+        self._reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        assert self.process.stderr is not None
+        while line := await self.process.stderr.readline():
+            self.lines.append(line.decode(errors="replace").rstrip())
+            self._changed.set()
+        self._changed.set()
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/connection/websocket"
+
+    @property
+    def log(self) -> str:
+        return "\n".join(self.lines[-40:])
+
+    async def wait_for_line(
+        self, pattern: str, within: float = WAIT, start: int = 0
+    ) -> re.Match[str]:
+        """The first log line from index ``start`` on that matches ``pattern``."""
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + within
+        index = start
+        while True:
+            while index < len(self.lines):
+                match = regex.search(self.lines[index])
+                if match:
+                    return match
+                index += 1
+            if self._reader.done():
+                pytest.fail(f"{self.name} ended without logging /{pattern}/:\n{self.log}")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                pytest.fail(f"{self.name} did not log /{pattern}/ within {within} s:\n{self.log}")
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), remaining)
+
+    def kill(self) -> None:
+        """``kill -9``: no shutdown, no goodbye to clients or Redis."""
+        if self.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.kill()
+
+    async def stop(self) -> None:
+        self.kill()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.process.wait(), 10)
+        self._reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._reader
+
+
+async def spawn_tidings(
+    *args: str, env: dict[str, str] | None = None, name: str = "tidings", wait: bool = True
+) -> NodeProcess:
+    """``python -m tidings serve --port 0 ARGS``; waits for its "listening on" line."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tidings",
+        "serve",
+        "--port",
+        "0",
+        *args,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+        env={
+            **os.environ,
+            "TIDINGS_TOKEN_HMAC_SECRET": SECRET,
+            "TIDINGS_API_KEY": API_KEY,
+            "TIDINGS_DEMO": "off",
+            **(env or {}),
+        },
+        cwd=REPO,
+    )
+    node = NodeProcess(process, name)
+    if wait:
+        try:
+            match = await node.wait_for_line(r"listening on http://[\d.]+:(\d+)", within=30)
+        except BaseException:
+            await node.stop()
+            raise
+        node.port = int(match.group(1))
+    return node
+
+
+StartNodes = Callable[..., Awaitable[list[NodeProcess]]]
+
+
+@pytest.fixture
+async def tidings_nodes(tmp_path: Path) -> AsyncIterator[StartNodes]:
+    """Start tidings node processes on a broker; every one is killed at teardown."""
+    config = tmp_path / "tidings.toml"
+    config.write_text(NODE_CONFIG)
+    started: list[NodeProcess] = []
+
+    async def start(count: int, broker: str, prefix: str, *extra: str) -> list[NodeProcess]:
+        async def one(index: int) -> NodeProcess:
+            node = await spawn_tidings(
+                "--config", str(config),
+                "--broker", broker,
+                "--broker-prefix", prefix,
+                "--presence-ttl", f"{PRESENCE_TTL}s",
+                "--presence-refresh-interval", f"{PRESENCE_REFRESH}s",
+                "--shutdown-timeout", "3s",
+                "--node-name", f"node{len(started) + index}",
+                *extra,
+                name=f"node{len(started) + index}",
+            )  # fmt: skip
+            started.append(node)
+            return node
+
+        return list(await asyncio.gather(*(one(i) for i in range(count))))
+
+    yield start
+    for node in started:
+        await node.stop()
+
+
+# --------------------------------------------------------------------------- failover proxy
+
+
+class FailoverProxy:
+    """A TCP proxy on 127.0.0.1: each connection goes to the first backend that accepts.
+
+    Backends are tried in the order given, so every client lands on the first
+    one while it lives; when it dies its connections end (the client sees the
+    TCP connection close) and reconnects land on the next. ``landed`` counts
+    connections per backend port.
+    """
+
+    def __init__(self, backends: list[int]) -> None:
+        self.backends = backends
+        self.landed: dict[int, int] = {}
+        self.port = 0
+        self._server: asyncio.AbstractServer | None = None
+        self._pipes: set[asyncio.Task[None]] = set()
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    async def start(self) -> int:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self.port
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/connection/websocket"
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for port in self.backends:
+            try:
+                backend_reader, backend_writer = await asyncio.open_connection("127.0.0.1", port)
+            except OSError:
+                continue
+            self.landed[port] = self.landed.get(port, 0) + 1
+            self._writers.update((writer, backend_writer))
+            await asyncio.gather(
+                self._pipe(reader, backend_writer), self._pipe(backend_reader, writer)
+            )
+            return
+        writer.close()
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            writer.close()
+            self._writers.discard(writer)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for writer in list(self._writers):
+            writer.close()
+        if self._server is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._server.wait_closed(), 5)
+
+
+@pytest.fixture
+async def failover_proxy() -> AsyncIterator[Callable[[list[int]], Awaitable[FailoverProxy]]]:
+    made: list[FailoverProxy] = []
+
+    async def make(backends: list[int]) -> FailoverProxy:
+        proxy = FailoverProxy(backends)
+        await proxy.start()
+        made.append(proxy)
+        return proxy
+
+    yield make
+    for proxy in made:
+        await proxy.close()
+
+
+# --------------------------------------------------------------------------- SDK clients
+
+
+@dataclass
+class Story:
+    """What one SDK client reported: its connections, subscribes and publications.
+
+    Each ``subscribed`` entry has ``recovered``, ``wasRecovering``, ``offset``,
+    ``epoch`` and ``at``: how many publications had arrived before it.
+    """
+
+    name: str
+    client_ids: list[str] = field(default_factory=list)
+    subscribed: list[dict[str, Any]] = field(default_factory=list)
+    publications: list[tuple[int, Any]] = field(default_factory=list)
+    events: list[str] = field(default_factory=list)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def record(self, event: str) -> None:
+        self.events.append(event)
+        self.changed.set()
+
+    @property
+    def offsets(self) -> list[int]:
+        return [offset for offset, _ in self.publications]
+
+    async def wait(
+        self, condition: Callable[[Story], bool], what: str, within: float = WAIT
+    ) -> None:
+        """Wait until ``condition(self)`` holds (it is checked whenever an event arrives)."""
+        try:
+            async with asyncio.timeout(within):
+                while not condition(self):
+                    self.changed.clear()
+                    await self.changed.wait()
+        except TimeoutError:
+            pytest.fail(
+                f"{self.name}: timed out after {within} s waiting for {what}; "
+                f"events {self.events[-20:]}, offsets {self.offsets[-10:]}"
+            )
+
+
+class JsSubscriber:
+    """One centrifuge-js client (``js/subscriber.mjs``) subscribed to one channel."""
+
+    def __init__(self, process: asyncio.subprocess.Process, story: Story) -> None:
+        self.process = process
+        self.story = story
+        self._stderr: list[str] = []
+        self._readers = [
+            asyncio.create_task(self._read_stdout()),
+            asyncio.create_task(self._read_stderr()),
+        ]
+
+    async def _read_stdout(self) -> None:
+        assert self.process.stdout is not None
+        story = self.story
+        while line := await self.process.stdout.readline():
+            document = json.loads(line)
+            event = document["event"]
+            if event == "publication":
+                story.publications.append((int(document["offset"]), document["data"]))
+            elif event == "connected":
+                story.client_ids.append(document["client"])
+            elif event == "subscribed":
+                story.subscribed.append({**document, "at": len(story.publications)})
+            story.record(event)
+        story.record("exited")
+
+    async def _read_stderr(self) -> None:
+        assert self.process.stderr is not None
+        while line := await self.process.stderr.readline():
+            self._stderr.append(line.decode(errors="replace").rstrip())
+
+    async def close(self) -> None:
+        if self.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.kill()
+        await self.process.wait()
+        for task in self._readers:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+def node_missing() -> str:
+    if shutil.which("node") is None:
+        return "Node.js is not installed"
+    for package in ("centrifuge", "ws"):
+        if not (REPO / "node_modules" / package / "package.json").is_file():
+            return f"npm package {package!r} is not installed (run `npm ci`)"
+    return ""
+
+
+@pytest.fixture
+async def js_subscriber() -> AsyncIterator[Callable[..., Awaitable[JsSubscriber]]]:
+    """Start centrifuge-js clients under Node; every process is killed at teardown."""
+    reason = node_missing()
+    if reason:
+        pytest.skip(reason)
+    made: list[JsSubscriber] = []
+
+    async def start(url: str, channel: str, user: str = "js") -> JsSubscriber:
+        process = await asyncio.create_subprocess_exec(
+            "node",
+            str(JS_SUBSCRIBER),
+            url,
+            token(user),
+            channel,
+            cwd=REPO,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        subscriber = JsSubscriber(process, Story(f"centrifuge-js {user}"))
+        made.append(subscriber)
+        return subscriber
+
+    yield start
+    for subscriber in made:
+        await subscriber.close()
+
+
+class _PyClientEvents(ClientEventHandler):  # type: ignore[misc]
+    def __init__(self, story: Story) -> None:
+        self.story = story
+
+    async def on_connected(self, ctx: Any) -> None:
+        self.story.client_ids.append(ctx.client)
+        self.story.record("connected")
+
+    async def on_disconnected(self, ctx: Any) -> None:
+        self.story.record(f"disconnected {ctx.code}")
+
+    async def on_connecting(self, ctx: Any) -> None:
+        self.story.record(f"connecting {ctx.code}")
+
+
+class _PySubscriptionEvents(SubscriptionEventHandler):  # type: ignore[misc]
+    def __init__(self, story: Story) -> None:
+        self.story = story
+
+    async def on_subscribed(self, ctx: SubscribedContext) -> None:
+        position = ctx.stream_position
+        self.story.subscribed.append(
+            {
+                "recovered": ctx.recovered,
+                "wasRecovering": ctx.was_recovering,
+                "offset": position.offset if position else 0,
+                "epoch": position.epoch if position else "",
+                "at": len(self.story.publications),
+            }
+        )
+        self.story.record("subscribed")
+
+    async def on_subscribing(self, ctx: Any) -> None:
+        self.story.record(f"subscribing {ctx.code}")
+
+    async def on_unsubscribed(self, ctx: Any) -> None:
+        self.story.record(f"unsubscribed {ctx.code}")
+
+    async def on_publication(self, ctx: PublicationContext) -> None:
+        self.story.publications.append((ctx.pub.offset, ctx.pub.data))
+        self.story.record("publication")
+
+
+@pytest.fixture
+async def py_subscriber() -> AsyncIterator[Callable[..., Awaitable[Story]]]:
+    """centrifuge-python clients subscribed to one channel; disconnected at teardown."""
+    made: list[Client] = []
+
+    async def start(url: str, channel: str, user: str = "py") -> Story:
+        story = Story(f"centrifuge-python {user}")
+        client = Client(
+            url,
+            events=_PyClientEvents(story),
+            token=token(user),
+            min_reconnect_delay=0.05,
+            max_reconnect_delay=0.5,
+            proxy=None,
+        )
+        subscription = client.new_subscription(
+            channel,
+            events=_PySubscriptionEvents(story),
+            recoverable=True,
+            min_resubscribe_delay=0.05,
+            max_resubscribe_delay=0.5,
+        )
+        made.append(client)
+        await client.connect()
+        await subscription.subscribe()
+        return story
+
+    yield start
+    for client in made:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(client.disconnect(), 5)

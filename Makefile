@@ -52,3 +52,10 @@ bench: install
 
 clean:
 	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache
+
+# WebSocket conformance: the Autobahn|Testsuite fuzzing client (Python 2.7, built once into
+# .cache/autobahn) against a test-only echo route on the production stack and limits, cases
+# 1-7, 9, 12 and 13 (~4 minutes). Fails on any result outside tests/conformance/allowlist.json;
+# skips with a message when no Python 2.7 exists. Not part of `make test`.
+conformance: install
+	$(BIN)/python tests/conformance/run_autobahn.py

@@ -4,6 +4,14 @@ Names and semantics follow Centrifugo so its configuration carries over:
 ``namespace:name`` (boundary ``:``), private channels start with ``$`` and
 need a subscription token, user-limited channels end in ``#user1,user2``.
 Everything here is pure: no I/O, no clock.
+
+Every channel a client, a token or the server API names goes through
+:meth:`ChannelRules.options` first, which parses strictly (error 107, bad
+request): the name is 1 to ``channel_max_length`` bytes of UTF-8 (fact sheet
+section 1: 255 by default), holds no control character (C0, DEL, C1) and no
+lone surrogate, and a namespace boundary has a non-empty namespace before it
+and a non-empty name after it. A well-formed name in a namespace that is not
+configured is error 102 (unknown channel): nothing is open by accident.
 """
 
 from __future__ import annotations
@@ -21,6 +29,13 @@ USER_BOUNDARY = "#"
 USER_SEPARATOR = ","
 PRIVATE_PREFIX = "$"
 NAMESPACE_NAME = re.compile(r"^[-a-zA-Z0-9_.]{2,}$")
+
+_FORBIDDEN_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+"""C0 controls (NUL, TAB, CR, LF...), DEL, C1 controls and lone surrogates.
+
+None belongs in a name; they forge log lines and confuse terminals and other
+tools that print channel names, and a lone surrogate cannot be encoded.
+"""
 
 
 class ChannelOptions(Struct, forbid_unknown_fields=True, kw_only=True):
@@ -95,11 +110,32 @@ def parse_channel(name: str) -> ChannelName:
     return ChannelName(name, namespace, private, allowed_users)
 
 
+def check_channel_name(channel: str, max_length: int) -> None:
+    """Raise :class:`ReplyError` 107 unless ``channel`` is a well-formed name.
+
+    Well-formed: 1 to ``max_length`` bytes of UTF-8, no control character or
+    lone surrogate, not the bare private prefix ``$``, and when it holds the
+    namespace boundary ``:``, a non-empty namespace before it and a non-empty
+    name after it (``:x``, ``$:x`` and ``chat:`` are refused).
+    """
+    if not channel or _FORBIDDEN_CHARACTERS.search(channel) is not None:
+        raise ReplyError(ErrorCode.BAD_REQUEST)
+    if len(channel) > max_length or len(channel.encode()) > max_length:
+        raise ReplyError(ErrorCode.BAD_REQUEST)
+    bare = channel[1:] if channel.startswith(PRIVATE_PREFIX) else channel
+    if not bare:
+        raise ReplyError(ErrorCode.BAD_REQUEST)
+    namespace, boundary, name = bare.partition(NAMESPACE_BOUNDARY)
+    if boundary and (not namespace or not name):
+        raise ReplyError(ErrorCode.BAD_REQUEST)
+
+
 class ChannelRules:
     """Resolves a channel to its options and answers permission questions.
 
-    Each check raises :class:`ReplyError` with the protocol's code: 102 for an
-    unknown namespace, 108 when a feature is off, 103 when the client may not.
+    Each check raises :class:`ReplyError` with the protocol's code: 107 for a
+    malformed name, 102 for an unknown namespace, 108 when a feature is off,
+    103 when the client may not.
     """
 
     def __init__(
@@ -114,11 +150,15 @@ class ChannelRules:
         self.max_channel_length = max_channel_length
 
     def options(self, channel: str) -> ChannelOptions:
-        """A channel's options: 107 for a name over the length limit, 102 for unknown namespaces."""
-        if len(channel.encode()) > self.max_channel_length:
-            raise ReplyError(ErrorCode.BAD_REQUEST)
-        namespace = parse_channel(channel).namespace
-        if not namespace:
+        """A channel's options, after strict parsing.
+
+        107 (bad request) for a malformed name (see :func:`check_channel_name`);
+        102 (unknown channel) for a namespace that is not configured.
+        """
+        check_channel_name(channel, self.max_channel_length)
+        bare = channel[1:] if channel.startswith(PRIVATE_PREFIX) else channel
+        namespace, boundary, _ = bare.partition(NAMESPACE_BOUNDARY)
+        if not boundary:
             return self.top_level
         options = self.namespaces.get(namespace)
         if options is None:

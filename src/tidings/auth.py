@@ -9,6 +9,7 @@ elsewhere (:mod:`tidings.jwks`) and handed in with :meth:`TokenVerifier.set_jwks
 from __future__ import annotations
 
 import logging
+import math
 import time
 import warnings
 from collections.abc import Callable
@@ -27,6 +28,20 @@ log = logging.getLogger("tidings.auth")
 warnings.filterwarnings("ignore", category=jwt.warnings.InsecureKeyLengthWarning)
 
 MIN_HMAC_SECRET_BYTES = 32
+
+MAX_TIME = 253402300799
+"""9999-12-31T23:59:59Z: later expiry times are refused (connection) or mean "never" (exp)."""
+
+
+def _is_time(value: object) -> bool:
+    """A JSON number usable as a Unix time: not a bool, not NaN, not infinite."""
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and abs(value) <= 1e15
+    )
+
 
 Clock = Callable[[], float]
 
@@ -250,8 +265,8 @@ class TokenVerifier:
                     },
                 )
                 break
-            except jwt.InvalidSignatureError:
-                continue
+            except (jwt.InvalidSignatureError, jwt.InvalidKeyError):
+                continue  # not this key (another curve or size): try the next one
             except jwt.PyJWTError as exc:
                 raise TokenError(f"invalid token ({exc.__class__.__name__})") from None
         if claims is None:
@@ -259,14 +274,14 @@ class TokenVerifier:
         now = self._clock()
         exp = claims.get("exp")
         if exp is not None:
-            if not isinstance(exp, int | float) or isinstance(exp, bool):
-                raise TokenError("exp is not a number")
+            if not _is_time(exp):
+                raise TokenError("exp is not a finite number")
             if exp + self._leeway <= now:
                 raise TokenError("token expired", expired=True)
         nbf = claims.get("nbf")
         if nbf is not None:
-            if not isinstance(nbf, int | float) or isinstance(nbf, bool):
-                raise TokenError("nbf is not a number")
+            if not _is_time(nbf):
+                raise TokenError("nbf is not a finite number")
             if nbf - self._leeway > now:
                 raise TokenError("token not yet valid")
         if self._audience:
@@ -287,9 +302,13 @@ class TokenVerifier:
             value = claims["expire_at"]
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise TokenError("expire_at is not a non-negative integer")
+            if value > MAX_TIME:
+                raise TokenError("expire_at is too far in the future")
             return value or None
         exp = claims.get("exp")
-        return int(exp) if exp is not None else None
+        if exp is None or exp > MAX_TIME:
+            return None  # beyond any ttl the protocol can carry: never expires
+        return int(exp)
 
     def verify_connect_token(self, token: str) -> ConnectToken:
         claims = self._decode(token)

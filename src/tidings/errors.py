@@ -114,8 +114,11 @@ class DisconnectCode:
     PERMISSION_DENIED = Disconnect(3507, "permission denied")
     NOT_AVAILABLE = Disconnect(3508, "not available")
     TOO_MANY_ERRORS = Disconnect(3509, "too many errors")
-    # Transport-level (RFC 6455): the SDKs treat 1009 as terminal.
+    # Transport-level (RFC 6455 section 7.4.1): the SDKs reconnect after these, except 1009.
+    PROTOCOL_ERROR = Disconnect(1002, "protocol error")
+    INVALID_UTF8 = Disconnect(1007, "invalid utf-8")
     MESSAGE_TOO_BIG = Disconnect(1009, "message too big")
+    INTERNAL_ERROR = Disconnect(1011, "internal error")
 
 
 class TidingsError(Exception):
@@ -123,11 +126,16 @@ class TidingsError(Exception):
 
 
 class ReplyError(TidingsError):
-    """Answer the current command with an error reply; the connection carries on."""
+    """Answer the current command with an error reply; the connection carries on.
 
-    def __init__(self, error: Error) -> None:
+    ``logged`` says the raiser already logged the refusal with its reason, so the
+    dispatcher does not log it a second time.
+    """
+
+    def __init__(self, error: Error, *, logged: bool = False) -> None:
         super().__init__(f"{error.code} {error.message}")
         self.error = error
+        self.logged = logged
 
 
 class DisconnectError(TidingsError):

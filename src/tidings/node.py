@@ -41,6 +41,7 @@ from tidings.hub import Hub, Subscriber
 from tidings.jwks import JwksClient
 from tidings.protocol.codec import (
     EMPTY_DOCUMENT,
+    JSON_INPUT_ERRORS,
     compact_raw,
     prepare_join,
     prepare_leave,
@@ -170,6 +171,7 @@ class Node:
         self._all_sessions: set[Session] = set()
         self._presence_entries: dict[tuple[str, Session], None] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._daemons: set[asyncio.Task[Any]] = set()
         self._ticker: asyncio.TimerHandle | None = None
         self._tick = 0
         self._tick_period = 1.0
@@ -193,7 +195,7 @@ class Node:
         await self.broker.start()
         if self.jwks is not None:
             await self.jwks.refresh(force=True)
-            self.spawn(self.jwks.run())
+            self.spawn(self.jwks.run(), daemon=True)
         interval = self.config.ping_interval
         if interval > 0:
             self._tick_period = min(1.0, interval)
@@ -213,6 +215,8 @@ class Node:
             session.close(disconnect)
         self.hub.flush()
         self.spawn(self._announce_departure())
+        for daemon in self._daemons:  # loops that never end on their own
+            daemon.cancel()
         pending = [task for task in self._tasks if not task.done()]
         if pending:
             await asyncio.wait(pending, timeout=2.0)
@@ -225,14 +229,21 @@ class Node:
         """A token named an unknown ``kid``: refetch the JWKS (rate-limited)."""
         return self.jwks is not None and await self.jwks.refresh()
 
-    def spawn(self, coroutine: Coroutine[Any, Any, Any]) -> None:
-        """Run a fire-and-forget coroutine that the node keeps a reference to."""
+    def spawn(self, coroutine: Coroutine[Any, Any, Any], *, daemon: bool = False) -> None:
+        """Run a fire-and-forget coroutine that the node keeps a reference to.
+
+        Shutdown lets ordinary tasks finish (bounded); a ``daemon`` (a loop that
+        never ends) is cancelled at once.
+        """
         task = asyncio.get_running_loop().create_task(coroutine)
         self._tasks.add(task)
+        if daemon:
+            self._daemons.add(task)
         task.add_done_callback(self._task_done)
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
+        self._daemons.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("background task failed", exc_info=task.exception())
 
@@ -527,7 +538,7 @@ class Node:
     def handle_control(self, message: bytes) -> None:
         try:
             control = _control_decoder.decode(message)
-        except (msgspec.DecodeError, msgspec.ValidationError):
+        except JSON_INPUT_ERRORS:
             log.warning("malformed control message ignored")
             return
         if control.op == "node":

@@ -91,6 +91,9 @@ log = logging.getLogger("tidings.session")
 
 CONNECTING, CONNECTED, REFUSED, CLOSED = "connecting", "connected", "refused", "closed"
 
+MAX_TTL = 2**32 - 1
+"""``ttl`` is a uint32 in the protocol."""
+
 RATE_LIMITED = "rate-limited"
 """Queue marker: the command came over the rate limit and is answered with error 111."""
 
@@ -132,6 +135,8 @@ class Session:
 
     __slots__ = (
         "__weakref__",
+        "_backlog",
+        "_backlog_bytes",
         "_queue",
         "_rate_strikes",
         "_slow_disconnect",
@@ -185,6 +190,8 @@ class Session:
         self._worker: asyncio.Task[None] | None = None
         self._slow_handle: asyncio.TimerHandle | None = None
         self._slow_disconnect: asyncio.Handle | None = None
+        self._backlog: list[bytes] | None = None
+        self._backlog_bytes = 0
         self._tokens = float(
             node.config.client_command_burst or node.config.client_command_rate_limit
         )
@@ -295,6 +302,17 @@ class Session:
         except ReplyError as exc:
             if self.state == CLOSED:
                 return
+            if not exc.logged:
+                channel = getattr(getattr(command, method), "channel", "")
+                log.info(
+                    "client %s (%s): %s%s refused: %d %s",
+                    self.client_id or "-",
+                    self.remote,
+                    method,
+                    f" {channel[:64]!r}" if channel else "",
+                    exc.error.code,
+                    exc.error.message,
+                )
             if method == "connect":
                 self.state = REFUSED
                 if self._queue is not None:
@@ -321,9 +339,13 @@ class Session:
     # ------------------------------------------------------------------ output
 
     def send(self, document: bytes) -> None:
-        """Write one reply or personal push on this connection."""
+        """Write one reply or personal push on this connection.
+
+        It goes through the same writer as broadcasts, so while the client is
+        slow it queues behind them instead of overtaking them.
+        """
         if self.state != CLOSED:
-            self.transport.send((document,))
+            self.writer(self.wire.frame((document,)))
 
     def send_push(self, channel: str, kind: str, body: object) -> None:
         push = prepare_push(channel, kind, body)
@@ -336,9 +358,18 @@ class Session:
             self.awaiting_pong = True
 
     def on_write_paused(self) -> None:
-        """The transport's buffer is over its high-water mark: the client reads too slowly."""
-        if self.state == CLOSED:
+        """The transport's buffer passed its high-water mark: the client reads too slowly.
+
+        From now on this connection's writes are kept as references to the
+        (shared) frames instead of being copied into the transport's buffer: a
+        thousand stalled clients then hold a thousand lists of pointers to the
+        same bytes, not a thousand copies. Past ``write_buffer_limit`` queued
+        bytes, or after ``slow_timeout`` without draining, the client gets 3008.
+        """
+        if self.state == CLOSED or self._backlog is not None:
             return
+        self._backlog = []
+        self._backlog_bytes = 0
         self.writer = self._write_while_slow
         for channel in self.subscriptions:
             self.node.hub.set_writer(channel, self, self.writer)
@@ -349,19 +380,24 @@ class Session:
         if self._slow_handle is not None:
             self._slow_handle.cancel()
             self._slow_handle = None
+        backlog, self._backlog = self._backlog, None
         if self.state == CLOSED:
             return
         self.writer = self.transport.write
         for channel in self.subscriptions:
             self.node.hub.set_writer(channel, self, self.writer)
+        if backlog:
+            # One write for everything queued; if it pauses again, later writes queue anew.
+            self.transport.write(b"".join(backlog))
 
     def _write_while_slow(self, data: bytes) -> None:
-        if self.state == CLOSED:
+        backlog = self._backlog
+        if self.state == CLOSED or backlog is None or self._slow_disconnect is not None:
             return
-        if self.transport.write_buffer_size() + len(data) > self.node.config.write_buffer_limit:
+        backlog.append(data)
+        self._backlog_bytes += len(data)
+        if self._backlog_bytes > self.node.config.write_buffer_limit:
             self.state_slow()
-            return
-        self.transport.write(data)
 
     def state_slow(self) -> None:
         """Over the buffer limit: disconnect 3008 on the next loop turn (never mid fan-out)."""
@@ -405,6 +441,7 @@ class Session:
             if handle is not None:
                 handle.cancel()
         self._stale_handle = self.expiry_handle = self._slow_handle = self._slow_disconnect = None
+        self._backlog = None
         if self._worker is not None and not self._worker.done():
             self._worker.cancel()
         self._queue = None
@@ -455,7 +492,7 @@ class Session:
             except TokenError as exc:
                 log.info("connect from %s refused: %s", self.remote, exc.reason)
                 if exc.expired:
-                    raise ReplyError(ErrorCode.TOKEN_EXPIRED) from None
+                    raise ReplyError(ErrorCode.TOKEN_EXPIRED, logged=True) from None
                 raise DisconnectError(DisconnectCode.INVALID_TOKEN) from None
         elif not node.config.allow_anonymous:
             log.info("connect from %s refused: no token and anonymous access is off", self.remote)
@@ -550,7 +587,7 @@ class Session:
         """Seconds left; at least 1 while expiring (the SDKs read ``ttl`` whenever ``expires``)."""
         if self.expire_at is None:
             return None
-        return max(1, int(self.expire_at - time.time()))
+        return min(MAX_TTL, max(1, int(self.expire_at - time.time())))
 
     def _schedule_expiry(self) -> None:
         if self.expiry_handle is not None:
@@ -587,8 +624,8 @@ class Session:
             except TokenError as exc:
                 log.info("client %s: subscription token refused: %s", self.client_id, exc.reason)
                 if exc.expired:
-                    raise ReplyError(ErrorCode.TOKEN_EXPIRED) from None
-                raise ReplyError(ErrorCode.PERMISSION_DENIED) from None
+                    raise ReplyError(ErrorCode.TOKEN_EXPIRED, logged=True) from None
+                raise ReplyError(ErrorCode.PERMISSION_DENIED, logged=True) from None
             if (
                 sub_token.channel != channel
                 or sub_token.user != self.user
@@ -752,7 +789,7 @@ class Session:
     def _subscription_ttl(self, subscription: Subscription) -> int | None:
         if subscription.expire_at is None:
             return None
-        return max(1, int(subscription.expire_at - time.time()))
+        return min(MAX_TTL, max(1, int(subscription.expire_at - time.time())))
 
     def _schedule_subscription_expiry(self, subscription: Subscription) -> None:
         if subscription.expiry_handle is not None:
@@ -999,13 +1036,16 @@ class Session:
         except TokenError as exc:
             log.info("client %s: sub_refresh refused: %s", self.client_id, exc.reason)
             if exc.expired:
-                raise ReplyError(ErrorCode.EXPIRED) from None
+                raise ReplyError(ErrorCode.EXPIRED, logged=True) from None
             raise DisconnectError(DisconnectCode.INVALID_TOKEN) from None
         if (
             claims.channel != channel
             or claims.user != self.user
             or (claims.client and claims.client != self.client_id)
         ):
+            log.info(
+                "client %s: sub_refresh refused: token for another channel/user", self.client_id
+            )
             raise DisconnectError(DisconnectCode.INVALID_TOKEN)
         subscription.expire_at = claims.expire_at
         if claims.info:

@@ -58,6 +58,8 @@ def decode_frame(frame: bytes) -> list[Command]:
             command = _command_decoder.decode(line)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             raise ProtocolViolation(f"malformed command: {exc}") from None
+        except RecursionError:  # JSON nested deeper than the interpreter allows
+            raise ProtocolViolation("malformed command: nested too deeply") from None
         command_method(command)
         commands.append(command)
     return commands
@@ -104,6 +106,8 @@ def decode_connect_request(body: bytes) -> ConnectRequest:
         return _connect_request_decoder.decode(body)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise ProtocolViolation(f"malformed connect request: {exc}") from None
+    except RecursionError:
+        raise ProtocolViolation("malformed connect request: nested too deeply") from None
 
 
 def compact_raw(raw: bytes) -> bytes:
@@ -116,6 +120,10 @@ def compact_raw(raw: bytes) -> bytes:
     if b"\n" in raw or b"\r" in raw:
         return _encoder.encode(msgspec.json.decode(raw))
     return raw
+
+
+JSON_INPUT_ERRORS = (msgspec.DecodeError, msgspec.ValidationError, RecursionError)
+"""What decoding untrusted JSON may raise (msgspec recurses: deep nesting hits the limit)."""
 
 
 # --------------------------------------------------------------------------- replies

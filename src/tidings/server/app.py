@@ -32,6 +32,7 @@ from tidings.node import Node
 from tidings.server.api import ApiEndpoint
 from tidings.server.http import (
     HttpProtocol,
+    RefusalLog,
     Request,
     Response,
     Router,
@@ -41,8 +42,13 @@ from tidings.server.http import (
 from tidings.server.origins import OriginPolicy
 from tidings.server.transports import install as install_transports
 from tidings.session import Session
-from tidings.transports.base import WireFormat
-from tidings.transports.websocket import JSON_WIRE, WebSocketConnection, deflate_wire
+from tidings.transports.base import WireFormat, transport_high_water
+from tidings.transports.websocket import (
+    JSON_WIRE,
+    FrameProtocol,
+    WebSocketConnection,
+    deflate_wire,
+)
 
 log = logging.getLogger("tidings.server")
 
@@ -87,6 +93,7 @@ class TidingsServer:
         self.router = Router()
         self._server: asyncio.AbstractServer | None = None
         self._websockets: set[WebSocketConnection] = set()
+        self.refusals = RefusalLog()
         self.gate = AdmissionGate(
             per_ip=self.config.client_ip_connection_limit,
             rate=self.config.client_connection_rate_limit,
@@ -245,7 +252,7 @@ class TidingsServer:
         them), so its parser still expects HTTP; a fresh one constructed OPEN
         parses frames, and the handshake's request/response objects are freed.
         """
-        ws = ServerProtocol(
+        ws = FrameProtocol(
             state=State.OPEN, max_size=self.config.max_message_size, logger=_QUIET_LOGGER
         )
         ws.extensions = handshake.extensions
@@ -279,7 +286,7 @@ class TidingsServer:
         connection.remote_ip = request.connection.hand_over()
         transport.set_protocol(connection)
         limit = self.config.write_buffer_limit
-        transport.set_write_buffer_limits(high=max(limit // 2, 16384))
+        transport.set_write_buffer_limits(high=transport_high_water(limit))
         self._websockets.add(connection)
         connection.on_lost = self._websocket_lost
         return connection
@@ -298,6 +305,7 @@ class TidingsServer:
             max_body=self.config.max_message_size,
             header_timeout=self.config.http_header_timeout,
             gate=self.gate,
+            refusals=self.refusals,
         )
 
     async def start(self, *, sock: socket.socket | None = None) -> int:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -115,6 +116,31 @@ class Request:
     ) -> HttpStream:
         """Take the connection over for a long-lived response (SSE, HTTP streaming)."""
         return self.connection.start_stream(status, headers, chunked=chunked)
+
+
+class RefusalLog:
+    """Logs refusals at the edge without letting a flood flood the log.
+
+    The first refusal of each kind is logged at once; later ones of that kind
+    are counted and reported at most every ``interval`` seconds.
+    """
+
+    def __init__(self, interval: float = 10.0) -> None:
+        self.interval = interval
+        self._last: dict[tuple[int, str], float] = {}
+        self._suppressed: dict[tuple[int, str], int] = {}
+
+    def note(self, status: int, reason: str, client: str) -> None:
+        key = (status, reason)
+        now = time.monotonic()
+        last = self._last.get(key)
+        if last is not None and now - last < self.interval:
+            self._suppressed[key] = self._suppressed.get(key, 0) + 1
+            return
+        self._last[key] = now
+        suppressed = self._suppressed.pop(key, 0)
+        more = f" (and {suppressed} more since the last report)" if suppressed else ""
+        log.info("refused %s: %d %s%s", client or "-", status, reason, more)
 
 
 class ConnectionGate(Protocol):
@@ -224,6 +250,7 @@ class HttpProtocol(asyncio.Protocol):
         max_body: int,
         header_timeout: float = 10.0,
         gate: ConnectionGate | None = None,
+        refusals: RefusalLog | None = None,
     ) -> None:
         self._router = router
         self._max_body = max_body
@@ -244,6 +271,7 @@ class HttpProtocol(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._closing = False
         self._gate = gate
+        self._refusals = refusals
         self._ip = ""
         self._admitted = False
         self._refused = False
@@ -459,6 +487,8 @@ class HttpProtocol(asyncio.Protocol):
     def _reply_and_close(self, status: int, text: str) -> None:
         if self._closing:
             return
+        if self._refusals is not None:
+            self._refusals.note(status, text, self._client)
         self._send_response(text_response(text, status), keep_alive=False)
         self._close()
 

@@ -33,7 +33,7 @@ from msgspec import Raw
 from websockets.server import ServerProtocol
 from websockets.typing import Subprotocol
 
-from tidings.auth import ConnectToken, TokenError
+from tidings.auth import ConnectToken, TokenError, UnknownKeyId
 from tidings.errors import (
     BrokerUnavailable,
     Error,
@@ -41,7 +41,7 @@ from tidings.errors import (
     ProtocolViolation,
     ReplyError,
 )
-from tidings.protocol.codec import compact_raw, decode_connect_request
+from tidings.protocol.codec import JSON_INPUT_ERRORS, compact_raw, decode_connect_request
 from tidings.protocol.cursor import CursorError, parse_cursor
 from tidings.protocol.messages import ClientInfo, Publication, StreamPosition
 from tidings.server.http import Request, Response, json_response
@@ -87,11 +87,19 @@ NOT_FOUND = Error(104, "not found")
 class HttpError(Exception):
     """Refuse a request with a status and a protocol error (a JSON body)."""
 
-    def __init__(self, status: int, error: Error, headers: Sequence[tuple[str, str]] = ()) -> None:
+    def __init__(
+        self,
+        status: int,
+        error: Error,
+        headers: Sequence[tuple[str, str]] = (),
+        *,
+        logged: bool = False,
+    ) -> None:
         super().__init__(f"{status} {error.code} {error.message}")
         self.status = status
         self.error = error
         self.headers = list(headers)
+        self.logged = logged
 
     @classmethod
     def from_reply(cls, exc: ReplyError) -> HttpError:
@@ -226,9 +234,16 @@ class TransportRoutes:
             try:
                 return await handler(request)
             except HttpError as exc:
+                if not exc.logged:
+                    self.server.refusals.note(
+                        exc.status, f"{request.path}: {exc.error.message}", request.client
+                    )
                 return error_response(exc.status, exc.error, [*exc.headers, *cors])
             except ReplyError as exc:
                 refusal = HttpError.from_reply(exc)
+                self.server.refusals.note(
+                    refusal.status, f"{request.path}: {refusal.error.message}", request.client
+                )
                 return error_response(refusal.status, refusal.error, cors)
             except BrokerUnavailable as exc:
                 log.warning("%s %s: %s", request.method, request.path, exc)
@@ -292,7 +307,7 @@ class TransportRoutes:
         """``POST /emulation``: commands for an emulation session; replies go down its stream."""
         try:
             body = _emulation_decoder.decode(request.body)
-        except (msgspec.DecodeError, msgspec.ValidationError):
+        except JSON_INPUT_ERRORS:
             raise HttpError(400, ErrorCode.BAD_REQUEST) from None
         if body.node != self.node.id:
             raise HttpError(404, NOT_FOUND)
@@ -398,7 +413,7 @@ class TransportRoutes:
 
     # ------------------------------------------------------------------ plain HTTP: shared
 
-    def _credentials(self, request: Request) -> ConnectToken | None:
+    async def _credentials(self, request: Request) -> ConnectToken | None:
         """The connection token from ``Authorization: Bearer``, ``?token=`` or the cookie."""
         token = ""
         authorization = request.header("authorization") or ""
@@ -411,11 +426,16 @@ class TransportRoutes:
                 return None
             raise HttpError(401, ErrorCode.UNAUTHORIZED, challenge)
         try:
-            return self.node.verifier.verify_connect_token(token)
+            try:
+                return self.node.verifier.verify_connect_token(token)
+            except UnknownKeyId:
+                if not await self.node.refresh_jwks():
+                    raise
+                return self.node.verifier.verify_connect_token(token)
         except TokenError as exc:
             log.info("%s from %s refused: %s", request.path, request.client, exc.reason)
             error = ErrorCode.TOKEN_EXPIRED if exc.expired else ErrorCode.UNAUTHORIZED
-            raise HttpError(401, error, challenge) from None
+            raise HttpError(401, error, challenge, logged=True) from None
 
     def _channels(self, request: Request, token: ConnectToken | None) -> list[str]:
         """The ``channel`` parameters (default: the token's channels), each one permitted.
@@ -447,13 +467,13 @@ class TransportRoutes:
             return parse_cursor(text, max_channels=self.config.client_channel_limit)
         except CursorError as exc:
             log.info("bad cursor refused: %s", exc)
-            raise HttpError(400, ErrorCode.BAD_REQUEST) from None
+            raise HttpError(400, ErrorCode.BAD_REQUEST, logged=True) from None
 
     # ------------------------------------------------------------------ /events
 
     async def events(self, request: Request) -> Response | None:
         """``GET /events``: publications as SSE events with cursor ids (see transports.events)."""
-        token = self._credentials(request)
+        token = await self._credentials(request)
         channels = self._channels(request, token)
         last_event_id = request.header("last-event-id")
         cursor = self._cursor(
@@ -499,7 +519,7 @@ class TransportRoutes:
         """``GET /longpoll?channel=..&cursor=..`` waits; ``POST /longpoll`` publishes."""
         if request.method == "POST":
             return await self._longpoll_publish(request)
-        token = self._credentials(request)
+        token = await self._credentials(request)
         channels = self._channels(request, token)
         rules = self.node.rules
         for channel in channels:
@@ -537,10 +557,10 @@ class TransportRoutes:
         The poster counts as a subscriber when it may subscribe to the channel
         (``allow_publish_for_subscriber``), as a long-poll reader of it would be.
         """
-        token = self._credentials(request)
+        token = await self._credentials(request)
         try:
             body = _publish_decoder.decode(request.body)
-        except (msgspec.DecodeError, msgspec.ValidationError):
+        except JSON_INPUT_ERRORS:
             raise HttpError(400, ErrorCode.BAD_REQUEST) from None
         channel = body.channel
         if not channel or not len(body.data):

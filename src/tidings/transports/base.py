@@ -18,6 +18,16 @@ from tidings.errors import Disconnect
 
 Writer = Callable[[bytes], None]
 
+TRANSPORT_HIGH_WATER = 64 * 1024
+"""Bytes a socket transport may buffer (each write copied) before its connection counts
+as slow; past it the session queues references to shared frames instead
+(``Session.on_write_paused``), so stalled clients do not each copy every broadcast."""
+
+
+def transport_high_water(write_buffer_limit: int) -> int:
+    """The transport's pause threshold for a given per-connection buffer limit."""
+    return max(4096, min(TRANSPORT_HIGH_WATER, write_buffer_limit // 2))
+
 
 class WireFormat:
     """How one kind of transport frames JSON documents. Instances are shared singletons.

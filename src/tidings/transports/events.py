@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, cast
 import msgspec
 from msgspec import Raw
 
+from tidings.protocol.codec import JSON_INPUT_ERRORS
 from tidings.protocol.cursor import encode_cursor, encode_entry
 from tidings.protocol.messages import NO_DATA, Publication, StreamPosition
 from tidings.transports.base import WireFormat
@@ -103,7 +104,7 @@ def decode_publications(frame: bytes) -> Iterable[tuple[str, int, bytes]]:
     for line in frame.split(b"\n"):
         try:
             push = _push_decoder.decode(line)
-        except (msgspec.DecodeError, msgspec.ValidationError):
+        except JSON_INPUT_ERRORS:
             log.warning("undecodable push skipped")
             continue
         if push.pub is not None:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from tidings.errors import Disconnect
 from tidings.protocol.codec import prepare_push
 from tidings.protocol.messages import DisconnectPush
-from tidings.transports.base import WireFormat
+from tidings.transports.base import WireFormat, transport_high_water
 
 if TYPE_CHECKING:
     from tidings.server.http import HttpStream
@@ -119,7 +119,7 @@ class StreamTransport:
         """Bind the session: end of response -> ``transport_closed``; back-pressure -> slow."""
         self.session = session
         self.stream.on_close = self._ended
-        self.stream.transport.set_write_buffer_limits(high=max(write_buffer_limit // 2, 16384))
+        self.stream.transport.set_write_buffer_limits(high=transport_high_water(write_buffer_limit))
         self.stream.on_pause = session.on_write_paused
         self.stream.on_resume = session.on_write_resumed
 

@@ -51,6 +51,32 @@ def text_frame(payload: bytes) -> bytes:
     return _pack_long(0x81, 127, length) + payload
 
 
+CLOSE_REASONS = {
+    d.code: d.reason
+    for d in (
+        DisconnectCode.PROTOCOL_ERROR,
+        DisconnectCode.INVALID_UTF8,
+        DisconnectCode.MESSAGE_TOO_BIG,
+        DisconnectCode.INTERNAL_ERROR,
+    )
+}
+"""Close reasons from tidings' catalog: a library's own text never reaches a client."""
+
+
+class FrameProtocol(ServerProtocol):
+    """websockets' sans-I/O frame layer, closing with catalog reasons.
+
+    The library explains a failure in the close reason ("frame with 70000 bytes
+    exceeds limit of 65536 bytes"); that text is logged, and the client gets the
+    fixed reason for the code.
+    """
+
+    def fail(self, code: int, reason: str = "") -> None:
+        if reason:
+            log.info("websocket failed with %d: %s", code, reason)
+        super().fail(code, CLOSE_REASONS.get(int(code), ""))
+
+
 class WebSocketWire(WireFormat):
     """All documents in one text frame, separated by ``\\n`` (what the SDKs split on)."""
 

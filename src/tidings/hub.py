@@ -115,6 +115,7 @@ class Hub:
         self._channels: dict[str, _Channel] = {}
         self._dirty: list[_Channel] = []
         self._flush_handle: asyncio.Handle | None = None
+        self._last_flush = float("-inf")
         self._on_insufficient_state = on_insufficient_state
         self._coalesce_delay = coalesce_delay
         self._coalesce_max_bytes = coalesce_max_bytes
@@ -349,9 +350,13 @@ class Hub:
             self._flush_channel(state)
         elif self._flush_handle is None:
             loop = asyncio.get_running_loop()
-            if self._coalesce_delay > 0:
-                self._flush_handle = loop.call_later(self._coalesce_delay, self.flush)
+            delay = self._coalesce_delay
+            if delay > 0 and loop.time() - self._last_flush < delay:
+                # Flushes are back to back: traffic is heavy, so gather for a while and
+                # write once per subscriber for the whole burst.
+                self._flush_handle = loop.call_later(delay, self.flush)
             else:
+                # Idle until now: out in this same loop turn, no added latency.
                 self._flush_handle = loop.call_soon(self.flush)
 
     def flush(self) -> None:
@@ -362,6 +367,7 @@ class Hub:
         for state in dirty:
             if state.batch:
                 self._flush_channel(state)
+        self._last_flush = asyncio.get_running_loop().time()
 
     def _flush_channel(self, state: _Channel) -> None:
         batch = state.batch

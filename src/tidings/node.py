@@ -59,6 +59,8 @@ RPCHandler = Callable[["Session", bytes], Awaitable[Any]]
 SendHandler = Callable[["Session", bytes], Awaitable[None]]
 
 NODE_INFO_INTERVAL = 5.0
+NODE_FORGET_AFTER = 60.0
+"""A node silent this long (crashed without a goodbye) is dropped from the registry."""
 """Seconds between a node's announcements of itself to the others (API ``info``)."""
 
 CHANNELS_SURVEY_TIMEOUT = 1.0
@@ -98,6 +100,8 @@ class ControlMessage(msgspec.Struct, omit_defaults=True):
     survey: str = ""
     sender: str = ""
     counts: dict[str, int] | None = None
+    target: str = ""
+    commands: str = ""
 
 
 class _Survey:
@@ -368,8 +372,8 @@ class Node:
     async def _refresh_presence(self) -> None:
         """Re-add this node's presence entries so they outlive ``presence_ttl``.
 
-        Entries go to the store in batches: with a store that has
-        ``add_presence_many`` (Redis) one round trip per batch. An entry whose
+        Entries go to the store in batches (``add_presence_many``: with Redis one
+        round trip per batch). An entry whose
         client left while its batch was in flight is removed again afterwards,
         so a refresh never resurrects it. A failure is logged; the next
         interval tries again (entries live ``presence_ttl``, several intervals).
@@ -378,7 +382,6 @@ class Node:
             return
         self._presence_refreshing = True
         ttl = self.config.presence_ttl
-        add_many = getattr(self.presence, "add_presence_many", None)
         try:
             keys = []
             entries = []
@@ -391,11 +394,7 @@ class Node:
                 entries.append((channel, session.client_id, session.channel_info(subscription)))
             for start in range(0, len(entries), PRESENCE_REFRESH_BATCH):
                 batch = entries[start : start + PRESENCE_REFRESH_BATCH]
-                if add_many is not None:
-                    await add_many(batch, ttl)
-                else:
-                    for channel, client_id, info in batch:
-                        await self.presence.add_presence(channel, client_id, info, ttl)
+                await self.presence.add_presence_many(batch, ttl)
                 for key, (channel, client_id, _) in zip(
                     keys[start : start + PRESENCE_REFRESH_BATCH], batch, strict=True
                 ):
@@ -548,7 +547,11 @@ class Node:
                     # A newcomer: introduce this node now rather than at the next
                     # interval, so its ``info`` and ``channels`` see every node at once.
                     self.spawn(self._announce_node())
-                self.nodes[uid] = (time.monotonic(), control.node)
+                now = time.monotonic()
+                self.nodes[uid] = (now, control.node)
+                horizon = now - NODE_FORGET_AFTER
+                for stale in [u for u, (seen, _) in self.nodes.items() if seen < horizon]:
+                    del self.nodes[stale]
             return
         if control.op == "node_gone":
             self.nodes.pop(control.sender, None)
@@ -561,6 +564,12 @@ class Node:
             survey = self._surveys.get(control.survey)
             if survey is not None:
                 survey.answer(control.sender, control.counts or {})
+            return
+        if control.op == "emulation":
+            if control.target == self.id:
+                session = self.emulation_sessions.get(control.session)
+                if session is not None:
+                    session.handle_frame(control.commands.encode())
             return
         self.spawn(self._apply_control(control))
 
@@ -596,6 +605,21 @@ class Node:
             if control.session and session.session_id != control.session:
                 continue
             yield session
+
+    def knows_node(self, uid: str) -> bool:
+        """This node, or a peer heard from recently enough to count as alive."""
+        if uid == self.id:
+            return True
+        entry = self.nodes.get(uid)
+        return entry is not None and entry[0] >= time.monotonic() - 3 * NODE_INFO_INTERVAL
+
+    async def forward_emulation(self, target: str, session: str, commands: str) -> None:
+        """Commands posted to ``/emulation`` on a node other than the session's owner."""
+        await self.send_control(
+            ControlMessage(
+                op="emulation", target=target, session=session, commands=commands, sender=self.id
+            )
+        )
 
     async def send_control(self, control: ControlMessage) -> None:
         await self.broker.publish_control(msgspec.json.encode(control))

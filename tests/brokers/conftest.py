@@ -114,9 +114,6 @@ class Engine:
     kind = ""
     multi_node = True
     """Several brokers share traffic (False: each broker is its own world)."""
-    presence_expires = True
-    honours_interest = True
-    """A node hears only channels it subscribed to."""
 
     def __init__(self) -> None:
         self.prefix = f"tt{uuid.uuid4().hex[:12]}"
@@ -166,8 +163,6 @@ class Engine:
 class MemoryEngine(Engine):
     kind = "memory"
     multi_node = False
-    presence_expires = True
-    honours_interest = True
 
     def make_broker(self, name: str) -> Any:
         return MemoryBroker()

@@ -266,16 +266,7 @@ async def test_only_subscribed_nodes_hear_a_channel(engine: Engine) -> None:
     assert barrier not in seen_a.publications
 
 
-async def test_interest_is_reference_counted(
-    engine: Engine, request: pytest.FixtureRequest
-) -> None:
-    if not engine.honours_interest:
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="MemoryBroker delivers every publication whatever the subscriptions",
-            )
-        )
+async def test_interest_is_reference_counted(engine: Engine) -> None:
     broker, seen = await engine.node()
     barrier = engine.sibling("chat")
     await broker.subscribe(barrier)
@@ -342,11 +333,23 @@ async def test_presence_add_remove_and_stats(engine: Engine) -> None:
     assert await store.presence_stats("other") == (1, 1)
 
 
-async def test_presence_entries_expire(engine: Engine, request: pytest.FixtureRequest) -> None:
-    if not engine.presence_expires:
-        request.applymarker(
-            pytest.mark.xfail(strict=True, reason="MemoryPresence ignores ttl (reported defect)")
-        )
+async def test_presence_batch_refresh(engine: Engine) -> None:
+    store = await engine.presence()
+    entries = [
+        (f"room{n % 3}", f"c{n}", ClientInfo(user=f"u{n % 5}", client=f"c{n}")) for n in range(30)
+    ]
+    await store.add_presence_many(entries, 60.0)
+    await store.add_presence_many(entries[:3], 0.3)  # a refresh with a shorter ttl
+    assert await store.presence_stats("room1") == (10, 5)
+
+    async def refreshed_short_gone() -> bool:
+        return len(await store.presence("room0")) == 9
+
+    await eventually(refreshed_short_gone, "the re-added short entry to expire", within=1.5)
+    await store.add_presence_many([], 60.0)
+
+
+async def test_presence_entries_expire(engine: Engine) -> None:
     store = await engine.presence()
     await store.add_presence("room", "short", ClientInfo(user="a", client="short"), 0.3)
     await store.add_presence("room", "long", ClientInfo(user="b", client="long"), 60.0)

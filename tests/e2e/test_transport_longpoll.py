@@ -13,6 +13,7 @@ import pytest
 from tests.conftest import REDIS_URL, ClientFactory, RunningServer, StartServer, make_config, token
 from tests.e2e import test_transport_support as support
 from tests.e2e.test_transport_support import control_client, error_body, still_serving, wait_for
+from tests.scale.conftest import delete_keys
 from tidings.protocol.cursor import encode_cursor, parse_cursor
 
 pytestmark = pytest.mark.timeout(30)
@@ -197,11 +198,21 @@ async def test_no_sticky_sessions_across_nodes_with_redis(
     start_server: StartServer, http: aiohttp.ClientSession
 ) -> None:
     """One poll on node A, the next on node B with A's cursor: the broker holds the state."""
+    prefix = f"tlp{uuid.uuid4().hex[:12]}"
     try:
-        first = await start_server(make_config(broker=REDIS_URL))
-        second = await start_server(make_config(broker=REDIS_URL))
+        first = await start_server(make_config(broker=REDIS_URL, broker_prefix=prefix))
+        second = await start_server(make_config(broker=REDIS_URL, broker_prefix=prefix))
     except Exception as exc:  # pragma: no cover - no Redis on this machine
         pytest.skip(f"Redis is not reachable: {exc}")
+    try:
+        await _poll_across_nodes(first, second, http)
+    finally:
+        await delete_keys(REDIS_URL, prefix)
+
+
+async def _poll_across_nodes(
+    first: RunningServer, second: RunningServer, http: aiohttp.ClientSession
+) -> None:
     tok = token()
     channel = f"chat:longpoll-{uuid.uuid4().hex}"
     _, top = await first.node.history.history(channel, limit=0)

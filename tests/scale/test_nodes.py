@@ -338,3 +338,38 @@ async def test_three_nodes_on_a_redis_cluster_share_order_and_presence(
     finally:
         for port in redis_cluster.ports:
             await delete_keys(f"redis://127.0.0.1:{port}/0", prefix)
+
+
+async def test_emulation_commands_reach_the_stream_on_another_node(
+    start_server: StartServer, scale_redis: str, prefix: str
+) -> None:
+    """Without sticky routing, /emulation POSTs to any node reach the session's stream."""
+    import json
+
+    import aiohttp
+
+    from tests.e2e.test_transport_support import LineStream
+
+    home, elsewhere = await redis_nodes(start_server, scale_redis, prefix)
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
+        response = await http.post(
+            f"{home.http_url}/connection/http_stream",
+            data=json.dumps({"connect": {"token": token("alice")}, "id": 1}),
+            headers={"Content-Type": "application/json"},
+        )
+        stream = LineStream(response)
+        connect = (await stream.next())["connect"]
+        assert connect["node"] == home.node.id
+        body = {
+            "session": connect["session"],
+            "node": connect["node"],
+            "data": json.dumps({"id": 2, "subscribe": {"channel": "chat:hop"}}),
+        }
+        async with http.post(f"{elsewhere.http_url}/emulation", json=body) as answer:
+            assert answer.status == 204
+        reply = await stream.until(lambda d: d.get("id") == 2)
+        assert "subscribe" in reply
+        gone = {**body, "node": "no-such-node"}
+        async with http.post(f"{elsewhere.http_url}/emulation", json=gone) as answer:
+            assert answer.status == 404
+        response.close()

@@ -166,6 +166,16 @@ class PresenceStore(Protocol):
         self, channel: str, client_id: str, info: ClientInfo, ttl: float
     ) -> None: ...
 
+    async def add_presence_many(
+        self, entries: Sequence[tuple[str, str, ClientInfo]], ttl: float
+    ) -> None:
+        """``add_presence`` for many ``(channel, client id, info)`` entries at once.
+
+        The Node's periodic refresh uses it; a networked store does it in one
+        round trip instead of one per entry.
+        """
+        ...
+
     async def remove_presence(self, channel: str, client_id: str) -> None: ...
 
     async def presence(self, channel: str) -> dict[str, ClientInfo]: ...

@@ -12,7 +12,7 @@ import random
 import string
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import msgspec
@@ -194,6 +194,13 @@ class MemoryPresence:
         self, channel: str, client_id: str, info: ClientInfo, ttl: float
     ) -> None:
         self._channels.setdefault(channel, {})[client_id] = (info, self._clock() + ttl)
+
+    async def add_presence_many(
+        self, entries: Sequence[tuple[str, str, ClientInfo]], ttl: float
+    ) -> None:
+        expires_at = self._clock() + ttl
+        for channel, client_id, info in entries:
+            self._channels.setdefault(channel, {})[client_id] = (info, expires_at)
 
     async def remove_presence(self, channel: str, client_id: str) -> None:
         entries = self._channels.get(channel)

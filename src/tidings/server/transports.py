@@ -310,7 +310,13 @@ class TransportRoutes:
         except JSON_INPUT_ERRORS:
             raise HttpError(400, ErrorCode.BAD_REQUEST) from None
         if body.node != self.node.id:
-            raise HttpError(404, NOT_FOUND)
+            # The stream lives on another node (no sticky routing, or another worker):
+            # the broker carries the commands there. A node nobody has heard of is
+            # gone: 404 makes centrifuge-js reconnect.
+            if not self.node.knows_node(body.node):
+                raise HttpError(404, NOT_FOUND)
+            await self.node.forward_emulation(body.node, body.session, body.data)
+            return Response(204, b"", "text/plain", self.cors.headers(request))
         session = self.node.emulation_sessions.get(body.session)
         if session is not None:
             session.handle_frame(body.data.encode())

@@ -28,11 +28,16 @@ node_modules/.installed: package.json package-lock.json
 
 install: $(VENV)/.installed node_modules/.installed
 
-# Debian's chromium for the browser tests (Playwright drives it; it never downloads its own).
+# Debian packages the tests drive: chromium for the browser tests (Playwright drives it and
+# never downloads its own) and slowhttptest for the slow-header flood.
+SYSTEM_PACKAGES := chromium slowhttptest
+
 system-deps:
-	@command -v chromium >/dev/null 2>&1 || { \
-		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
-		else echo "note: install Debian's chromium (sudo apt-get install chromium) for the browser tests"; fi; }
+	@missing=""; for p in $(SYSTEM_PACKAGES); do command -v $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+		else echo "note: install Debian's$$missing (sudo apt-get install$$missing) for the browser and flood tests"; fi; \
+	fi
 
 serve: install
 	$(BIN)/tidings serve

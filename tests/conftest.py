@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import uvloop
+from hypothesis import settings
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
@@ -23,6 +24,12 @@ from tidings.channels import ChannelOptions
 from tidings.config import ChannelsConfig, Config
 from tidings.node import Node
 from tidings.server.app import TidingsServer
+
+# Fuzz tests draw the same examples on every run, so CI results are reproducible; set
+# TIDINGS_HYPOTHESIS_PROFILE=explore to draw fresh ones locally.
+settings.register_profile("ci", derandomize=True, deadline=None)
+settings.register_profile("explore", deadline=None)
+settings.load_profile(os.environ.get("TIDINGS_HYPOTHESIS_PROFILE", "ci"))
 
 SECRET = "tidings-test-secret-0123456789abcdef"
 API_KEY = "tidings-test-api-key"

@@ -28,6 +28,7 @@ from websockets.asyncio.client import connect
 from tests.conftest import WsClient, token
 from tests.security.conftest import KeepAliveHttp, ServerProcess, mib
 from tidings.bench.wsframe import OP_TEXT, encode_frame, handshake_request
+from tidings.transports.base import TRANSPORT_HIGH_WATER
 from tidings.transports.websocket import CLOSE_TIMEOUT
 
 pytestmark = pytest.mark.timeout(90)
@@ -37,11 +38,11 @@ RATE = 100  # publications per second
 PAYLOAD = "x" * 1000  # ~1 KiB per publication with its envelope
 CHANNEL = "quiet:firehose"
 WRITE_BUFFER_LIMIT = 1 << 20  # the default
-RSS_GROWTH_BOUND = SLOW_CLIENTS * WRITE_BUFFER_LIMIT
-"""The configured bound: a slow connection is cut before it queues write_buffer_limit bytes.
-Frames are shared by every queue (one bytes object per publication), but each queued write
-costs uvloop/libuv ~0.7 KB of bookkeeping per connection: measured ~745 MiB at the peak for
-1,000 clients with 1 KiB frames (docs/security.md)."""
+RSS_GROWTH_BOUND = SLOW_CLIENTS * 2 * TRANSPORT_HIGH_WATER
+"""A stalled connection copies at most TRANSPORT_HIGH_WATER (64 KiB) into its transport; past
+that the session queues references to the shared frames (a pointer each) until the client is
+cut at write_buffer_limit queued bytes. Measured: ~57 MiB at the peak for 1,000 clients
+(docs/security.md); twice the copies' share leaves room for allocator slack."""
 RELEASED_BOUND = 32 << 20
 """Once cut and aborted, the connections' memory is freed: what glibc keeps mapped goes back
 with malloc_trim, leaving a few MiB of heap fragmentation."""

@@ -61,6 +61,7 @@ class ServerSpec:
     cpus: str | None = "1"
     config: Path | None = None
     broker: str | None = None
+    broker_prefix: str | None = None
     workers: int | None = None
     host: str = "127.0.0.1"
     extra_env: dict[str, str] = field(default_factory=dict)
@@ -89,6 +90,8 @@ class ServerSpec:
             argv += ["--port", str(port)]
             if self.broker:
                 argv += ["--broker", self.broker]
+            if self.broker_prefix:
+                argv += ["--broker-prefix", self.broker_prefix]
             if self.workers:
                 argv += ["--workers", str(self.workers)]
             source = self.root / "src"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -90,11 +91,11 @@ async def _scenario_f(
     results = []
     for workers in options.f_workers:
         worker_label = f"{label} {workers} worker{'s' if workers > 1 else ''}"
+        prefix = f"tidings-bench-{uuid.uuid4().hex[:10]}"
         try:
-            async with _server(options, target, broker=options.redis_url, workers=workers) as (
-                url,
-                pid,
-            ):
+            async with _server(
+                options, target, broker=options.redis_url, workers=workers, broker_prefix=prefix
+            ) as (url, pid):
                 title = f"tidings · scenario F @ {size:,}, {workers} workers"
                 progress.start(title, server_pid=pid)
                 harness = Harness(
@@ -112,13 +113,34 @@ async def _scenario_f(
             results.append(ScenarioResult(target, "F", worker_label, error=_describe(exc)))
         finally:
             progress.stop()
+            await _delete_redis_keys(options.redis_url, prefix)
             gc.collect()
     return results
 
 
+async def _delete_redis_keys(url: str, prefix: str) -> None:
+    """The run's own keys only (never a FLUSH: the Redis may be shared)."""
+    from redis.asyncio import Redis
+
+    client = Redis.from_url(url)
+    try:
+        keys = [key async for key in client.scan_iter(match=f"{prefix}:*", count=1000)]
+        if keys:
+            await client.delete(*keys)
+    except Exception:  # the figures matter more than the cleanup; say nothing
+        pass
+    finally:
+        await client.aclose()
+
+
 @asynccontextmanager
 async def _server(
-    options: SuiteOptions, target: str, *, broker: str | None = None, workers: int | None = None
+    options: SuiteOptions,
+    target: str,
+    *,
+    broker: str | None = None,
+    workers: int | None = None,
+    broker_prefix: str | None = None,
 ) -> AsyncIterator[tuple[str, int | None]]:
     if not options.spawn:
         yield options.url or DEFAULT_URLS[target], options.server_pid
@@ -131,6 +153,7 @@ async def _server(
         cpus=options.server_cpus,
         config=options.config,
         broker=broker,
+        broker_prefix=broker_prefix,
         workers=workers,
     )
     server = SpawnedServer(spec)

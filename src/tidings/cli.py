@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from tidings import __version__
-from tidings.config import OPTIONS, Config, load_config
+from tidings.config import OPTIONS, Config, announce, load_config
 from tidings.errors import BrokerUnavailable, ConfigError
 
 log = logging.getLogger("tidings")
@@ -117,21 +117,7 @@ def run_server(config: Config) -> int:
         except BrokerUnavailable as exc:
             log.error("cannot start: the broker is unreachable: %s", exc)
             return 1
-        if config.demo_enabled:
-            log.warning(
-                "DEMO MODE: no token secret is configured, so anonymous clients may connect and "
-                'use the "demo" namespace. Set TIDINGS_TOKEN_HMAC_SECRET (or demo = "off") '
-                "before exposing this server."
-            )
-        if not config.api_key and not config.api_insecure:
-            log.warning("the server API is closed: set TIDINGS_API_KEY to use /api")
-        log.info(
-            "tidings %s listening on http://%s:%d (broker: %s)",
-            __version__,
-            config.host,
-            port,
-            config.broker.split("@")[-1],
-        )
+        announce(config, port)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):

@@ -11,6 +11,7 @@ the CLI turns it into exit code 2.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import tomllib
@@ -466,6 +467,29 @@ class Config:
         _validate_channel_options("channels", self.channels)
         for name, options in self.channels.namespaces.items():
             _validate_channel_options(f"channels.namespaces.{name}", options)
+
+
+def announce(config: Config, port: int, *, workers: int = 1) -> None:
+    """The start-up lines: what is open to whom, and where the server listens."""
+    log = logging.getLogger("tidings")
+    if config.demo_enabled:
+        log.warning(
+            "DEMO MODE: no token secret is configured, so anonymous clients may connect and "
+            'use the "demo" namespace. Set TIDINGS_TOKEN_HMAC_SECRET (or demo = "off") '
+            "before exposing this server."
+        )
+    if not config.api_key and not config.api_insecure:
+        log.warning("the server API is closed: set TIDINGS_API_KEY to use /api")
+    from tidings import __version__
+
+    log.info(
+        "tidings %s listening on http://%s:%d%s (broker: %s)",
+        __version__,
+        config.host,
+        port,
+        f" with {workers} workers" if workers > 1 else "",
+        config.broker.split("@")[-1],
+    )
 
 
 def _validate_channel_options(key: str, options: ChannelOptions) -> None:

@@ -56,6 +56,8 @@ IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 GENERATOR_BOUND = 0.9
 """Generator CPU share of its core above which a throughput figure is a lower bound."""
 OTHER_LOAD = 0.1
+MACHINE_BOUND = 0.9
+"""All cores this busy: nothing was left for the server to grow into (scenario F's workers)."""
 """CPU (in cores) used by unrelated processes above which a run is flagged as disturbed."""
 
 
@@ -492,6 +494,13 @@ def _finish(
         if others >= OTHER_LOAD:
             result.notes.append(
                 f"busy machine: other processes used {others:.0%} of a core meanwhile"
+            )
+        cores = result.generator.get("cores", 0.0)
+        used = share + others + result.server.get("cpu_share", 0.0)
+        if cores and used >= MACHINE_BOUND * cores:
+            result.notes.append(
+                f"machine-bound: server, generator and others used {used:.2f} of the "
+                f"{cores:.0f} cores, so the figure measures the machine, not the server"
             )
     return result
 

@@ -45,8 +45,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any
 
-from tidings import __version__
-from tidings.config import Config
+from tidings.config import Config, announce
 from tidings.errors import BrokerUnavailable
 
 __all__ = ["run_workers"]
@@ -225,23 +224,7 @@ class Supervisor:
         return True
 
     def _announce(self) -> None:
-        config = self.config
-        if config.demo_enabled:
-            log.warning(
-                "DEMO MODE: no token secret is configured, so anonymous clients may connect and "
-                'use the "demo" namespace. Set TIDINGS_TOKEN_HMAC_SECRET (or demo = "off") '
-                "before exposing this server."
-            )
-        if not config.api_key and not config.api_insecure:
-            log.warning("the server API is closed: set TIDINGS_API_KEY to use /api")
-        log.info(
-            "tidings %s listening on http://%s:%d with %d workers (broker: %s)",
-            __version__,
-            config.host,
-            config.port,
-            len(self._workers),
-            config.broker.split("@")[-1],
-        )
+        announce(self.config, self.config.port, workers=len(self._workers))
 
     # ------------------------------------------------------------------ exits
 

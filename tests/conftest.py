@@ -11,6 +11,7 @@ import json
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -30,6 +31,20 @@ from tidings.server.app import TidingsServer
 settings.register_profile("ci", derandomize=True, deadline=None)
 settings.register_profile("explore", deadline=None)
 settings.load_profile(os.environ.get("TIDINGS_HYPOTHESIS_PROFILE", "ci"))
+
+CHROMIUM = Path("/usr/bin/chromium")
+"""Debian's chromium: Playwright drives it and never downloads a browser of its own."""
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+"""Headless, and nothing that reaches for the network: this machine's is closed."""
 
 SECRET = "tidings-test-secret-0123456789abcdef"
 API_KEY = "tidings-test-api-key"
@@ -253,3 +268,19 @@ async def ws_client() -> AsyncIterator[ClientFactory]:
     yield open_client
     for client in opened:
         await client.ws.close()
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Any]:
+    """A headless Debian chromium (skips when it is not installed: `make test` installs it)."""
+    if not CHROMIUM.exists():  # noqa: ASYNC240 - one stat at setup
+        pytest.skip(f"Debian chromium is not installed at {CHROMIUM} (apt-get install chromium)")
+    async_api = pytest.importorskip("playwright.async_api")
+    async with async_api.async_playwright() as playwright:
+        launched = await playwright.chromium.launch(
+            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, timeout=30_000
+        )
+        try:
+            yield launched
+        finally:
+            await launched.close()

@@ -35,8 +35,6 @@ from tidings.server.app import TidingsServer
 
 REPO = Path(__file__).resolve().parents[2]
 DRIVER = Path(__file__).resolve().parent / "js" / "driver.mjs"
-CHROMIUM = Path("/usr/bin/chromium")
-
 EVENT_TIMEOUT = 10.0
 """Default deadline for one awaited SDK event: generous for a loaded 2-core machine."""
 

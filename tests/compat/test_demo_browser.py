@@ -7,26 +7,15 @@ Pages are ready once ``chat.js`` sets ``document.body.dataset.subscribed``.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
-from tests.compat.conftest import CHROMIUM, Launch, wait_until
+from tests.compat.conftest import Launch, wait_until
 from tests.conftest import RunningServer, make_config
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(60)]
 
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 PAGE_TIMEOUT_MS = 15_000
 
 # Records, inside the page, what the demo's subscription reported to the SDK's listeners.
@@ -37,21 +26,6 @@ INSTRUMENT = """() => {
   sub.on('subscribed', (ctx) => window.compat.subscribed.push(
     { wasRecovering: ctx.wasRecovering, recovered: ctx.recovered }));
 }"""
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Any]:
-    if not CHROMIUM.exists():
-        pytest.skip(f"Debian chromium is not installed at {CHROMIUM} (apt-get install chromium)")
-    async_api = pytest.importorskip("playwright.async_api")
-    async with async_api.async_playwright() as playwright:
-        browser = await playwright.chromium.launch(
-            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, timeout=30_000
-        )
-        try:
-            yield browser
-        finally:
-            await browser.close()
 
 
 async def demo_server(launch: Launch, **overrides: Any) -> RunningServer:

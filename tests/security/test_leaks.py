@@ -33,7 +33,7 @@ from tidings.errors import DisconnectCode
 pytestmark = pytest.mark.timeout(60)
 
 LEAK_MARKERS = re.compile(
-    r"Traceback|File \"|\.py\b|site-packages|/work/|/usr/|/root/|Error\(|Exception|"
+    r"Traceback|File \"|\.py\b|site-packages|(?<![\w:/])/[\w.-]+/[\w.-]+/|Error\(|Exception|"
     r"msgspec|websockets|httptools|jwt|uvloop|\bat 0x|line \d+",
     re.IGNORECASE,
 )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -284,3 +285,33 @@ async def browser() -> AsyncIterator[Any]:
             yield launched
         finally:
             await launched.close()
+
+
+async def eventually(condition: Callable[[], Any], what: str, within: float = 5.0) -> None:
+    """Poll a condition (sync or async) until it holds, failing with ``what`` at the deadline."""
+    deadline = time.monotonic() + within
+    while True:
+        result = condition()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {within} s waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+async def control_client(server: RunningServer, ws_client: ClientFactory) -> WsClient:
+    """A well-behaved client next to a misbehaving one: it must never notice."""
+    client = await ws_client(server.ws_url)
+    await client.connect(token("control"))
+    await client.subscribe("chat:control")
+    return client
+
+
+async def assert_still_serving(server: RunningServer, control: WsClient) -> None:
+    """After someone's bad input, the server and its other clients carry on."""
+    marker = {"marker": time.monotonic()}
+    await server.node.publish("chat:control", marker)
+    (publication,) = await control.publications("chat:control", 1)
+    assert publication["data"] == marker

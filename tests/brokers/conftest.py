@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import time
 import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
@@ -40,20 +39,6 @@ from . import servers
 REDIS_URL = os.environ.get("TIDINGS_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 WAIT = 5.0
 """Seconds any awaited condition may take (far above what each needs)."""
-
-
-async def eventually(condition: Callable[[], Any], what: str, within: float = WAIT) -> None:
-    """Poll a condition (sync or async) until it holds, failing with ``what`` at the deadline."""
-    deadline = time.monotonic() + within
-    while True:
-        result = condition()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {within} s waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 class Recorder:

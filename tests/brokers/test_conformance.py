@@ -10,12 +10,13 @@ import pytest
 from redis.asyncio import Redis, RedisCluster
 from redis.crc import key_slot
 
+from tests.conftest import eventually
 from tidings.brokers.base import Broker, HistoryOptions, HistoryReader, PresenceStore
 from tidings.brokers.redis import RedisBroker, RedisPresence
 from tidings.errors import BrokerUnavailable
 from tidings.protocol.messages import ClientInfo, Publication, StreamPosition
 
-from .conftest import Engine, Recorder, RedisEngine, eventually
+from .conftest import Engine, Recorder, RedisEngine
 from .servers import Cluster, RedisServer, free_port, sentinel
 
 KEEP = HistoryOptions(size=100, ttl=300.0)

@@ -9,8 +9,15 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 from websockets.frames import Frame, Opcode
 
-from tests.conftest import ClientFactory, RunningServer, StartServer, WsClient, token
-from tests.e2e.test_websocket_protocol import assert_still_serving, control_client
+from tests.conftest import (
+    ClientFactory,
+    RunningServer,
+    StartServer,
+    WsClient,
+    assert_still_serving,
+    control_client,
+    token,
+)
 
 
 async def test_permessage_deflate_roundtrip(

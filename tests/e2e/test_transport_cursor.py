@@ -12,7 +12,11 @@ import pytest
 
 from tests.conftest import ClientFactory, RunningServer, token
 from tests.e2e import test_transport_support as support
-from tests.e2e.test_transport_support import LineStream, open_sse, wait_for
+from tests.e2e.test_transport_support import (
+    LineStream,
+    open_sse,
+    wait_for,
+)
 from tidings.protocol.cursor import encode_cursor, parse_cursor
 from tidings.protocol.messages import StreamPosition
 

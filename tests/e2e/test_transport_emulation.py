@@ -18,14 +18,19 @@ from urllib.parse import quote
 import aiohttp
 import pytest
 
-from tests.conftest import ClientFactory, RunningServer, StartServer, token
+from tests.conftest import (
+    ClientFactory,
+    RunningServer,
+    StartServer,
+    assert_still_serving,
+    control_client,
+    token,
+)
 from tests.e2e import test_transport_support as support
 from tests.e2e.test_transport_support import (
     LineStream,
     SseStream,
-    control_client,
     error_body,
-    still_serving,
     wait_for,
 )
 
@@ -197,7 +202,7 @@ async def test_bad_requests(
     async with http.request(method, server.http_url + path, data=body, headers=headers) as response:
         assert response.status == status, await response.text()
         assert await response.json() == error_body(code, message)
-    await still_serving(server, control)
+    await assert_still_serving(server, control)
 
 
 async def test_unknown_session_and_oversized_body(
@@ -209,7 +214,7 @@ async def test_unknown_session_and_oversized_body(
         assert response.status == 413
     preflight = await http.options(f"{server.http_url}/emulation")
     assert preflight.status == 204
-    await still_serving(server, control)
+    await assert_still_serving(server, control)
 
 
 # --------------------------------------------------------------------------- centrifuge-js

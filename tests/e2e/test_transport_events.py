@@ -8,14 +8,19 @@ from urllib.parse import quote
 import aiohttp
 import pytest
 
-from tests.conftest import ClientFactory, RunningServer, StartServer, token
+from tests.conftest import (
+    ClientFactory,
+    RunningServer,
+    StartServer,
+    assert_still_serving,
+    control_client,
+    token,
+)
 from tests.e2e import test_transport_support as support
 from tests.e2e.test_transport_support import (
     SseStream,
-    control_client,
     error_body,
     open_sse,
-    still_serving,
     wait_for,
 )
 from tidings.config import Config
@@ -244,7 +249,7 @@ async def test_bad_requests_get_json_errors(
     if status != 200:
         assert await response.json() == error_body(code, message)
     response.close()
-    await still_serving(server, control)
+    await assert_still_serving(server, control)
 
 
 async def test_too_many_channels(
@@ -255,7 +260,7 @@ async def test_too_many_channels(
     response = await http.get(events_url(server, "chat:a", "chat:b", "chat:c", token=token()))
     assert response.status == 400
     assert await response.json() == error_body(106, "limit exceeded")
-    await still_serving(server, control)
+    await assert_still_serving(server, control)
 
 
 @pytest.mark.parametrize("method", ["POST", "PUT", "DELETE"])
@@ -267,7 +272,7 @@ async def test_wrong_method(
     assert response.status == 405
     assert response.headers["allow"] == "GET"
     assert await response.json() == error_body(107, "method not allowed")
-    await still_serving(server, control)
+    await assert_still_serving(server, control)
 
 
 async def test_origin_policy_and_cors(
@@ -298,7 +303,7 @@ async def test_origin_policy_and_cors(
     assert stream.response.headers["access-control-allow-origin"] == "https://app.example.com"
     assert stream.response.headers["vary"] == "origin"
     stream.close()
-    await still_serving(server, control)
+    await assert_still_serving(server, control)
 
 
 async def test_cors_wildcard_without_credentials(

@@ -10,9 +10,18 @@ from urllib.parse import quote
 import aiohttp
 import pytest
 
-from tests.conftest import REDIS_URL, ClientFactory, RunningServer, StartServer, make_config, token
+from tests.conftest import (
+    REDIS_URL,
+    ClientFactory,
+    RunningServer,
+    StartServer,
+    assert_still_serving,
+    control_client,
+    make_config,
+    token,
+)
 from tests.e2e import test_transport_support as support
-from tests.e2e.test_transport_support import control_client, error_body, still_serving, wait_for
+from tests.e2e.test_transport_support import error_body, wait_for
 from tests.scale.conftest import delete_keys
 from tidings.protocol.cursor import encode_cursor, parse_cursor
 
@@ -179,7 +188,7 @@ async def test_bad_requests_get_json_errors(
         if status == 405:
             assert response.headers["allow"] == "GET, POST"
     assert hub_subscribers(server) == 1  # only the control client
-    await still_serving(server, control)
+    await assert_still_serving(server, control)
 
 
 async def test_oversized_post_body_is_413(
@@ -190,7 +199,7 @@ async def test_oversized_post_body_is_413(
     async with http.post(f"{server.http_url}/longpoll?token={token()}", data=body) as response:
         assert response.status == 413
         assert await response.text() == "request body too large"
-    await still_serving(server, control)
+    await assert_still_serving(server, control)
 
 
 @pytest.mark.redis

@@ -3,22 +3,19 @@
 * :class:`SseStream` parses ``text/event-stream`` as a browser does (fields,
   comments, ``retry``), event by event, with deadlines.
 * :class:`LineStream` reads newline-delimited JSON (HTTP streaming).
-* :func:`still_serving` is the control check every bad-input test ends with.
+* :func:`assert_still_serving` is the control check every bad-input test ends with.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 import pytest
-
-from tests.conftest import ClientFactory, RunningServer, WsClient, token
 
 STEP = 5.0
 """Deadline of one awaited read: generous for a loaded 2-core machine."""
@@ -137,21 +134,6 @@ class LineStream:
                 documents.append(await self.next(timeout))
             except EOFError:
                 return documents
-
-
-async def control_client(server: RunningServer, ws_client: ClientFactory) -> WsClient:
-    client = await ws_client(server.ws_url)
-    await client.connect(token("control"))
-    await client.subscribe("chat:control")
-    return client
-
-
-async def still_serving(server: RunningServer, control: WsClient) -> None:
-    """After someone's bad input, the server and its other clients carry on."""
-    marker = {"marker": time.monotonic()}
-    await server.node.publish("chat:control", marker)
-    (publication,) = await control.publications("chat:control", 1)
-    assert publication["data"] == marker
 
 
 async def wait_for(condition: Any, within: float = STEP, what: str = "condition") -> None:

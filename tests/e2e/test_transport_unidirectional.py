@@ -16,14 +16,19 @@ import pytest
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed
 
-from tests.conftest import API_KEY, ClientFactory, RunningServer, token
+from tests.conftest import (
+    API_KEY,
+    ClientFactory,
+    RunningServer,
+    assert_still_serving,
+    control_client,
+    token,
+)
 from tests.e2e import test_transport_support as support
 from tests.e2e.test_transport_support import (
     LineStream,
     SseStream,
-    control_client,
     error_body,
-    still_serving,
 )
 
 pytestmark = pytest.mark.timeout(30)
@@ -163,7 +168,7 @@ async def test_connect_errors_become_disconnects(
         request_body = {"token": token(ttl=-10)}
     reader = await open_uni(kind, server, http, request_body)
     assert await reader.rest() == [{"disconnect": {"code": code, "reason": reason}}]
-    await still_serving(server, control)
+    await assert_still_serving(server, control)
 
 
 @pytest.mark.parametrize(
@@ -191,7 +196,7 @@ async def test_bad_requests(
     async with http.request(method, server.http_url + path, data=body) as response:
         assert response.status == status
         assert await response.json() == error_body(code, message)
-    await still_serving(server, control)
+    await assert_still_serving(server, control)
 
 
 async def test_uni_websocket_origin_refused(
@@ -204,4 +209,4 @@ async def test_uni_websocket_origin_refused(
             origin="https://evil.test",  # type: ignore[arg-type]
             open_timeout=5,
         )
-    await still_serving(server, control)
+    await assert_still_serving(server, control)

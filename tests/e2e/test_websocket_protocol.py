@@ -7,29 +7,21 @@ server still serves a control client (publish reaches it).
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any
 
 import pytest
 import uvloop
 
-from tests.conftest import SECRET, ClientFactory, RunningServer, StartServer, WsClient, token
+from tests.conftest import (
+    SECRET,
+    ClientFactory,
+    RunningServer,
+    StartServer,
+    assert_still_serving,
+    control_client,
+    token,
+)
 from tidings.auth import make_token
-
-
-async def control_client(server: RunningServer, ws_client: ClientFactory) -> WsClient:
-    client = await ws_client(server.ws_url)
-    await client.connect(token("control"))
-    await client.subscribe("chat:control")
-    return client
-
-
-async def assert_still_serving(server: RunningServer, control: WsClient) -> None:
-    """The server and its other clients carry on after someone's bad input."""
-    marker = {"marker": time.monotonic()}
-    await server.node.publish("chat:control", marker)
-    (publication,) = await control.publications("chat:control", 1)
-    assert publication["data"] == marker
 
 
 async def test_runs_on_uvloop() -> None:

@@ -49,6 +49,7 @@ from redis.retry import Retry
 
 from tests.brokers import servers
 from tests.conftest import API_KEY, SECRET, token
+from tests.conftest import eventually as _eventually
 
 REDIS_URL = os.environ.get("TIDINGS_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 REPO = Path(__file__).resolve().parents[2]
@@ -56,6 +57,12 @@ JS_SUBSCRIBER = Path(__file__).resolve().parent / "js" / "subscriber.mjs"
 
 WAIT = 20.0
 """Deadline for one awaited condition: far above what each needs on a loaded 2-core machine."""
+
+
+async def eventually(condition: Callable[[], Any], what: str, within: float = WAIT) -> None:
+    """The shared poll, with the longer deadline of multi-process tests."""
+    await _eventually(condition, what, within)
+
 
 PRESENCE_TTL = 2.0
 PRESENCE_REFRESH = 0.5
@@ -76,20 +83,6 @@ allow_presence_for_subscriber = true
 allow_presence_for_client = true
 """
 """The ``chat`` namespace every node process serves: history, recovery, presence."""
-
-
-async def eventually(condition: Callable[[], Any], what: str, within: float = WAIT) -> None:
-    """Poll ``condition`` (sync or async) until it holds; fail naming ``what`` at the deadline."""
-    deadline = time.monotonic() + within
-    while True:
-        result = condition()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {within} s waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 # --------------------------------------------------------------------------- Redis

@@ -160,6 +160,7 @@ async def test_asyncio_slow_headers() -> None:
     """Our own slowloris: 800 sockets, one header line a second, never a blank line."""
     sockets = 800
     duration = 4.0
+    trickle = 1.0  # the attack's pace (seconds between header lines), not a wait for anything
 
     async def one(port: int, started: list[int], cut: list[int]) -> None:
         try:
@@ -173,7 +174,7 @@ async def test_asyncio_slow_headers() -> None:
             while time.monotonic() < deadline:
                 writer.write(b"X-%d: %d\r\n" % (random.randrange(10**6), random.randrange(10**6)))
                 await writer.drain()
-                await asyncio.sleep(1.0)
+                await asyncio.sleep(trickle)
         except OSError:
             cut.append(1)
         finally:

@@ -26,6 +26,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
+import msgspec
 from msgspec import Raw
 
 from tidings.auth import (
@@ -674,6 +675,17 @@ class Session:
             if override.force_positioning is not None:
                 force_positioning = override.force_positioning
 
+        if override is not None:
+            # What the token overrides holds for this subscription's whole life: presence
+            # entry and its removal, join/leave announcements, recovery (section 6).
+            options = msgspec.structs.replace(
+                options,
+                presence=presence,
+                join_leave=join_leave,
+                force_push_join_leave=force_push,
+                force_recovery=force_recovery,
+                force_positioning=force_positioning,
+            )
         subscription = Subscription(channel, options, server_side=server_side)
         if sub_token is not None:
             subscription.chan_info = sub_token.info

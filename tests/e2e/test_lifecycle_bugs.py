@@ -100,6 +100,8 @@ async def test_override_join_leave_turns_pushes_on(
     watcher = await ws_client(server.ws_url)
     await watcher.connect(token("watcher"))
     await watcher.subscribe(channel, token=sub_token("watcher", channel, on))
+    own = await watcher.push(lambda d: "join" in d.get("push", {}))
+    assert own["push"]["join"]["info"]["user"] == "watcher"
     joiner = await ws_client(server.ws_url)
     await joiner.connect(token("joiner"))
     await joiner.subscribe(channel, token=sub_token("joiner", channel, on))

@@ -106,8 +106,10 @@ class Subscription:
     """One channel a session is in."""
 
     __slots__ = (
+        "answered",
         "chan_info",
         "channel",
+        "ended_by",
         "expire_at",
         "expiry_handle",
         "join_leave_push",
@@ -129,6 +131,10 @@ class Subscription:
         self.expire_at: int | None = None
         self.expiry_handle: asyncio.TimerHandle | None = None
         self.live = False
+        self.answered = False
+        """The client has its subscribe reply (or push): from now on it is told of an end."""
+        self.ended_by: Unsubscribe | None = None
+        """Why the server ended it while its subscribe was in progress (told after the reply)."""
 
 
 class Session:
@@ -753,7 +759,10 @@ class Session:
                     self.channel_info(subscription),
                     node.config.presence_ttl,
                 )
-                node.presence_added(channel, self)
+                if self.subscriptions.get(channel) is subscription:
+                    node.presence_added(channel, self)
+                else:  # unsubscribed or closed meanwhile: its leave ran before this add
+                    await node.presence.remove_presence(channel, self.client_id)
         except BaseException:
             if self.subscriptions.get(channel) is subscription:
                 del self.subscriptions[channel]
@@ -774,8 +783,15 @@ class Session:
     async def _complete_subscribe(
         self, subscription: Subscription, position: StreamPosition | None
     ) -> None:
-        if self.state == CLOSED or self.subscriptions.get(subscription.channel) is not subscription:
+        if self.state == CLOSED:
             return
+        if self.subscriptions.get(subscription.channel) is not subscription:
+            reason = subscription.ended_by
+            if reason is not None:  # the server ended it mid-subscribe: say so after the reply
+                push = UnsubscribePush(reason.code, reason.reason)
+                self.send_push(subscription.channel, "unsubscribe", push)
+            return
+        subscription.answered = True
         self.node.hub.complete_subscribe(
             subscription.channel,
             self,
@@ -833,7 +849,11 @@ class Session:
         if subscription.expiry_handle is not None:
             subscription.expiry_handle.cancel()
         self.node.remove_local_subscriber(channel, self)
-        if reason is not None:
+        if not subscription.answered:
+            # Its subscribe is still in progress: the client has no reply yet, so the
+            # push would come first. The subscribe sends it after its reply instead.
+            subscription.ended_by = reason
+        elif reason is not None:
             self.send_push(channel, "unsubscribe", UnsubscribePush(reason.code, reason.reason))
         self.node.spawn(self._announce_leave(subscription))
         return True

@@ -304,9 +304,13 @@ class WebSocketConnection(asyncio.Protocol):
             self.session.close(DisconnectCode.INAPPROPRIATE_PROTOCOL)
 
     def _fail(self, code: int, reason: str) -> None:
+        """Close with ``code`` now. The session lets go at once: the socket may take a while
+        to drain what was queued before the close frame, and nothing may follow that frame."""
         if self.ws.state is State.OPEN:
             self.ws.fail(code, reason)
         self.closed = True
+        if self.session is not None:
+            self.session.transport_closed()
 
     def _flush_protocol_output(self) -> None:
         for chunk in self.ws.data_to_send():

@@ -185,6 +185,8 @@ class Node:
         self._last_presence_refresh = 0.0
         self._presence_refreshing = False
         self._surveys: dict[str, _Survey] = {}
+        self._lingering: dict[str, asyncio.TimerHandle] = {}
+        """Channels without local subscribers still subscribed in the broker, until the timer."""
         self._last_node_info = 0.0
         self._started = False
         self._closing = False
@@ -215,6 +217,9 @@ class Node:
         self._closing = True
         if self._ticker is not None:
             self._ticker.cancel()
+        for lingering in self._lingering.values():
+            lingering.cancel()
+        self._lingering.clear()
         for session in list(self._all_sessions):
             session.close(disconnect)
         self.hub.flush()
@@ -292,6 +297,10 @@ class Node:
 
     async def add_local_subscriber(self, channel: str, session: Session) -> None:
         if self.hub.begin_subscribe(channel, session):
+            lingering = self._lingering.pop(channel, None)
+            if lingering is not None:  # still subscribed in the broker: keep that interest
+                lingering.cancel()
+                return
             try:
                 await self.broker.subscribe(channel)
             except BaseException:
@@ -300,6 +309,19 @@ class Node:
 
     def remove_local_subscriber(self, channel: str, session: Subscriber) -> None:
         if self.hub.remove(channel, session) and not self._closing:
+            delay = self.config.broker_unsubscribe_delay
+            if delay > 0:
+                # Keep the broker's interest a while: a long poll leaves and its next request
+                # comes right back, as does a reconnecting client (each pair would otherwise
+                # be a broker round trip pair).
+                self._lingering[channel] = asyncio.get_running_loop().call_later(
+                    delay, self._linger_over, channel
+                )
+            else:
+                self.spawn(self._broker_unsubscribe(channel))
+
+    def _linger_over(self, channel: str) -> None:
+        if self._lingering.pop(channel, None) is not None and not self._closing:
             self.spawn(self._broker_unsubscribe(channel))
 
     async def _broker_unsubscribe(self, channel: str) -> None:

@@ -298,7 +298,7 @@ class CountingBroker(MemoryBroker):
 
 async def test_long_polls_do_not_churn_the_broker() -> None:
     broker = CountingBroker()
-    config = make_config(allow_anonymous=True, broker_unsubscribe_delay=0.5)
+    config = make_config(broker_unsubscribe_delay=0.5)
     node = Node(config, broker=broker)
     app = TidingsServer(node)
     port = await app.start()
@@ -308,7 +308,9 @@ async def test_long_polls_do_not_churn_the_broker() -> None:
         async with aiohttp.ClientSession() as http:
 
             async def poll() -> dict[str, Any]:
-                params = {"channel": channel, **({"cursor": cursor} if cursor else {})}
+                params = {"channel": channel, "token": token("poller")}
+                if cursor:
+                    params["cursor"] = cursor
                 url = f"http://127.0.0.1:{port}/longpoll"
                 async with http.get(url, params=params, timeout=aiohttp.ClientTimeout(5)) as got:
                     answer: dict[str, Any] = await got.json(content_type=None)

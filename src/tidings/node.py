@@ -160,7 +160,7 @@ class Node:
             broker, presence_default = _build_engine(config, self.id)
             presence = presence or presence_default
         self.broker: Broker = broker
-        self.history: HistoryReader = broker  # type: ignore[assignment]
+        self.history: HistoryReader = broker  # a broker reads the streams it owns
         self.presence: PresenceStore = presence or MemoryPresence()
         self.hub = Hub(
             on_insufficient_state=self._insufficient_state,

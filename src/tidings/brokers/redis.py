@@ -59,8 +59,12 @@ from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 
-from tidings.brokers.base import BrokerEventHandler, HistoryOptions
-from tidings.brokers.memory import IDEMPOTENCY_WINDOW, new_epoch
+from tidings.brokers.base import (
+    IDEMPOTENCY_WINDOW,
+    BrokerEventHandler,
+    HistoryOptions,
+    new_epoch,
+)
 from tidings.errors import BrokerUnavailable, ConfigError
 from tidings.protocol.messages import ClientInfo, Publication, StreamPosition
 

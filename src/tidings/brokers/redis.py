@@ -23,8 +23,8 @@ contracts):
 * **Interest.** The broker subscribes in Redis only to channels the Node asked
   for (reference-counted), plus one node-wide control channel. When a pub/sub
   connection comes back after a failure it subscribes everything again and
-  then calls the handler's optional ``handle_resubscribed(channels)``: the
-  channels listed may have missed publications.
+  then calls the handler's ``handle_resubscribed(channels)``: the channels
+  listed may have missed publications.
 * **Bounded waits.** Every command runs under ``timeout`` seconds (1 s by
   default); past it, or when Redis cannot be reached, the call raises
   :class:`~tidings.errors.BrokerUnavailable`. Publications are never retried by
@@ -41,7 +41,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import inspect
 import logging
 import random
 import re
@@ -73,7 +72,6 @@ __all__ = ["RedisAddress", "RedisBroker", "RedisPresence", "parse_redis_url"]
 logger = logging.getLogger("tidings.brokers.redis")
 
 T = TypeVar("T")
-ResubscribedHook = Callable[[Sequence[str]], None]
 
 DEFAULT_TIMEOUT = 1.0
 """Seconds a command may take before ``BrokerUnavailable``."""
@@ -784,26 +782,6 @@ class _Subscriber:
 # --------------------------------------------------------------------------- broker
 
 
-def _resubscribed_hook(handler: object) -> ResubscribedHook | None:
-    """The handler's optional ``handle_resubscribed``, called as ``hook(channels)``.
-
-    The Node may implement it as ``handle_resubscribed(channels)`` (only those
-    channels may have missed publications) or as ``handle_resubscribed()``.
-    """
-    method = getattr(handler, "handle_resubscribed", None)
-    if not callable(method):
-        return None
-    try:
-        parameters = inspect.signature(method).parameters.values()
-    except (TypeError, ValueError):
-        return method  # type: ignore[no-any-return]
-    if any(
-        p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL) for p in parameters
-    ):
-        return method  # type: ignore[no-any-return]
-    return lambda channels: method()
-
-
 class RedisBroker:
     """Broker and history reader over Redis (see :mod:`tidings.brokers.base`).
 
@@ -836,7 +814,6 @@ class RedisBroker:
         self._publish_command = "SPUBLISH" if self._sharded else "PUBLISH"
         self._client = self._connector.command_client()
         self._handler: BrokerEventHandler | None = None
-        self._resubscribed_hook: ResubscribedHook | None = None
         self._interest: dict[str, int] = {}
         self._subscribers: dict[str, _Subscriber] = {}
         self._routes: dict[bytes, _Subscriber] = {}
@@ -852,7 +829,6 @@ class RedisBroker:
 
     def set_event_handler(self, handler: BrokerEventHandler) -> None:
         self._handler = handler
-        self._resubscribed_hook = _resubscribed_hook(handler)
 
     async def start(self) -> None:
         """Subscribe to the control channel; BrokerUnavailable if Redis does not answer in time."""
@@ -1008,11 +984,11 @@ class RedisBroker:
             logger.exception("redis pub/sub: event handler failed for %r", channel)
 
     def _resubscribed(self, channels: Sequence[str]) -> None:
-        hook = self._resubscribed_hook
-        if hook is None or not channels:
+        handler = self._handler
+        if handler is None or not channels:
             return
         try:
-            hook(channels)
+            handler.handle_resubscribed(channels)
         except Exception:
             logger.exception("redis pub/sub: handle_resubscribed failed")
 

@@ -10,14 +10,14 @@ import pytest
 from redis.asyncio import Redis, RedisCluster
 from redis.crc import key_slot
 
-from tests.conftest import eventually
+from tests.support.polling import eventually
+from tests.support.redis import Cluster, RedisServer, free_port, sentinel
 from tidings.brokers.base import Broker, HistoryOptions, HistoryReader, PresenceStore
 from tidings.brokers.redis import RedisBroker, RedisPresence
 from tidings.errors import BrokerUnavailable
 from tidings.protocol.messages import ClientInfo, Publication, StreamPosition
 
 from .conftest import Engine, Recorder, RedisEngine
-from .servers import Cluster, RedisServer, free_port, sentinel
 
 KEEP = HistoryOptions(size=100, ttl=300.0)
 

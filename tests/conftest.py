@@ -27,10 +27,10 @@ from tests.support.redis import (
     REDIS_URL,
     Cluster,
     RedisServer,
-    binaries_missing,
     cluster,
     redis_servers,
     redis_unreachable,
+    skip_without_redis_server,
 )
 from tidings.auth import make_token
 from tidings.channels import ChannelOptions
@@ -293,9 +293,7 @@ def shared_redis() -> str:
 @pytest.fixture(scope="session")
 def redis_cluster() -> Iterator[Cluster]:
     """A private 3-master Redis Cluster on free loopback ports, for the whole session."""
-    missing = binaries_missing()
-    if missing:
-        pytest.skip(f"Redis Cluster tests need a local redis-server: {missing}")
+    skip_without_redis_server()
     with cluster() as started:
         yield started
 
@@ -303,9 +301,7 @@ def redis_cluster() -> Iterator[Cluster]:
 @pytest.fixture(scope="session")
 def private_redis() -> Iterator[RedisServer]:
     """A private standalone redis-server that tests may pause, count and flush."""
-    missing = binaries_missing()
-    if missing:
-        pytest.skip(f"needs a local redis-server: {missing}")
+    skip_without_redis_server()
     with redis_servers() as start:
         yield start("--appendonly", "no")
 

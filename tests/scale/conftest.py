@@ -45,9 +45,9 @@ from centrifuge import (  # type: ignore[import-untyped]
 from tests.conftest import API_KEY, SECRET, token
 from tests.support.redis import (
     StartRedis,
-    binaries_missing,
     delete_keys,
     redis_servers,
+    skip_without_redis_server,
     unique_prefix,
 )
 
@@ -99,9 +99,7 @@ async def prefix(scale_redis: str) -> AsyncIterator[str]:
 @pytest.fixture
 def private_redis_factory() -> Iterator[StartRedis]:
     """Start private redis-servers (skipped without the binary); all stopped at teardown."""
-    missing = binaries_missing()
-    if missing:
-        pytest.skip(f"needs a local redis-server: {missing}")
+    skip_without_redis_server()
     with redis_servers() as start:
         yield start
 

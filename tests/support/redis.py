@@ -24,6 +24,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+import pytest
 import redis
 from redis.asyncio import Redis
 from redis.backoff import NoBackoff
@@ -78,10 +79,11 @@ async def delete_keys(url: str, prefix: str) -> None:
 # --------------------------------------------------------------------------- private servers
 
 
-def binaries_missing() -> str:
-    """Why private servers cannot run here, or "" when they can."""
+def skip_without_redis_server() -> None:
+    """Skip the test, naming what is missing, when private servers cannot run here."""
     missing = [name for name in ("redis-server", "redis-cli") if shutil.which(name) is None]
-    return f"{' and '.join(missing)} not on PATH" if missing else ""
+    if missing:
+        pytest.skip(f"needs a local redis-server: {' and '.join(missing)} not on PATH")
 
 
 def free_port(*, bus: bool = False) -> int:

@@ -15,7 +15,7 @@ import pytest
 from websockets.asyncio.client import connect
 
 from tests.conftest import API_KEY, SECRET, WsClient, token
-from tests.e2e.test_api import http
+from tests.support.http import http
 
 CONFIG = """
 [channels.namespaces.chat]

@@ -719,3 +719,48 @@ async def test_nodes_share_state_and_see_changes_in_order(map_engine: MapEngine)
     one = await first.read_state("m:shared", retention=keep, limit=-1)
     other = await second.read_state("m:shared", retention=keep, limit=-1)
     assert one == other
+
+
+async def test_an_idle_channel_is_forgotten_after_meta_ttl(map_engine: MapEngine) -> None:
+    broker, _ = await map_engine.node()
+    keep = MapRetention.of(
+        MapMode.RECOVERABLE,
+        key_ttl=map_engine.s(10),
+        stream_ttl=map_engine.s(10),
+        meta_ttl=map_engine.s(30),
+    )
+    forever = persistent()
+    first = await broker.publish("m:idle", "a", value(1), retention=keep)
+    kept = await broker.publish("m:kept", "a", value(1), retention=forever)
+    await map_engine.elapse(map_engine.s(31))
+
+    async def forgotten() -> bool:
+        state = await broker.read_state("m:idle", retention=keep, limit=-1)
+        return state.position.epoch != first.position.epoch
+
+    await eventually(forgotten, "the idle channel to be forgotten")
+    state = await broker.read_state("m:idle", retention=keep, limit=-1)
+    assert state.entries == [] and state.position.offset == 0
+    with pytest.raises(UnrecoverablePosition):
+        await broker.read_stream("m:idle", retention=keep, since=first.position, limit=0)
+    # A persistent map keeps its position however long it sits idle.
+    await map_engine.elapse(map_engine.s(100_000))
+    assert (await broker.read_stream("m:kept", retention=forever)).position == kept.position
+
+
+# --------------------------------------------------------------------------- memory engine only
+
+
+async def test_memory_engine_expires_keys_of_untouched_channels_in_the_background() -> None:
+    broker = MemoryMapBroker(cleanup_interval=0.02)
+    recorder = MapRecorder()
+    broker.set_event_handler(recorder)
+    await broker.start()
+    try:
+        await broker.subscribe("m:bg")
+        keep = MapRetention.of(MapMode.EPHEMERAL, key_ttl=0.05)
+        await broker.publish("m:bg", "a", value(1), retention=keep)
+        # Nobody calls the engine again: only its cleanup task can remove the key.
+        await recorder.wait(lambda: ("a", True) in recorder.keys("m:bg"), "the expiry")
+    finally:
+        await broker.close()

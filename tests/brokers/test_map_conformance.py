@@ -22,7 +22,8 @@ from typing import Any
 import msgspec
 import pytest
 
-from tests.conftest import eventually
+from tests.support.polling import eventually
+from tidings.brokers.base import IDEMPOTENCY_WINDOW
 from tidings.brokers.maps import (
     KeyMode,
     MapBroker,
@@ -34,7 +35,6 @@ from tidings.brokers.maps import (
     SuppressReason,
     UnrecoverablePosition,
 )
-from tidings.brokers.memory import IDEMPOTENCY_WINDOW
 from tidings.brokers.memory_map import MemoryMapBroker
 from tidings.protocol.messages import ClientInfo, StreamPosition
 

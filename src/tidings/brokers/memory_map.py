@@ -25,6 +25,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from tidings.brokers.base import IDEMPOTENCY_WINDOW, new_epoch
 from tidings.brokers.maps import (
     KeyMode,
     MapEntry,
@@ -37,7 +38,6 @@ from tidings.brokers.maps import (
     SuppressReason,
     UnrecoverablePosition,
 )
-from tidings.brokers.memory import IDEMPOTENCY_WINDOW, new_epoch
 from tidings.protocol.messages import ClientInfo, StreamPosition
 
 Clock = Callable[[], float]

@@ -1,10 +1,9 @@
 """tidings: a real-time messaging server for Python, speaking the Centrifugo client protocol."""
 
-__version__ = "0.1.0"
-
 from tidings.config import Config, load_config
 from tidings.errors import Disconnect, DisconnectCode, Error, ErrorCode
 from tidings.node import Node, PublishResult
+from tidings.version import __version__
 
 __all__ = [
     "Config",

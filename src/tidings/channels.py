@@ -7,7 +7,7 @@ Everything here is pure: no I/O, no clock.
 
 Every channel a client, a token or the server API names goes through
 :meth:`ChannelRules.options` first, which parses strictly (error 107, bad
-request): the name is 1 to ``channel_max_length`` bytes of UTF-8 (fact sheet
+request): the name is 1 to ``channel_max_length`` bytes of UTF-8 (docs/protocol.md
 section 1: 255 by default), holds no control character (C0, DEL, C1) and no
 lone surrogate, and a namespace boundary has a non-empty namespace before it
 and a non-empty name after it. A well-formed name in a namespace that is not

@@ -13,9 +13,9 @@ from typing import Any
 
 import click
 
-from tidings import __version__
 from tidings.config import OPTIONS, Config, announce, load_config
 from tidings.errors import BrokerUnavailable, ConfigError
+from tidings.version import __version__
 
 log = logging.getLogger("tidings")
 

@@ -489,7 +489,7 @@ def announce(config: Config, port: int, *, workers: int = 1) -> None:
         )
     if not config.api_key and not config.api_insecure:
         log.warning("the server API is closed: set TIDINGS_API_KEY to use /api")
-    from tidings import __version__
+    from tidings.version import __version__
 
     log.info(
         "tidings %s listening on http://%s:%d%s (broker: %s)",

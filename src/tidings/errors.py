@@ -45,7 +45,7 @@ class Unsubscribe:
 
 
 class ErrorCode:
-    """Reply errors (fact sheet section 5)."""
+    """Reply errors (docs/protocol.md section 5)."""
 
     INTERNAL = Error(100, "internal server error", temporary=True)
     UNAUTHORIZED = Error(101, "unauthorized")
@@ -85,7 +85,7 @@ class HttpErrorCode:
 
 
 class UnsubscribeCode:
-    """Unsubscribe push codes (fact sheet section 5)."""
+    """Unsubscribe push codes (docs/protocol.md section 5)."""
 
     SERVER = Unsubscribe(2000, "server unsubscribe")
     INSUFFICIENT_STATE = Unsubscribe(2500, "insufficient state")
@@ -94,7 +94,7 @@ class UnsubscribeCode:
 
 
 class DisconnectCode:
-    """Disconnect codes (fact sheet section 5). 3000 is internal: a plain close."""
+    """Disconnect codes (docs/protocol.md section 5). 3000 is internal: a plain close."""
 
     CONNECTION_CLOSED = Disconnect(3000, "connection closed")
     SHUTDOWN = Disconnect(3001, "shutdown")

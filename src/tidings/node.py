@@ -29,12 +29,11 @@ from typing import Any, Protocol
 import msgspec
 from msgspec import Raw
 
-from tidings import __version__
 from tidings.auth import ConnectToken, SubscriptionToken, TokenVerifier, UnknownKeyId
 from tidings.brokers.base import Broker, HistoryReader, PresenceStore
 from tidings.brokers.memory import MemoryBroker, MemoryPresence
 from tidings.channels import ChannelOptions, ChannelRules
-from tidings.clock import Clock, LoopClock
+from tidings.clock import Clock, LoopClock, Timer
 from tidings.config import Config
 from tidings.control import (
     ChannelsReply,
@@ -72,6 +71,7 @@ from tidings.protocol.codec import (
 )
 from tidings.protocol.messages import NO_DATA, ClientInfo, Publication, StreamPosition
 from tidings.protocol.wire import WireFormat, Writer
+from tidings.version import __version__
 
 log = logging.getLogger("tidings.node")
 
@@ -207,7 +207,7 @@ class Node:
         self._presence_entries: dict[tuple[str, Client], ClientInfo] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._daemons: set[asyncio.Task[Any]] = set()
-        self._ticker: asyncio.TimerHandle | None = None
+        self._ticker: Timer | None = None
         self._tick = 0
         self._tick_period = 1.0
         self._ping_buckets: list[set[Client]] = []
@@ -216,7 +216,7 @@ class Node:
         self._last_presence_refresh = 0.0
         self._presence_refreshing = False
         self._surveys: dict[str, _Survey] = {}
-        self._lingering: dict[str, asyncio.TimerHandle] = {}
+        self._lingering: dict[str, Timer] = {}
         """Channels without local subscribers still subscribed in the broker, until the timer."""
         self._last_node_info = 0.0
         self._started = False
@@ -238,7 +238,7 @@ class Node:
             self._tick_period = min(1.0, interval)
             buckets = max(1, round(interval / self._tick_period))
             self._ping_buckets = [set() for _ in range(buckets)]
-        self._ticker = asyncio.get_running_loop().call_later(self._tick_period, self._on_tick)
+        self._ticker = self.clock.call_later(self._tick_period, self._on_tick)
         self.spawn(self._announce_node())
 
     @property
@@ -395,9 +395,7 @@ class Node:
                 # Keep the broker's interest a while: a long poll leaves and its next request
                 # comes right back, as does a reconnecting client (each pair would otherwise
                 # be a broker round trip pair).
-                self._lingering[channel] = asyncio.get_running_loop().call_later(
-                    delay, self._linger_over, channel
-                )
+                self._lingering[channel] = self.clock.call_later(delay, self._linger_over, channel)
             else:
                 self.spawn(self._broker_unsubscribe(channel))
 
@@ -441,7 +439,7 @@ class Node:
     # ------------------------------------------------------------------ timers
 
     def _on_tick(self) -> None:
-        self._ticker = asyncio.get_running_loop().call_later(self._tick_period, self._on_tick)
+        self._ticker = self.clock.call_later(self._tick_period, self._on_tick)
         self._tick += 1
         tick = self._tick
         config = self.config
@@ -466,7 +464,7 @@ class Node:
                 if client.awaiting_pong and not client.closed:
                     log.info("client %s: no pong", client.client_id)
                     client.close(DisconnectCode.NO_PONG)
-        now = time.monotonic()
+        now = self.clock.monotonic()
         if now - self._last_presence_refresh >= config.presence_refresh_interval:
             self._last_presence_refresh = now
             if self._presence_entries:

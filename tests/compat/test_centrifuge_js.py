@@ -433,7 +433,7 @@ async def test_api_disconnect_with_terminal_code(
 async def test_server_side_subscription_recovers_after_reconnect(
     server: RunningServer, js_client: JsClientFactory, cent_api: ApiFactory
 ) -> None:
-    """On reconnect centrifuge-js sends ``connect.subs`` with its positions (fact sheet
+    """On reconnect centrifuge-js sends ``connect.subs`` with its positions (docs/protocol.md
     section 4): the token's channels are recovered, publications once and in order."""
     js = await js_client()
     await js.create(server.ws_url, token=token("alice", channels=["chat:personal"]))

@@ -2,7 +2,7 @@
 
 The client sends one ConnectRequest and only reads bare pushes; channels come
 from the token's ``channels`` claim or the API ``subscribe``; connect errors
-become disconnects (fact sheet section 8).
+become disconnects (docs/protocol.md section 8).
 """
 
 from __future__ import annotations

@@ -216,7 +216,7 @@ class UnidirectionalClient:
 
     Only ``connect`` exists here; its outcome is the first push: ``connect``
     (ok) or ``disconnect`` (the code; a refused connect becomes a disconnect,
-    109 -> 3005, fact sheet section 8).
+    109 -> 3005, docs/protocol.md section 8).
     """
 
     def __init__(self, server: RunningServer, kind: str) -> None:
@@ -352,7 +352,7 @@ UNIDIRECTIONAL_CONNECT_ERRORS = {109: 3005, 110: 3005, 111: 3013, 103: 3507}
 
 
 def expected_on(transport: str, expected: Outcome) -> Outcome:
-    """What a connect outcome becomes on a connect-only transport (fact sheet section 8)."""
+    """What a connect outcome becomes on a connect-only transport (docs/protocol.md section 8)."""
     if transport in TRANSPORTS:
         return expected
     if transport == "events":

@@ -4,7 +4,7 @@ One server configuration holds every key source at once: the HMAC secret, an
 RSA and an ECDSA (P-256) public key in PEM, and a JWKS (another RSA key, P-384
 and P-521 keys, by ``kid``), with ``aud`` and ``iss`` required. Each row is a
 token, the command that carries it (connect, subscribe, refresh, sub_refresh)
-and the outcome the protocol prescribes (docs/protocol.md, fact sheet section 5):
+and the outcome the protocol prescribes (docs/protocol.md section 6):
 
 * connect: bad token -> disconnect 3500; expired -> error 109; none at all -> 3501;
 * subscribe: bad token -> error 103; expired -> 109; valid but for another

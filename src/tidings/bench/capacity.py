@@ -41,7 +41,7 @@ def server_frame(payload: bytes) -> bytes:
 
 
 def tidings_push(channel: str, payload: bytes, offset: int) -> bytes:
-    """A publication push shaped like the fact sheet's section 3 (with publisher info)."""
+    """A publication push shaped like docs/protocol.md section 3 (with publisher info)."""
     return (
         b'{"push":{"channel":"%s","pub":{"data":%s,"info":{"user":"","client":'
         b'"9f7a2c1e-5b3d-4e8f-a6b1-2c3d4e5f6a7b"},"offset":%d}}}'

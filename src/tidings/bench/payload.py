@@ -11,7 +11,7 @@ publisher's index, and ``x`` padding up to the exact size.
 
 Against tidings the payload travels as the ``data`` of a Centrifugo ``publish``
 command and comes back inside ``{"push":{"channel":..,"pub":{"data":..,"offset":N}}}``
-(fact sheet sections 1-3), several per frame separated by ``\\n``. Against the
+(docs/protocol.md sections 1-3), several per frame separated by ``\\n``. Against the
 reference server the payload is the whole message, echoed to every client.
 
 Reading is done with compiled regular expressions over whole frames rather
@@ -39,7 +39,7 @@ PUB_MARK = b'"pub":{'
 """Present once in every publication push."""
 
 PING = b"{}"
-"""A Centrifugo server ping, and the client's pong (fact sheet section 1)."""
+"""A Centrifugo server ping, and the client's pong (docs/protocol.md section 1)."""
 
 CONNECT_ID = 1
 SUBSCRIBE_ID = 2
@@ -76,7 +76,7 @@ def subscribe_command(channel: str) -> bytes:
 def opening_message(token: str | None, channel: str | None) -> bytes:
     """Connect and, when ``channel`` is set, subscribe, in one frame.
 
-    This is what centrifuge-js does (fact sheet section 1: connect and pending
+    This is what centrifuge-js does (docs/protocol.md section 1: connect and pending
     subscribes in the same first frame), and it saves a round trip per
     connection during the ramp-up.
     """

@@ -2,7 +2,7 @@
 
 Decoding turns one transport frame (one or more commands separated by ``\\n``)
 into typed :class:`Command` objects and enforces the structural rules whose
-breach is a protocol violation (disconnect 3501, fact sheet section 1).
+breach is a protocol violation (disconnect 3501, docs/protocol.md section 1).
 
 Encoding writes replies and pushes. A push for a broadcast is encoded once into
 a :class:`PreparedPush`, whose bytes every recipient shares; transports only

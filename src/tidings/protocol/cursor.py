@@ -2,7 +2,7 @@
 
 A cursor is a position in several channels at once: for each channel, the
 ``(epoch, offset)`` of the last publication the client has. It is the only
-state a plain-HTTP client keeps, so the server keeps none (fact sheet section 7
+state a plain-HTTP client keeps, so the server keeps none (docs/protocol.md section 7
 defines epochs and offsets; a cursor is just a list of them).
 
 Format (one line of printable ASCII, safe in an SSE ``id:`` field and in a URL

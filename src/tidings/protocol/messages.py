@@ -1,7 +1,7 @@
 """Commands, results and pushes of the Centrifugo client protocol (JSON, version 2).
 
 Field names and types follow the protocol's proto definitions. Rules that the
-SDKs depend on (fact sheet section 1, "JSON value rules"):
+SDKs depend on (docs/protocol.md section 1, "JSON value rules"):
 
 * ``data``, ``info``, ``conn_info`` and ``chan_info`` are embedded raw JSON
   values, carried as :class:`msgspec.Raw` so a payload is never re-parsed.

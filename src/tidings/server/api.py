@@ -1,6 +1,6 @@
 """The server HTTP API (``POST /api/<method>``), shaped so PyPI ``cent`` works unchanged.
 
-Fact sheet section 9: key in ``X-API-Key``, ``Authorization: apikey <key>`` or
+docs/protocol.md section 9: key in ``X-API-Key``, ``Authorization: apikey <key>`` or
 ``?api_key=``; 401 with an empty body otherwise. Answers are HTTP 200 with
 ``{"result":...}`` or ``{"error":{...}}``, unless the request asks for the
 transport error mode. Channel permissions do not apply: this is the backend
@@ -176,10 +176,6 @@ class ServerApi:
             "channels": (ChannelsRequest, self.channels),
             "info": (EmptyRequest, self.info),
         }
-
-    @property
-    def method_names(self) -> list[str]:
-        return [*self._methods, "batch"]
 
     async def call(self, method: str, params: bytes) -> Any:
         """Run one method on its JSON params (bytes, decoded once); raises :class:`ApiError`.

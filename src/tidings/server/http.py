@@ -481,9 +481,6 @@ class HttpProtocol(asyncio.Protocol):
 
     # ------------------------------------------------------------------ closing and timers
 
-    def reply_and_close(self, status: int, text: str) -> None:
-        self._reply_and_close(status, text)
-
     def _reply_and_close(self, status: int, text: str) -> None:
         if self._closing:
             return

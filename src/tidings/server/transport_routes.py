@@ -114,7 +114,8 @@ def error_response(status: int, error: Error, headers: Sequence[tuple[str, str]]
 
 
 class EmulationRequest(msgspec.Struct):
-    """``POST /emulation`` body: the commands travel as a JSON *string* (fact sheet section 8)."""
+    """``POST /emulation`` body: the commands travel as a JSON *string* (docs/protocol.md
+    section 8)."""
 
     session: str
     node: str = ""
@@ -395,7 +396,8 @@ class TransportRoutes:
         connection.session = session
 
         def ignore(message: bytes) -> None:
-            """After the ConnectRequest, whatever the client sends is ignored (section 8)."""
+            """After the ConnectRequest, whatever the client sends is ignored (docs/protocol.md
+            section 8)."""
 
         def first_message(message: bytes) -> None:
             connection.on_text = ignore

@@ -281,7 +281,7 @@ class Session:
     async def idle(self) -> None:
         """Wait until every command received so far has been handled (tests use it)."""
         while self._worker is not None:
-            await asyncio.shield(self._worker)
+            await asyncio.wait({self._worker})
 
     # ------------------------------------------------------------------ output
 

@@ -1,7 +1,7 @@
 """HTTP streaming: ``/connection/http_stream`` (emulation) and ``/connection/uni_http_stream``.
 
 A session's replies and pushes go down one long-lived HTTP/1.1 response, each
-JSON document followed by ``\\n`` (fact sheet section 8). Commands of the
+JSON document followed by ``\\n`` (docs/protocol.md section 8). Commands of the
 bidirectional variant arrive separately, in ``POST /emulation``.
 
 Every stream transport here writes **pre-chunked** bytes: a wire format frames
@@ -42,7 +42,7 @@ class StreamTransport:
 
     ``write`` is the socket transport's bound ``write`` (the wire already
     chunked the bytes). A disconnect is a disconnect push, then the end of the
-    response (fact sheet section 5, "How a disconnect travels").
+    response (docs/protocol.md section 5, "How a disconnect travels").
     """
 
     __slots__ = (

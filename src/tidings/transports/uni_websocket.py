@@ -2,7 +2,7 @@
 
 The client sends one ConnectRequest (in the ``cf_connect`` query parameter or
 as its first text message) and then only reads: bare pushes, each in its own
-text frame (fact sheet section 8). Anything it sends after that is ignored.
+text frame (docs/protocol.md section 8). Anything it sends after that is ignored.
 A disconnect is the disconnect push, then the close frame.
 
 The connection itself is the ordinary :class:`WebSocketConnection`; this

@@ -8,7 +8,7 @@ frames, the close handshake) and hands complete text messages to the session.
 Writes bypass that object: server frames are unmasked, so a broadcast frame
 built once is valid for every recipient and goes straight to the socket
 transport (``write`` is the transport's own bound method: no Python frame in
-between). Disconnects travel only in the close frame (fact sheet section 5).
+between). Disconnects travel only in the close frame (docs/protocol.md section 5).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import codecs
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
 from websockets.frames import Frame, Opcode
@@ -113,10 +113,6 @@ class WebSocketConnection(asyncio.Protocol):
 
     # ------------------------------------------------------------------ Transport
 
-    def send(self, documents: Sequence[bytes]) -> None:
-        if not self.closed:
-            self.write(self.wire.frame(documents))
-
     def write_buffer_size(self) -> int:
         return self.transport.get_write_buffer_size()
 
@@ -209,7 +205,7 @@ class WebSocketConnection(asyncio.Protocol):
             self.session.handle_frame(message)
 
     def _binary(self) -> None:
-        """Binary frames on a JSON connection: 3506 (fact sheet section 5)."""
+        """Binary frames on a JSON connection: 3506 (docs/protocol.md section 5)."""
         if self.session is not None and self.on_text is None:
             self.session.close(DisconnectCode.INAPPROPRIATE_PROTOCOL)
 

@@ -104,11 +104,6 @@ class RedisBroker:
         self._started = False
         self._rerouting: asyncio.Lock | None = None
 
-    @property
-    def cluster(self) -> bool:
-        """Whether this broker talks to a Redis Cluster (and uses sharded pub/sub)."""
-        return self._cluster
-
     def set_event_handler(self, handler: BrokerEventHandler) -> None:
         self._handler = handler
 

@@ -1,0 +1,383 @@
+"""A session driven with bytes in and bytes out: no socket, a clock moved by hand.
+
+Each test feeds protocol frames to :meth:`Session.handle_frame` and reads the exact
+documents the session wrote, or the disconnect it closed with. Timers (stale close,
+pings, expiry) fire when the test advances the fake clock, so a 25-second ping
+interval costs no time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import pytest
+
+from tests.conftest import SECRET, make_config
+from tests.support.clock import FakeClock
+from tidings.auth import make_token
+from tidings.errors import Disconnect
+from tidings.node import Node
+from tidings.protocol.wire import WireFormat
+from tidings.session import RequestInfo, Session
+
+
+class PlainWire(WireFormat):
+    """Documents joined by ``\\n``: what a WebSocket text frame carries, without the header."""
+
+    __slots__ = ()
+
+    def frame(self, documents: Sequence[bytes]) -> bytes:
+        return b"\n".join(documents)
+
+
+WIRE = PlainWire("plain", envelope=True)
+
+
+class RecordingTransport:
+    """The write side of a connection that keeps what it is given."""
+
+    name = "test"
+    wire: WireFormat = WIRE
+    unidirectional = False
+    emulation = False
+
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+        self.closed_with: Disconnect | None = None
+
+    @property
+    def closed(self) -> bool:
+        return self.closed_with is not None
+
+    def write(self, data: bytes) -> None:
+        assert self.closed_with is None, "written after close"
+        self.written.append(data)
+
+    def close(self, disconnect: Disconnect) -> None:
+        self.closed_with = disconnect
+
+    def write_buffer_size(self) -> int:
+        return 0
+
+    def take(self) -> list[dict[str, Any]]:
+        """Every document written since the last call, decoded."""
+        documents = [json.loads(line) for data in self.written for line in data.split(b"\n")]
+        self.written.clear()
+        return documents
+
+
+class Harness:
+    def __init__(self, node: Node, clock: FakeClock) -> None:
+        self.node = node
+        self.clock = clock
+        self.transport = RecordingTransport()
+        self.session = Session(node, self.transport, RequestInfo("192.0.2.7"))
+        self.pushes: list[dict[str, Any]] = []
+
+    def token(self, user: str = "alice", **claims: Any) -> str:
+        ttl = claims.pop("ttl", 3600)
+        return make_token(SECRET, user=user, ttl=ttl, clock=self.clock.time, **claims)
+
+    async def send(self, *commands: dict[str, Any]) -> list[dict[str, Any]]:
+        """Feed one frame holding ``commands``; wait until handled; return what was written."""
+        self.session.handle_frame("\n".join(json.dumps(c) for c in commands).encode())
+        await self.session.idle()
+        await asyncio.sleep(0)  # the hub flushes at the end of the loop turn
+        return self.transport.take()
+
+    async def call(self, command: dict[str, Any]) -> dict[str, Any]:
+        """Send one command with an id; return its reply (pushes stay in ``self.pushes``)."""
+        written = await self.send(command)
+        replies = [d for d in written if d.get("id") == command["id"]]
+        self.pushes += [d for d in written if d.get("id") != command["id"]]
+        assert len(replies) == 1, written
+        return replies[0]
+
+    async def connect(self, user: str = "alice", **claims: Any) -> dict[str, Any]:
+        reply = await self.call({"id": 1, "connect": {"token": self.token(user, **claims)}})
+        return dict(reply["connect"])
+
+    async def live_for(self, seconds: float) -> None:
+        """Let time pass like a well-behaved client: answer every ping with a pong."""
+        step = 5.0
+        while seconds > 0:
+            self.clock.advance(min(step, seconds))
+            seconds -= step
+            if {} in self.transport.take():
+                await self.send({})
+
+
+@pytest.fixture
+async def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+async def node(clock: FakeClock) -> AsyncIterator[Node]:
+    running = Node(make_config(broker_unsubscribe_delay=0.0), clock=clock)
+    await running.start()
+    yield running
+    await running.shutdown()
+
+
+@pytest.fixture
+async def harness(node: Node, clock: FakeClock) -> Harness:
+    return Harness(node, clock)
+
+
+# --------------------------------------------------------------------------- connect
+
+
+async def test_connect_reply(harness: Harness) -> None:
+    result = await harness.connect()
+    assert result["version"] == harness.node.version
+    assert result["expires"] is True and result["ttl"] == 3600
+    assert result["ping"] == 25 and result["pong"] is True
+    assert harness.session.user == "alice"
+    assert harness.node.clients[result["client"]] is harness.session
+
+
+async def test_commands_of_one_frame_are_answered_in_order(harness: Harness) -> None:
+    replies = await harness.send(
+        {"id": 1, "connect": {"token": harness.token()}},
+        {"id": 2, "subscribe": {"channel": "chat:a"}},
+        {"id": 3, "presence_stats": {"channel": "chat:a"}},
+    )
+    assert [reply["id"] for reply in replies if "id" in reply] == [1, 2, 3]
+    assert replies[-1]["presence_stats"] == {"num_clients": 1, "num_users": 1}
+
+
+@pytest.mark.parametrize(
+    ("frame", "code"),
+    [
+        (b"{", 3501),
+        (b'{"id":1,"subscribe":{"channel":"chat:a"}}', 3501),  # before connect
+        (b'{"id":1,"connect":{"token":"not.a.jwt"}}', 3500),
+        (b'{"id":1,"connect":{}}', 3501),  # no token, anonymous access off
+        (b"", 3501),
+    ],
+    ids=["malformed", "before-connect", "bad-token", "anonymous", "empty"],
+)
+async def test_connect_refusals_disconnect(harness: Harness, frame: bytes, code: int) -> None:
+    harness.session.handle_frame(frame)
+    await harness.session.idle()
+    assert harness.transport.closed_with is not None
+    assert harness.transport.closed_with.code == code
+    assert harness.session.closed
+
+
+async def test_expired_connect_token_is_error_109_and_input_ignored_after(harness: Harness) -> None:
+    expired = harness.token(ttl=-10)
+    (reply,) = await harness.send({"id": 1, "connect": {"token": expired}})
+    assert reply == {"id": 1, "error": {"code": 109, "message": "token expired"}}
+    assert await harness.send({"id": 2, "connect": {"token": harness.token()}}) == []
+
+
+async def test_second_connect_is_a_violation(harness: Harness) -> None:
+    await harness.connect()
+    await harness.send({"id": 2, "connect": {"token": harness.token()}})
+    assert harness.transport.closed_with is not None
+    assert harness.transport.closed_with.code == 3501
+
+
+# --------------------------------------------------------------------------- timers
+
+
+async def test_stale_connection_is_closed_with_3502(harness: Harness) -> None:
+    harness.clock.advance(9.9)
+    assert not harness.session.closed
+    harness.clock.advance(0.2)
+    assert harness.transport.closed_with == Disconnect(3502, "stale")
+
+
+async def test_connected_session_is_not_stale(harness: Harness) -> None:
+    await harness.connect()
+    harness.clock.advance(11)
+    assert not harness.session.closed
+
+
+async def test_ping_then_no_pong_closes_with_3012(harness: Harness) -> None:
+    await harness.connect()
+    harness.clock.advance(25)
+    assert harness.transport.take() == [{}]
+    harness.clock.advance(8)
+    assert harness.transport.closed_with == Disconnect(3012, "no pong")
+
+
+async def test_pong_keeps_the_connection(harness: Harness) -> None:
+    await harness.connect()
+    for _ in range(3):
+        harness.clock.advance(25)
+        assert harness.transport.take() == [{}]
+        assert await harness.send({}) == []  # the pong
+    harness.clock.advance(10)
+    assert not harness.session.closed
+
+
+async def test_pong_without_ping_is_a_violation(harness: Harness) -> None:
+    await harness.connect()
+    await harness.send({})
+    assert harness.transport.closed_with is not None
+    assert harness.transport.closed_with.code == 3501
+
+
+async def test_connection_expires_with_3005(harness: Harness) -> None:
+    assert (await harness.connect(ttl=60))["ttl"] == 60
+    await harness.live_for(60 + harness.node.config.expired_close_delay - 1)
+    assert not harness.session.closed
+    harness.clock.advance(1.1)
+    assert harness.transport.closed_with == Disconnect(3005, "connection expired")
+
+
+async def test_refresh_moves_the_expiry(harness: Harness) -> None:
+    await harness.connect(ttl=60)
+    await harness.live_for(50)
+    reply = await harness.call({"id": 2, "refresh": {"token": harness.token(ttl=600)}})
+    assert reply["refresh"]["ttl"] == 600
+    await harness.live_for(100)
+    assert not harness.session.closed
+
+
+async def test_refresh_for_another_user_closes_with_3500(harness: Harness) -> None:
+    await harness.connect()
+    await harness.send({"id": 2, "refresh": {"token": harness.token("mallory")}})
+    assert harness.transport.closed_with == Disconnect(3500, "invalid token")
+
+
+# --------------------------------------------------------------------------- subscribe
+
+
+async def test_subscribe_with_recovery_returns_exactly_the_missed(harness: Harness) -> None:
+    node = harness.node
+    first = await node.publish("chat:r", {"n": 1})
+    for n in (2, 3):
+        await node.publish("chat:r", {"n": n})
+    await harness.connect()
+    reply = await harness.call(
+        {
+            "id": 2,
+            "subscribe": {
+                "channel": "chat:r",
+                "recover": True,
+                "offset": first.offset,
+                "epoch": first.epoch,
+            },
+        }
+    )
+    result = reply["subscribe"]
+    assert result["recovered"] is True and result["was_recovering"] is True
+    assert [p["data"] for p in result["publications"]] == [{"n": 2}, {"n": 3}]
+    assert [p["offset"] for p in result["publications"]] == [2, 3]
+    await node.publish("chat:r", {"n": 4})
+    await asyncio.sleep(0)
+    pushes = [d for d in harness.transport.take() if "pub" in d.get("push", {})]
+    assert [p["push"]["pub"]["offset"] for p in pushes] == [4]
+
+
+async def test_recovery_from_another_epoch_is_not_recovered(harness: Harness) -> None:
+    await harness.node.publish("chat:e", {"n": 1})
+    await harness.connect()
+    reply = await harness.call(
+        {
+            "id": 2,
+            "subscribe": {"channel": "chat:e", "recover": True, "offset": 1, "epoch": "other"},
+        }
+    )
+    result = reply["subscribe"]
+    assert result["was_recovering"] is True and "recovered" not in result
+    assert result["offset"] == 1 and "publications" not in result
+
+
+@pytest.mark.parametrize(
+    ("command", "code"),
+    [
+        ({"subscribe": {"channel": "nowhere:x"}}, 102),
+        ({"subscribe": {"channel": "$chat:private"}}, 103),
+        ({"subscribe": {"channel": "chat:\u0000"}}, 107),
+        ({"subscribe": {"channel": "chat:a", "type": 4}}, 108),
+        ({"publish": {"channel": "quiet:a", "data": {}}}, 103),
+        ({"history": {"channel": "quiet:a"}}, 108),
+        ({"presence": {"channel": "quiet:a"}}, 108),
+        ({"rpc": {"method": "nothing"}}, 104),
+        ({"sub_refresh": {"channel": "chat:not-in", "token": "x"}}, 103),
+    ],
+    ids=[
+        "unknown-namespace",
+        "private",
+        "bad-name",
+        "unknown-type",
+        "publish-forbidden",
+        "no-history",
+        "no-presence",
+        "unknown-rpc",
+        "sub-refresh-not-subscribed",
+    ],
+)
+async def test_refusals_are_error_replies(
+    harness: Harness, command: dict[str, Any], code: int
+) -> None:
+    await harness.connect()
+    reply = await harness.call({"id": 2, **command})
+    assert reply["error"]["code"] == code
+    assert not harness.session.closed
+
+
+async def test_already_subscribed_and_channel_limit(node: Node, clock: FakeClock) -> None:
+    node.config.client_channel_limit = 2
+    harness = Harness(node, clock)
+    await harness.connect()
+    await harness.send({"id": 2, "subscribe": {"channel": "chat:1"}})
+    again = await harness.call({"id": 3, "subscribe": {"channel": "chat:1"}})
+    assert again["error"]["code"] == 105
+    await harness.send({"id": 4, "subscribe": {"channel": "chat:2"}})
+    over = await harness.call({"id": 5, "subscribe": {"channel": "chat:3"}})
+    assert over["error"]["code"] == 106
+
+
+async def test_subscription_token_expiry_unsubscribes_with_2501(harness: Harness) -> None:
+    await harness.connect()
+    sub_token = harness.token(channel="$chat:s", ttl=30)
+    reply = await harness.call({"id": 2, "subscribe": {"channel": "$chat:s", "token": sub_token}})
+    assert reply["subscribe"]["expires"] is True and reply["subscribe"]["ttl"] == 30
+    await harness.live_for(30 + harness.node.config.expired_close_delay - 1)
+    harness.transport.take()
+    harness.clock.advance(1.1)
+    (push,) = harness.transport.take()
+    assert push == {
+        "push": {
+            "channel": "$chat:s",
+            "unsubscribe": {"code": 2501, "reason": "subscription expired"},
+        }
+    }
+    assert "$chat:s" not in harness.session.subscriptions
+
+
+async def test_commands_over_the_rate_get_111_then_3013(node: Node, clock: FakeClock) -> None:
+    node.config.client_command_rate_limit = 2
+    node.config.client_command_burst = 2
+    harness = Harness(node, clock)
+    replies = await harness.send(
+        {"id": 1, "connect": {"token": harness.token()}},
+        {"id": 2, "presence_stats": {"channel": "chat:x"}},
+        {"id": 3, "presence_stats": {"channel": "chat:x"}},
+    )
+    assert replies[-1] == {
+        "id": 3,
+        "error": {"code": 111, "message": "too many requests", "temporary": True},
+    }
+    flood = [{"id": 10 + n, "presence_stats": {"channel": "chat:x"}} for n in range(11)]
+    await harness.send(*flood)
+    assert harness.transport.closed_with == Disconnect(3013, "too many requests")
+
+
+async def test_nothing_is_written_after_close(harness: Harness) -> None:
+    await harness.connect()
+    await harness.send({"id": 2, "subscribe": {"channel": "chat:gone"}})
+    harness.session.handle_frame(b"{")  # a violation: closed with 3501
+    await harness.node.publish("chat:gone", {"late": True})
+    await asyncio.sleep(0)
+    harness.clock.advance(60)  # pings, expiry: nothing may write
+    assert harness.transport.take() == []

@@ -7,6 +7,7 @@ import json
 import os
 import re
 import signal
+import socket
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -148,4 +149,105 @@ async def test_bad_config_exits_2(tmp_path: Path) -> None:
     assert err.decode().strip() == (
         "tidings: configuration error: channels.namespaces.chat.history_size: "
         "expected a number >= 0, got -1"
+    )
+
+
+async def run_cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    """Run ``python -m tidings ARGS`` to completion; returns exit code, stdout and stderr."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tidings",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, **(env or {})},
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+def one_line(stderr: str) -> str:
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize("workers", [[], ["--workers", "2", "--broker", "redis://127.0.0.1:1/0"]])
+async def test_port_in_use_is_one_line_and_exit_1(workers: list[str]) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, _, err = await run_cli("serve", "--port", str(port), *workers)
+    assert code == 1
+    assert one_line(err).endswith(
+        f"tidings: cannot listen on 127.0.0.1:{port}: port {port} is already in use "
+        "(another server is listening there); stop it or choose another --port"
+    )
+
+
+@pytest.mark.parametrize("workers", [[], ["--workers", "2", "--broker", "redis://127.0.0.1:1/0"]])
+async def test_host_that_does_not_resolve_is_one_line_and_exit_1(workers: list[str]) -> None:
+    code, _, err = await run_cli("serve", "--host", "no-such-host.invalid", *workers)
+    assert code == 1
+    assert one_line(err).endswith(
+        "tidings: cannot listen on no-such-host.invalid:8000: the host name "
+        "'no-such-host.invalid' does not resolve; give --host an address of this machine "
+        "(127.0.0.1, or 0.0.0.0 for every interface)"
+    )
+
+
+async def test_host_of_another_machine_is_one_line_and_exit_1() -> None:
+    # 192.0.2.1 is TEST-NET-1 (RFC 5737): never an address of this machine.
+    code, _, err = await run_cli("serve", "--host", "192.0.2.1", "--port", "0")
+    assert code == 1
+    assert one_line(err).endswith(
+        "tidings: cannot listen on 192.0.2.1:0: 192.0.2.1 is not an address of this machine; "
+        "give --host one of its addresses (127.0.0.1, or 0.0.0.0 for every interface)"
+    )
+
+
+async def test_token_refuses_a_negative_ttl() -> None:
+    code, out, err = await run_cli(
+        "token", "--user", "alice", "--ttl", "-5", env={"TIDINGS_TOKEN_HMAC_SECRET": SECRET}
+    )
+    assert (code, out) == (2, "")
+    assert one_line(err) == (
+        "tidings: --ttl must be a number of seconds >= 0 (0: no expiry), got -5; "
+        "a negative one would print a token that has already expired"
+    )
+
+
+async def test_publish_with_a_wrong_key_names_the_setting(configured: ServerProcess) -> None:
+    url = f"http://127.0.0.1:{configured.port}"
+    code, _, err = await run_cli(
+        "publish", "chat:x", "{}", "--url", url, env={"TIDINGS_API_KEY": "not-the-key"}
+    )
+    assert code == 1
+    assert one_line(err) == (
+        "tidings: the server refused the API key (HTTP 401): --api-key, or else "
+        "TIDINGS_API_KEY (or api_key in --config), must equal the server's api_key"
+    )
+    code, _, err = await run_cli(
+        "publish", "chat:x", "{}", "--url", url, env={"TIDINGS_API_KEY": ""}
+    )
+    assert code == 1
+    assert one_line(err) == (
+        "tidings: the server wants an API key (HTTP 401) and none was sent: pass --api-key, "
+        "or set TIDINGS_API_KEY (or api_key in --config) to the server's api_key"
+    )
+    assert "not-the-key" not in "".join(configured.log)
+
+
+async def test_publish_errors_carry_the_detail(configured: ServerProcess) -> None:
+    url = f"http://127.0.0.1:{configured.port}"
+    code, _, err = await run_cli(
+        "publish", "nowhere:x", "{}", "--url", url, env={"TIDINGS_API_KEY": API_KEY}
+    )
+    assert code == 1
+    assert one_line(err) == (
+        "tidings: error 102: unknown channel (channel: unknown namespace 'nowhere' "
+        "(no [channels.namespaces.nowhere] in the configuration))"
     )

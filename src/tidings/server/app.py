@@ -179,9 +179,10 @@ class TidingsServer:
     ) -> None:
         if not self.origin_allowed(request):
             log.info(
-                "websocket from %s refused: origin %r not allowed",
+                "websocket from %s refused: origin %r not allowed (see allowed_origins)",
                 request.client,
                 request.header("origin"),
+                extra={"client": request.client, "status": 403},
             )
             _refuse(transport, 403, "origin not allowed")
             return

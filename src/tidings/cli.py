@@ -350,7 +350,7 @@ def _add_bench() -> None:
     try:
         from tidings.bench import bench
     except ImportError as exc:  # the load generator's packages are an extra
-        missing = exc.name or "a package"
+        missing = (exc.name or "a package").split(".")[0]
 
         @main.command(
             "bench",

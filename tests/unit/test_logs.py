@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 
 import pytest
 
@@ -41,9 +42,8 @@ def test_json_keeps_a_traceback_on_one_line_and_names_the_process() -> None:
     try:
         raise RuntimeError("boom")
     except RuntimeError:
-        import sys
-
-        item = logging.LogRecord("tidings", logging.ERROR, __file__, 1, "failed", (), sys.exc_info())
+        info = sys.exc_info()
+    item = logging.LogRecord("tidings", logging.ERROR, __file__, 1, "failed", (), info)
     line = JsonFormatter("[worker 2]").format(item)
     document = json.loads(line)
     assert "\n" not in line

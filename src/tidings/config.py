@@ -603,6 +603,8 @@ def announce(config: Config, port: int, *, workers: int = 1) -> None:
         f" with {workers} workers" if workers > 1 else "",
         config.broker.split("@")[-1],
     )
+    if config.admin:
+        log.info("admin page on http://%s:%d/admin", config.host, port)
 
 
 def _validate_channel_options(key: str, options: ChannelOptions) -> None:

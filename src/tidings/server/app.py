@@ -116,6 +116,10 @@ class TidingsServer:
         router.route("/demo/*", self._demo_asset)
         router.route("/vendor/centrifuge.js", self._centrifuge_js)
         self.transports = install_transports(self)
+        if self.config.admin:  # off by default; see tidings.server.admin
+            from tidings.server.admin import install as install_admin
+
+            install_admin(self)
 
     def add_route(self, path: str, handler: Callable[[Request], object]) -> None:
         """Extension point for other transports (SSE, streaming, long polling)."""

@@ -128,8 +128,8 @@ async def test_bad_requests(server: RunningServer) -> None:
     assert (await api(port, "publish", {"channel": "nowhere:x", "data": 1}))[1]["error"] == {
         "code": 102,
         "message": "unknown channel",
-        "detail": "channel: unknown namespace 'nowhere' "
-        "(no [channels.namespaces.nowhere] in the configuration)",
+        "detail": "channel: unknown namespace 'nowhere'; "
+        "configure it as [channels.namespaces.nowhere]",
     }
     assert (await api(port, "presence", {"channel": "quiet:x"}))[1]["error"]["code"] == 108
     assert (await api(port, "history", {"channel": "quiet:x"}))[1]["error"]["code"] == 108
@@ -151,8 +151,8 @@ async def test_transport_error_mode(server: RunningServer) -> None:
     assert status == 404 and json.loads(body) == {
         "code": 102,
         "message": "unknown channel",
-        "detail": "channel: unknown namespace 'nowhere' "
-        "(no [channels.namespaces.nowhere] in the configuration)",
+        "detail": "channel: unknown namespace 'nowhere'; "
+        "configure it as [channels.namespaces.nowhere]",
     }
 
 

@@ -249,6 +249,6 @@ async def test_publish_errors_carry_the_detail(configured: ServerProcess) -> Non
     )
     assert code == 1
     assert one_line(err) == (
-        "tidings: error 102: unknown channel (channel: unknown namespace 'nowhere' "
-        "(no [channels.namespaces.nowhere] in the configuration))"
+        "tidings: error 102: unknown channel (channel: unknown namespace 'nowhere'; "
+        "configure it as [channels.namespaces.nowhere])"
     )

@@ -256,8 +256,8 @@ class ServerApi:
             bare = channel[1:] if channel.startswith(PRIVATE_PREFIX) else channel
             namespace = bare.partition(NAMESPACE_BOUNDARY)[0]
             return (
-                f"channel: unknown namespace {namespace!r} "
-                f"(no [channels.namespaces.{namespace}] in the configuration)"
+                f"channel: unknown namespace {namespace!r}; "
+                f"configure it as [channels.namespaces.{namespace}]"
             )
         if error.code != ErrorCode.BAD_REQUEST.code:
             return ""

@@ -256,6 +256,14 @@ OPTIONS: tuple[Option, ...] = (
         "write per connection; when idle they still go out in the same loop turn. 0: never wait.",
     ),
     Option(
+        "broker_unsubscribe_delay",
+        "duration",
+        5.0,
+        "How long a node stays subscribed to a channel in the broker after its last local "
+        "subscriber leaves, so clients that come and go (long polls, reconnects) cost no broker "
+        "round trips each time. 0: unsubscribe at once.",
+    ),
+    Option(
         "websocket_compression",
         "bool",
         False,
@@ -443,6 +451,7 @@ class Config:
     write_buffer_limit: int = 1 << 20
     slow_timeout: float = 10.0
     coalesce_delay: float = 0.002
+    broker_unsubscribe_delay: float = 5.0
     websocket_compression: bool = False
     websocket_compression_min_size: int = 256
     websocket_max_fragments: int = 1024

@@ -30,17 +30,10 @@ class Error:
 
 @dataclass(frozen=True, slots=True)
 class Disconnect:
-    """Why a connection ends. ``reconnect`` mirrors the SDKs' reading of the code."""
+    """Why a connection ends. 3000-3499 and 4000-4499 make the SDKs reconnect."""
 
     code: int
     reason: str
-
-    @property
-    def reconnect(self) -> bool:
-        code = self.code
-        if code < 3000:
-            return code != 1009
-        return not (3500 <= code <= 3999 or 4500 <= code <= 4999)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +71,17 @@ class ApiErrorCode:
     BAD_REQUEST = Error(107, "bad request")
     NOT_AVAILABLE = Error(108, "not available")
     UNRECOVERABLE_POSITION = Error(112, "unrecoverable position")
+
+
+class HttpErrorCode:
+    """Errors of the plain-HTTP endpoints (``/events``, ``/longpoll``, emulation, upgrades)
+    that have no protocol counterpart; the others reuse :class:`ErrorCode`."""
+
+    METHOD_NOT_ALLOWED = Error(107, "method not allowed")
+    NOT_FOUND = Error(104, "not found")
+    ORIGIN_NOT_ALLOWED = Error(103, "origin not allowed")
+    PROTOBUF_NOT_SUPPORTED = Error(107, "the Protobuf protocol is not supported")
+    EXPECTED_UPGRADE = Error(107, "expected a WebSocket upgrade")
 
 
 class UnsubscribeCode:
@@ -119,6 +123,27 @@ class DisconnectCode:
     INVALID_UTF8 = Disconnect(1007, "invalid utf-8")
     MESSAGE_TOO_BIG = Disconnect(1009, "message too big")
     INTERNAL_ERROR = Disconnect(1011, "internal error")
+
+
+TOKEN_REFUSALS: dict[str, tuple[Error | Disconnect, Error | Disconnect]] = {
+    "connect": (ErrorCode.TOKEN_EXPIRED, DisconnectCode.INVALID_TOKEN),
+    "subscribe": (ErrorCode.TOKEN_EXPIRED, ErrorCode.PERMISSION_DENIED),
+    "refresh": (DisconnectCode.EXPIRED, DisconnectCode.INVALID_TOKEN),
+    "sub_refresh": (ErrorCode.EXPIRED, DisconnectCode.INVALID_TOKEN),
+    "http": (ErrorCode.TOKEN_EXPIRED, ErrorCode.UNAUTHORIZED),
+}
+"""How a refused token is answered, by where it was used: ``(expired, otherwise)``.
+
+The one mapping every transport uses (docs/protocol.md section 6). An expired
+connection token gets an error the SDKs answer by fetching a new one; any other
+bad connection token ends the connection for good (3500).
+"""
+
+
+def token_refusal(use: str, *, expired: bool) -> Error | Disconnect:
+    """The answer to a refused token used for ``use`` (a key of :data:`TOKEN_REFUSALS`)."""
+    when_expired, otherwise = TOKEN_REFUSALS[use]
+    return when_expired if expired else otherwise
 
 
 class TidingsError(Exception):

@@ -21,29 +21,38 @@ Ordering rules kept here:
   publications were lost between broker and node, and every positioned
   subscriber is told so (insufficient state) to recover.
 
-The hub knows nothing of brokers or sessions' internals; it calls
-``on_insufficient_state`` and lets the node decide.
+The hub knows nothing of brokers, sessions or feeds: it talks to the
+:class:`Subscriber` interface, which both implement.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Hashable, Iterator
 from typing import Protocol
 
 from tidings.protocol.codec import PreparedPush
 from tidings.protocol.messages import StreamPosition
-from tidings.transports.base import WireFormat, Writer
+from tidings.protocol.wire import WireFormat, Writer
 
 
 class Subscriber(Hashable, Protocol):
-    """What the hub needs of a subscriber: how to frame and where to write."""
+    """What the hub needs of a subscriber: a client session, or a plain-HTTP feed.
+
+    ``wire`` frames the batches it receives (subscribers of one wire format
+    share the framed bytes); ``writer`` is where they go (the hub may swap it
+    with :meth:`Hub.set_writer` while the subscriber is slow). The position it
+    has seen is the hub's to track, from the subscribe's ``complete_subscribe``
+    on; when that position can no longer be trusted the hub calls
+    ``insufficient_state`` and forgets nothing itself: the subscriber decides
+    (a session makes its client recover, a feed ends its streams).
+    """
 
     wire: WireFormat
     writer: Writer
 
+    def insufficient_state(self, channel: str) -> None: ...
 
-InsufficientStateHandler = Callable[[str, list[Subscriber]], None]
 
 _Group = dict[WireFormat, dict[Subscriber, Writer]]
 
@@ -96,19 +105,12 @@ class _Channel:
         return live + waiting
 
 
-def _frame(wire: WireFormat, pushes: list[PreparedPush]) -> bytes:
-    if wire.envelope:
-        return wire.frame([push.envelope for push in pushes])
-    return wire.frame([push.bare for push in pushes])
-
-
 class Hub:
     """Channel -> subscribers, grouped by wire format, with batched fan-out."""
 
     def __init__(
         self,
         *,
-        on_insufficient_state: InsufficientStateHandler,
         coalesce_delay: float = 0.0,
         coalesce_max_bytes: int = 64 * 1024,
     ) -> None:
@@ -116,7 +118,6 @@ class Hub:
         self._dirty: list[_Channel] = []
         self._flush_handle: asyncio.Handle | None = None
         self._last_flush = float("-inf")
-        self._on_insufficient_state = on_insufficient_state
         self._coalesce_delay = coalesce_delay
         self._coalesce_max_bytes = coalesce_max_bytes
 
@@ -192,11 +193,11 @@ class Hub:
                 continue
             if verdict is False:
                 del state.pending[subscriber]
-                self._on_insufficient_state(channel, [subscriber])
+                subscriber.insufficient_state(channel)
                 return
             documents.append(push)
         if documents:
-            subscriber.writer(_frame(subscriber.wire, documents))
+            subscriber.writer(subscriber.wire.frame_pushes(documents))
         position = pending.position
         if (
             position is None
@@ -306,9 +307,8 @@ class Hub:
             self._enqueue(state, push, True)
 
     def _lost_publications(self, state: _Channel) -> None:
-        if state.positioned:
-            lost = list(state.positioned)
-            self._on_insufficient_state(state.name, lost)
+        for subscriber in list(state.positioned):
+            subscriber.insufficient_state(state.name)
 
     def _offer_to_pending(self, state: _Channel, push: PreparedPush, is_join_leave: bool) -> None:
         insufficient: list[Subscriber] = []
@@ -318,7 +318,7 @@ class Hub:
                 continue
             if is_join_leave:
                 if pending.join_leave:
-                    subscriber.writer(_frame(subscriber.wire, [push]))
+                    subscriber.writer(subscriber.wire.frame_pushes([push]))
                 continue
             verdict = self._advance(pending, push)
             if verdict is None:
@@ -337,8 +337,8 @@ class Hub:
                     join_leave=pending.join_leave,
                     positioned=pending.positioned,
                 )
-        if insufficient:
-            self._on_insufficient_state(state.name, insufficient)
+        for subscriber in insufficient:
+            subscriber.insufficient_state(state.name)
 
     def _enqueue(self, state: _Channel, push: PreparedPush, is_join_leave: bool) -> None:
         if not state.batch:
@@ -384,11 +384,11 @@ class Hub:
         frames: dict[WireFormat, bytes] = {}
         if publications:
             for wire, members in state.plain.items():
-                data = frames[wire] = _frame(wire, publications)
+                data = frames[wire] = wire.frame_pushes(publications)
                 _write_all(members, data)
         for wire, members in state.join_leave.items():
             shared = frames.get(wire) if not has_join_leave else None
-            _write_all(members, shared if shared is not None else _frame(wire, everything))
+            _write_all(members, shared if shared is not None else wire.frame_pushes(everything))
 
 
 def _write_all(members: dict[Subscriber, Writer], data: bytes) -> None:

@@ -1,8 +1,14 @@
-"""The Node: owns the hub, the broker, presence, sessions and timers.
+"""The Node: owns the hub, the engine (broker, history, presence), clients and timers.
 
-It is the only place broker callbacks land, and the in-process Python API
-(``await node.publish(channel, data)``). Nothing in tidings is module-level
+Sessions and feeds ask the node for what they need (attach to a channel, read
+a stream's position, add a presence entry...) and never reach into its parts.
+It is the only place broker callbacks land. Nothing in tidings is module-level
 state, so a test can run several nodes in one process.
+
+The node knows its clients through the small :class:`Client` interface (what
+the ping wheel, the registries and the server API's actions need), and the
+hub's subscribers through :class:`tidings.hub.Subscriber`: it imports neither
+sessions nor feeds.
 """
 
 from __future__ import annotations
@@ -16,25 +22,42 @@ import socket
 import time
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Hashable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import msgspec
 from msgspec import Raw
 
 from tidings import __version__
-from tidings.auth import TokenVerifier
+from tidings.auth import ConnectToken, SubscriptionToken, TokenVerifier, UnknownKeyId
 from tidings.brokers.base import Broker, HistoryReader, PresenceStore
 from tidings.brokers.memory import MemoryBroker, MemoryPresence
 from tidings.channels import ChannelOptions, ChannelRules
+from tidings.clock import Clock, LoopClock
 from tidings.config import Config
+from tidings.control import (
+    ChannelsReply,
+    ChannelsSurvey,
+    ClientAction,
+    ControlMessage,
+    DisconnectClients,
+    EmulationCommands,
+    NodeAnnouncement,
+    NodeDeparture,
+    RefreshClients,
+    SubscribeClients,
+    UnsubscribeClients,
+    decode_control,
+    encode_control,
+)
 from tidings.errors import (
     BrokerUnavailable,
     Disconnect,
     DisconnectCode,
     ErrorCode,
     ReplyError,
+    Unsubscribe,
     UnsubscribeCode,
 )
 from tidings.hub import Hub, Subscriber
@@ -48,20 +71,15 @@ from tidings.protocol.codec import (
     prepare_publication,
 )
 from tidings.protocol.messages import NO_DATA, ClientInfo, Publication, StreamPosition
-
-if TYPE_CHECKING:
-    from tidings.session import Session
-    from tidings.transports.base import WireFormat
+from tidings.protocol.wire import WireFormat, Writer
 
 log = logging.getLogger("tidings.node")
 
-RPCHandler = Callable[["Session", bytes], Awaitable[Any]]
-SendHandler = Callable[["Session", bytes], Awaitable[None]]
-
 NODE_INFO_INTERVAL = 5.0
+"""Seconds between a node's announcements of itself to the others (API ``info``)."""
+
 NODE_FORGET_AFTER = 60.0
 """A node silent this long (crashed without a goodbye) is dropped from the registry."""
-"""Seconds between a node's announcements of itself to the others (API ``info``)."""
 
 CHANNELS_SURVEY_TIMEOUT = 1.0
 """Longest wait for the other nodes' answers to an API ``channels`` call."""
@@ -71,37 +89,51 @@ PRESENCE_REFRESH_BATCH = 1000
 (``RedisPresence.add_presence_many``), where one call per entry cost a round trip each."""
 
 
+class Client(Hashable, Protocol):
+    """What the node needs of a client connection (a session implements it)."""
+
+    client_id: str
+    user: str
+    session_id: str
+    wire: WireFormat
+    awaiting_pong: bool
+
+    @property
+    def closed(self) -> bool: ...
+
+    @property
+    def unidirectional(self) -> bool: ...
+
+    @property
+    def subscriptions(self) -> Mapping[str, object]: ...
+
+    def ping(self, frame: bytes, *, expect_pong: bool) -> None: ...
+
+    def close(self, disconnect: Disconnect) -> None: ...
+
+    def handle_frame(self, data: bytes) -> None: ...
+
+    def unsubscribe(self, channel: str, reason: Unsubscribe | None) -> bool: ...
+
+    async def server_subscribe(
+        self, channel: str, *, info: bytes, data: bytes, since: StreamPosition | None
+    ) -> None: ...
+
+    def refresh_by_server(
+        self, *, expire_at: int | None, expired: bool, info: bytes | None
+    ) -> None: ...
+
+
+RPCHandler = Callable[[Client, bytes], Awaitable[Any]]
+SendHandler = Callable[[Client, bytes], Awaitable[None]]
+
+
 @dataclass(frozen=True, slots=True)
 class PublishResult:
     """Where a publication landed: ``offset`` 0 and ``epoch`` "" on channels without history."""
 
     offset: int = 0
     epoch: str = ""
-
-
-class ControlMessage(msgspec.Struct, omit_defaults=True):
-    """A node-to-node instruction, carried by the broker to every node."""
-
-    op: str
-    user: str = ""
-    client: str = ""
-    session: str = ""
-    channel: str = ""
-    whitelist: list[str] = []
-    code: int = 0
-    reason: str = ""
-    info: Raw = NO_DATA
-    data: Raw = NO_DATA
-    expire_at: int = 0
-    expired: bool = False
-    since_offset: int = -1
-    since_epoch: str = ""
-    node: dict[str, Any] | None = None
-    survey: str = ""
-    sender: str = ""
-    counts: dict[str, int] | None = None
-    target: str = ""
-    commands: str = ""
 
 
 class _Survey:
@@ -120,11 +152,8 @@ class _Survey:
             self.done.set()
 
 
-_control_decoder = msgspec.json.Decoder(ControlMessage)
-
-
 class Node:
-    """One tidings server node. ``await start()``, serve sessions, ``await shutdown()``."""
+    """One tidings server node. ``await start()``, serve clients, ``await shutdown()``."""
 
     def __init__(
         self,
@@ -132,8 +161,11 @@ class Node:
         *,
         broker: Broker | None = None,
         presence: PresenceStore | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self.config = config = config or Config()
+        self.clock: Clock = clock or LoopClock()
+        """Time for sessions' timers and TTLs: a test may drive it by hand."""
         self.id = str(uuid.uuid4())
         self.name = config.node_name or socket.gethostname()
         self.version = __version__
@@ -148,6 +180,7 @@ class Node:
             ecdsa_public_key=config.token_ecdsa_public_key,
             audience=config.token_audience,
             issuer=config.token_issuer,
+            clock=self.clock.time,
         )
         self.jwks: JwksClient | None = None
         if config.token_jwks_url:
@@ -162,29 +195,29 @@ class Node:
         self.broker: Broker = broker
         self.history: HistoryReader = broker  # type: ignore[assignment]
         self.presence: PresenceStore = presence or MemoryPresence()
-        self.hub = Hub(
-            on_insufficient_state=self._insufficient_state,
-            coalesce_delay=config.coalesce_delay,
-        )
+        self.hub = Hub(coalesce_delay=config.coalesce_delay)
         self.rpc_handlers: dict[str, RPCHandler] = {}
         self.send_handler: SendHandler | None = None
-        self.sessions: dict[str, Session] = {}
-        self.users: dict[str, set[Session]] = {}
-        self.emulation_sessions: dict[str, Session] = {}
+        self.clients: dict[str, Client] = {}
+        """Connected clients by client id."""
+        self.users: dict[str, set[Client]] = {}
+        self.emulation_sessions: dict[str, Client] = {}
         self.nodes: dict[str, tuple[float, dict[str, Any]]] = {}
-        self._all_sessions: set[Session] = set()
-        self._presence_entries: dict[tuple[str, Session], None] = {}
+        self._all_clients: set[Client] = set()
+        self._presence_entries: dict[tuple[str, Client], ClientInfo] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._daemons: set[asyncio.Task[Any]] = set()
         self._ticker: asyncio.TimerHandle | None = None
         self._tick = 0
         self._tick_period = 1.0
-        self._ping_buckets: list[set[Session]] = []
-        self._pong_checks: deque[tuple[int, list[Session]]] = deque()
+        self._ping_buckets: list[set[Client]] = []
+        self._pong_checks: deque[tuple[int, list[Client]]] = deque()
         self._ping_frames: dict[WireFormat, bytes] = {}
         self._last_presence_refresh = 0.0
         self._presence_refreshing = False
         self._surveys: dict[str, _Survey] = {}
+        self._lingering: dict[str, asyncio.TimerHandle] = {}
+        """Channels without local subscribers still subscribed in the broker, until the timer."""
         self._last_node_info = 0.0
         self._started = False
         self._closing = False
@@ -208,6 +241,10 @@ class Node:
         self._ticker = asyncio.get_running_loop().call_later(self._tick_period, self._on_tick)
         self.spawn(self._announce_node())
 
+    @property
+    def closing(self) -> bool:
+        return self._closing
+
     async def shutdown(self, disconnect: Disconnect = DisconnectCode.SHUTDOWN) -> None:
         """Disconnect every client (3001 by default: SDKs reconnect elsewhere), stop the engine."""
         if self._closing:
@@ -215,8 +252,11 @@ class Node:
         self._closing = True
         if self._ticker is not None:
             self._ticker.cancel()
-        for session in list(self._all_sessions):
-            session.close(disconnect)
+        for lingering in self._lingering.values():
+            lingering.cancel()
+        self._lingering.clear()
+        for client in list(self._all_clients):
+            client.close(disconnect)
         self.hub.flush()
         self.spawn(self._announce_departure())
         for daemon in self._daemons:  # loops that never end on their own
@@ -228,10 +268,6 @@ class Node:
             task.cancel()
         await self.broker.close()
         await self.presence.close()
-
-    async def refresh_jwks(self) -> bool:
-        """A token named an unknown ``kid``: refetch the JWKS (rate-limited)."""
-        return self.jwks is not None and await self.jwks.refresh()
 
     def spawn(self, coroutine: Coroutine[Any, Any, Any], *, daemon: bool = False) -> None:
         """Run a fire-and-forget coroutine that the node keeps a reference to.
@@ -251,82 +287,158 @@ class Node:
         if not task.cancelled() and task.exception() is not None:
             log.error("background task failed", exc_info=task.exception())
 
-    # ------------------------------------------------------------------ sessions
+    # ------------------------------------------------------------------ tokens
 
-    def track(self, session: Session) -> None:
-        """A transport opened a session (not yet connected)."""
-        self._all_sessions.add(session)
+    async def verify_connect_token(self, token: str) -> ConnectToken:
+        """Verify a connection token; a ``kid`` the JWKS lacks refetches the set once.
 
-    def register(self, session: Session) -> None:
-        """A session finished ``connect``: index it by client id and user."""
-        self.sessions[session.client_id] = session
-        self.users.setdefault(session.user, set()).add(session)
+        Raises :class:`tidings.auth.TokenError`; callers answer it with
+        :func:`tidings.errors.token_refusal` for where the token was used.
+        """
+        try:
+            return self.verifier.verify_connect_token(token)
+        except UnknownKeyId:
+            if self.jwks is None or not await self.jwks.refresh():
+                raise
+            return self.verifier.verify_connect_token(token)
 
-    def register_emulation(self, session: Session) -> None:
-        """Index a session by its ``session_id``, for ``POST /emulation`` (fact sheet section 8)."""
-        self.emulation_sessions[session.session_id] = session
+    async def verify_subscription_token(self, token: str) -> SubscriptionToken:
+        """Verify a subscription token (same JWKS rule as :meth:`verify_connect_token`)."""
+        try:
+            return self.verifier.verify_subscription_token(token)
+        except UnknownKeyId:
+            if self.jwks is None or not await self.jwks.refresh():
+                raise
+            return self.verifier.verify_subscription_token(token)
 
-    def unregister_emulation(self, session: Session) -> None:
-        if self.emulation_sessions.get(session.session_id) is session:
-            del self.emulation_sessions[session.session_id]
+    # ------------------------------------------------------------------ clients
 
-    def untrack(self, session: Session, *, was_connected: bool) -> None:
-        self._all_sessions.discard(session)
-        if self.sessions.get(session.client_id) is session:
-            del self.sessions[session.client_id]
-        sessions = self.users.get(session.user)
-        if sessions is not None:
-            sessions.discard(session)
-            if not sessions:
-                del self.users[session.user]
+    def track(self, client: Client) -> None:
+        """A transport opened a client (not yet connected): shutdown will close it."""
+        self._all_clients.add(client)
+
+    def connections_of(self, user: str) -> int:
+        return len(self.users.get(user, ()))
+
+    def register(self, client: Client) -> None:
+        """A client finished ``connect``: index it by client id and user, and ping it."""
+        self.clients[client.client_id] = client
+        self.users.setdefault(client.user, set()).add(client)
+        if self._ping_buckets:
+            self._ping_buckets[self._tick % len(self._ping_buckets)].add(client)
+
+    def register_emulation(self, client: Client) -> None:
+        """Index a client by its session id, for ``POST /emulation`` (docs/protocol.md
+        section 8)."""
+        self.emulation_sessions[client.session_id] = client
+
+    def unregister_emulation(self, client: Client) -> None:
+        if self.emulation_sessions.get(client.session_id) is client:
+            del self.emulation_sessions[client.session_id]
+
+    def untrack(self, client: Client) -> None:
+        """The client is closed: forget it everywhere."""
+        self._all_clients.discard(client)
+        if self.clients.get(client.client_id) is client:
+            del self.clients[client.client_id]
+        clients = self.users.get(client.user)
+        if clients is not None:
+            clients.discard(client)
+            if not clients:
+                del self.users[client.user]
         for bucket in self._ping_buckets:
-            bucket.discard(session)
+            bucket.discard(client)
 
     @property
     def num_clients(self) -> int:
-        return len(self.sessions)
+        return len(self.clients)
 
-    @property
-    def allow_anonymous(self) -> bool:
-        return self.config.allow_anonymous
+    # ------------------------------------------------------------------ channel membership
 
-    async def add_local_subscriber(self, channel: str, session: Session) -> None:
-        if self.hub.begin_subscribe(channel, session):
+    async def attach(self, channel: str, subscriber: Subscriber) -> None:
+        """Start a subscription on this node: pushes for ``channel`` are buffered for
+        ``subscriber`` until :meth:`go_live`; the broker is told of the node's interest."""
+        if self.hub.begin_subscribe(channel, subscriber):
+            lingering = self._lingering.pop(channel, None)
+            if lingering is not None:  # still subscribed in the broker: keep that interest
+                lingering.cancel()
+                return
             try:
                 await self.broker.subscribe(channel)
             except BaseException:
-                self.remove_local_subscriber(channel, session)
+                self.detach(channel, subscriber)
                 raise
 
-    def remove_local_subscriber(self, channel: str, session: Subscriber) -> None:
-        if self.hub.remove(channel, session) and not self._closing:
+    def go_live(
+        self,
+        channel: str,
+        subscriber: Subscriber,
+        *,
+        join_leave: bool,
+        positioned: bool,
+        position: StreamPosition | None,
+    ) -> None:
+        """The subscribe's answer is out: replay what was buffered, deliver live from now.
+
+        ``position`` is where the answer left the subscriber (see
+        :meth:`tidings.hub.Hub.complete_subscribe`).
+        """
+        self.hub.complete_subscribe(
+            channel, subscriber, join_leave=join_leave, positioned=positioned, position=position
+        )
+
+    def detach(self, channel: str, subscriber: Subscriber) -> None:
+        """End a subscription on this node (live or still buffering)."""
+        if self.hub.remove(channel, subscriber) and not self._closing:
+            delay = self.config.broker_unsubscribe_delay
+            if delay > 0:
+                # Keep the broker's interest a while: a long poll leaves and its next request
+                # comes right back, as does a reconnecting client (each pair would otherwise
+                # be a broker round trip pair).
+                self._lingering[channel] = asyncio.get_running_loop().call_later(
+                    delay, self._linger_over, channel
+                )
+            else:
+                self.spawn(self._broker_unsubscribe(channel))
+
+    def _linger_over(self, channel: str) -> None:
+        if self._lingering.pop(channel, None) is not None and not self._closing:
             self.spawn(self._broker_unsubscribe(channel))
 
     async def _broker_unsubscribe(self, channel: str) -> None:
         if channel not in self.hub:
             await self.broker.unsubscribe(channel)
 
-    def presence_added(self, channel: str, session: Session) -> None:
-        self._presence_entries[(channel, session)] = None
+    def set_writer(self, channels: Iterable[str], subscriber: Subscriber, writer: Writer) -> None:
+        """Swap where a live subscriber's broadcasts go (a session does it while slow)."""
+        for channel in channels:
+            self.hub.set_writer(channel, subscriber, writer)
 
-    def presence_removed(self, channel: str, session: Session) -> None:
-        self._presence_entries.pop((channel, session), None)
+    # ------------------------------------------------------------------ presence
 
-    def _insufficient_state(self, channel: str, subscribers: list[Subscriber]) -> None:
-        for subscriber in subscribers:
-            session: Session = subscriber  # type: ignore[assignment]
-            log.info(
-                "client %s lost publications in %r: asking it to recover",
-                session.client_id,
-                channel,
-            )
-            session.insufficient_state(channel)
+    async def add_presence(self, channel: str, client: Client, info: ClientInfo) -> None:
+        """Add ``client`` to ``channel``'s presence; the node refreshes it until removed."""
+        await self.presence.add_presence(channel, client.client_id, info, self.config.presence_ttl)
+        self._presence_entries[(channel, client)] = info
+
+    async def remove_presence(self, channel: str, client: Client) -> None:
+        self._presence_entries.pop((channel, client), None)
+        await self.presence.remove_presence(channel, client.client_id)
+
+    async def presence_of(self, channel: str) -> dict[str, ClientInfo]:
+        return await self.presence.presence(channel)
+
+    async def presence_stats(self, channel: str) -> tuple[int, int]:
+        """``(clients, distinct users)`` in ``channel``'s presence."""
+        return await self.presence.presence_stats(channel)
+
+    async def announce_join(self, channel: str, info: ClientInfo) -> None:
+        await self.broker.publish_join(channel, info)
+
+    async def announce_leave(self, channel: str, info: ClientInfo) -> None:
+        await self.broker.publish_leave(channel, info)
 
     # ------------------------------------------------------------------ timers
-
-    def start_pinging(self, session: Session) -> None:
-        if self._ping_buckets:
-            self._ping_buckets[self._tick % len(self._ping_buckets)].add(session)
 
     def _on_tick(self) -> None:
         self._ticker = asyncio.get_running_loop().call_later(self._tick_period, self._on_tick)
@@ -337,23 +449,23 @@ class Node:
             bucket = self._ping_buckets[tick % len(self._ping_buckets)]
             if bucket:
                 pinged = []
-                for session in list(bucket):
-                    if session.closed:
-                        bucket.discard(session)
+                for client in list(bucket):
+                    if client.closed:
+                        bucket.discard(client)
                         continue
-                    expect_pong = not session.transport.unidirectional
-                    session.ping(self._ping_frame(session.wire), expect_pong=expect_pong)
+                    expect_pong = not client.unidirectional
+                    client.ping(self._ping_frame(client.wire), expect_pong=expect_pong)
                     if expect_pong:
-                        pinged.append(session)
+                        pinged.append(client)
                 if pinged:
                     due = tick + max(1, math.ceil(config.pong_timeout / self._tick_period))
                     self._pong_checks.append((due, pinged))
         while self._pong_checks and self._pong_checks[0][0] <= tick:
-            _, sessions = self._pong_checks.popleft()
-            for session in sessions:
-                if session.awaiting_pong and not session.closed:
-                    log.info("client %s: no pong", session.client_id)
-                    session.close(DisconnectCode.NO_PONG)
+            _, clients = self._pong_checks.popleft()
+            for client in clients:
+                if client.awaiting_pong and not client.closed:
+                    log.info("client %s: no pong", client.client_id)
+                    client.close(DisconnectCode.NO_PONG)
         now = time.monotonic()
         if now - self._last_presence_refresh >= config.presence_refresh_interval:
             self._last_presence_refresh = now
@@ -373,25 +485,21 @@ class Node:
         """Re-add this node's presence entries so they outlive ``presence_ttl``.
 
         Entries go to the store in batches (``add_presence_many``: with Redis one
-        round trip per batch). An entry whose
-        client left while its batch was in flight is removed again afterwards,
-        so a refresh never resurrects it. A failure is logged; the next
-        interval tries again (entries live ``presence_ttl``, several intervals).
+        round trip per batch). An entry whose client left while its batch was in
+        flight is removed again afterwards, so a refresh never resurrects it. A
+        failure is logged; the next interval tries again (entries live
+        ``presence_ttl``, several intervals).
         """
         if self._presence_refreshing:
             return
         self._presence_refreshing = True
         ttl = self.config.presence_ttl
         try:
-            keys = []
-            entries = []
-            for key in list(self._presence_entries):
-                channel, session = key
-                subscription = session.subscriptions.get(channel)
-                if session.closed or subscription is None:
-                    continue
-                keys.append(key)
-                entries.append((channel, session.client_id, session.channel_info(subscription)))
+            keys = list(self._presence_entries)
+            entries = [
+                (channel, client.client_id, self._presence_entries[(channel, client)])
+                for channel, client in keys
+            ]
             for start in range(0, len(entries), PRESENCE_REFRESH_BATCH):
                 batch = entries[start : start + PRESENCE_REFRESH_BATCH]
                 await self.presence.add_presence_many(batch, ttl)
@@ -405,10 +513,18 @@ class Node:
         finally:
             self._presence_refreshing = False
 
-    # ------------------------------------------------------------------ channels
+    # ------------------------------------------------------------------ streams
 
     def meta_ttl(self, options: ChannelOptions) -> float:
         return options.history_meta_ttl or self.config.history_meta_ttl
+
+    async def stream_top(
+        self, channel: str, options: ChannelOptions | None = None
+    ) -> StreamPosition:
+        """The channel's current position (a channel never published to starts an epoch)."""
+        options = options or self.rules.options(channel)
+        _, top = await self.history.history(channel, limit=0, meta_ttl=self.meta_ttl(options))
+        return top
 
     async def publish(
         self,
@@ -460,7 +576,7 @@ class Node:
     async def recover(
         self, channel: str, since: StreamPosition
     ) -> tuple[list[Publication], StreamPosition, bool]:
-        """Publications after ``since``, all or none (fact sheet section 7).
+        """Publications after ``since``, all or none (docs/protocol.md section 7).
 
         Recovered when the epoch matches (or the client did not know it) and
         the stream holds every offset from ``since.offset + 1`` to the top,
@@ -507,6 +623,10 @@ class Node:
             raise ReplyError(ErrorCode.UNRECOVERABLE_POSITION)
         return publications, top
 
+    async def remove_history(self, channel: str) -> None:
+        self.rules.options(channel)
+        await self.history.remove_history(channel)
+
     # ------------------------------------------------------------------ broker events
 
     def handle_publication(
@@ -526,85 +646,82 @@ class Node:
     def handle_resubscribed(self, channels: Iterable[str]) -> None:
         """The broker's pub/sub link came back: these channels may have missed publications.
 
-        Their positioned subscribers are asked to resubscribe with recovery; the
-        others carry on (they never promised order).
+        Their positioned subscribers are told (sessions resubscribe with recovery,
+        feeds end their streams); the others carry on (they never promised order).
         """
         for channel in channels:
             for subscriber in self.hub.positioned_subscribers(channel):
-                session: Session = subscriber  # type: ignore[assignment]
-                session.insufficient_state(channel)
+                subscriber.insufficient_state(channel)
 
     def handle_control(self, message: bytes) -> None:
         try:
-            control = _control_decoder.decode(message)
+            control = decode_control(message)
         except JSON_INPUT_ERRORS:
             log.warning("malformed control message ignored")
             return
-        if control.op == "node":
-            if control.node is not None:
-                uid = str(control.node.get("uid", ""))
-                if uid not in self.nodes and uid != self.id and not self._closing:
-                    # A newcomer: introduce this node now rather than at the next
-                    # interval, so its ``info`` and ``channels`` see every node at once.
-                    self.spawn(self._announce_node())
-                now = time.monotonic()
-                self.nodes[uid] = (now, control.node)
-                horizon = now - NODE_FORGET_AFTER
-                for stale in [u for u, (seen, _) in self.nodes.items() if seen < horizon]:
-                    del self.nodes[stale]
-            return
-        if control.op == "node_gone":
+        if isinstance(control, NodeAnnouncement):
+            self._note_node(control)
+        elif isinstance(control, NodeDeparture):
             self.nodes.pop(control.sender, None)
-            return
-        if control.op == "channels":
+        elif isinstance(control, ChannelsSurvey):
             if control.sender != self.id:
                 self.spawn(self._answer_channels_survey(control))
-            return
-        if control.op == "channels_reply":
+        elif isinstance(control, ChannelsReply):
             survey = self._surveys.get(control.survey)
             if survey is not None:
-                survey.answer(control.sender, control.counts or {})
-            return
-        if control.op == "emulation":
+                survey.answer(control.sender, control.counts)
+        elif isinstance(control, EmulationCommands):
             if control.target == self.id:
-                session = self.emulation_sessions.get(control.session)
-                if session is not None:
-                    session.handle_frame(control.commands.encode())
-            return
-        self.spawn(self._apply_control(control))
+                client = self.emulation_sessions.get(control.session)
+                if client is not None:
+                    client.handle_frame(control.commands.encode())
+        else:
+            self.spawn(self._apply_client_action(control))
 
-    async def _apply_control(self, control: ControlMessage) -> None:
-        for session in list(self._targets(control)):
-            if control.op == "disconnect":
-                if session.client_id in control.whitelist:
-                    continue
-                session.close(Disconnect(control.code, control.reason))
-            elif control.op == "unsubscribe":
-                session.unsubscribe(control.channel, UnsubscribeCode.SERVER)
-            elif control.op == "subscribe":
+    def _note_node(self, control: NodeAnnouncement) -> None:
+        uid = str(control.node.get("uid", ""))
+        if uid not in self.nodes and uid != self.id and not self._closing:
+            # A newcomer: introduce this node now rather than at the next interval,
+            # so its ``info`` and ``channels`` see every node at once.
+            self.spawn(self._announce_node())
+        now = time.monotonic()
+        self.nodes[uid] = (now, control.node)
+        horizon = now - NODE_FORGET_AFTER
+        for stale in [u for u, (seen, _) in self.nodes.items() if seen < horizon]:
+            del self.nodes[stale]
+
+    async def _apply_client_action(self, action: ClientAction) -> None:
+        for client in list(self._targets(action)):
+            if isinstance(action, DisconnectClients):
+                if client.client_id not in action.whitelist:
+                    client.close(Disconnect(action.code, action.reason))
+            elif isinstance(action, UnsubscribeClients):
+                client.unsubscribe(action.channel, UnsubscribeCode.SERVER)
+            elif isinstance(action, SubscribeClients):
                 since = None
-                if control.since_offset >= 0:
-                    since = StreamPosition(control.since_offset, control.since_epoch)
-                await session.server_subscribe(
-                    control.channel,
-                    info=bytes(control.info),
-                    data=bytes(control.data),
-                    since=since,
+                if action.since_offset >= 0:
+                    since = StreamPosition(action.since_offset, action.since_epoch)
+                await client.server_subscribe(
+                    action.channel, info=bytes(action.info), data=bytes(action.data), since=since
                 )
-            elif control.op == "refresh":
-                session.refresh_by_server(
-                    expire_at=control.expire_at or None,
-                    expired=control.expired,
-                    info=bytes(control.info) or None,
+            else:
+                client.refresh_by_server(
+                    expire_at=action.expire_at or None,
+                    expired=action.expired,
+                    info=bytes(action.info) or None,
                 )
 
-    def _targets(self, control: ControlMessage) -> Iterable[Session]:
-        for session in list(self.users.get(control.user, ())):
-            if control.client and session.client_id != control.client:
+    def _targets(self, action: ClientAction) -> Iterable[Client]:
+        for client in list(self.users.get(action.user, ())):
+            if action.client and client.client_id != action.client:
                 continue
-            if control.session and session.session_id != control.session:
+            if action.session and client.session_id != action.session:
                 continue
-            yield session
+            yield client
+
+    async def send_control(self, control: ControlMessage) -> None:
+        """Send a control message to every node, this one included."""
+        await self.broker.publish_control(encode_control(control))
 
     def knows_node(self, uid: str) -> bool:
         """This node, or a peer heard from recently enough to count as alive."""
@@ -616,13 +733,87 @@ class Node:
     async def forward_emulation(self, target: str, session: str, commands: str) -> None:
         """Commands posted to ``/emulation`` on a node other than the session's owner."""
         await self.send_control(
-            ControlMessage(
-                op="emulation", target=target, session=session, commands=commands, sender=self.id
+            EmulationCommands(target=target, session=session, commands=commands, sender=self.id)
+        )
+
+    # ------------------------------------------------------------------ server actions
+
+    async def disconnect_user(
+        self,
+        user: str,
+        disconnect: Disconnect = DisconnectCode.FORCE_DISCONNECT,
+        *,
+        client: str = "",
+        session: str = "",
+        whitelist: Iterable[str] = (),
+    ) -> None:
+        """Close every connection of ``user`` (or one client or session), on every node."""
+        await self.send_control(
+            DisconnectClients(
+                user=user,
+                client=client,
+                session=session,
+                whitelist=list(whitelist),
+                code=disconnect.code,
+                reason=disconnect.reason,
             )
         )
 
-    async def send_control(self, control: ControlMessage) -> None:
-        await self.broker.publish_control(msgspec.json.encode(control))
+    async def unsubscribe_user(
+        self, user: str, channel: str, *, client: str = "", session: str = ""
+    ) -> None:
+        """End ``user``'s subscriptions to ``channel`` (unsubscribe push 2000), on every node."""
+        await self.send_control(
+            UnsubscribeClients(user=user, client=client, session=session, channel=channel)
+        )
+
+    async def subscribe_user(
+        self,
+        user: str,
+        channel: str,
+        *,
+        client: str = "",
+        session: str = "",
+        info: bytes = b"",
+        data: bytes = b"",
+        since: StreamPosition | None = None,
+    ) -> None:
+        """Subscribe ``user``'s connections to ``channel`` on the server's initiative."""
+        self.rules.options(channel)
+        await self.send_control(
+            SubscribeClients(
+                user=user,
+                client=client,
+                session=session,
+                channel=channel,
+                info=Raw(info) if info else NO_DATA,
+                data=Raw(data) if data else NO_DATA,
+                since_offset=since.offset if since is not None else -1,
+                since_epoch=since.epoch if since is not None else "",
+            )
+        )
+
+    async def refresh_user(
+        self,
+        user: str,
+        *,
+        client: str = "",
+        session: str = "",
+        expire_at: int | None = None,
+        expired: bool = False,
+        info: bytes = b"",
+    ) -> None:
+        """Move the expiry of ``user``'s connections (or end them with ``expired``)."""
+        await self.send_control(
+            RefreshClients(
+                user=user,
+                client=client,
+                session=session,
+                expire_at=expire_at or 0,
+                expired=expired,
+                info=Raw(info) if info else NO_DATA,
+            )
+        )
 
     # ------------------------------------------------------------------ channels survey
 
@@ -652,7 +843,7 @@ class Node:
         survey = self._surveys[survey_id] = _Survey(peers)
         try:
             await self.send_control(
-                ControlMessage(op="channels", survey=survey_id, sender=self.id, channel=pattern)
+                ChannelsSurvey(survey=survey_id, sender=self.id, channel=pattern)
             )
             try:
                 async with asyncio.timeout(CHANNELS_SURVEY_TIMEOUT):
@@ -671,12 +862,9 @@ class Node:
                 counts[name] = counts.get(name, 0) + count
         return counts
 
-    async def _answer_channels_survey(self, control: ControlMessage) -> None:
-        reply = ControlMessage(
-            op="channels_reply",
-            survey=control.survey,
-            sender=self.id,
-            counts=self.local_channels(control.channel),
+    async def _answer_channels_survey(self, control: ChannelsSurvey) -> None:
+        reply = ChannelsReply(
+            survey=control.survey, sender=self.id, counts=self.local_channels(control.channel)
         )
         try:
             await self.send_control(reply)
@@ -700,21 +888,21 @@ class Node:
             "num_clients": self.num_clients,
             "num_users": len(self.users),
             "num_channels": self.hub.num_channels(),
-            "num_subs": sum(len(s.subscriptions) for s in self.sessions.values()),
+            "num_subs": sum(len(c.subscriptions) for c in self.clients.values()),
             "uptime": int(time.time() - self.started_at),
             "process": {"cpu": 0.0, "rss": rss},
         }
 
     async def _announce_node(self) -> None:
         try:
-            await self.send_control(ControlMessage(op="node", node=self.node_info()))
+            await self.send_control(NodeAnnouncement(node=self.node_info()))
         except Exception as exc:
             log.warning("node announcement failed: %s", exc)
 
     async def _announce_departure(self) -> None:
         """Tell the other nodes this one is gone, so ``info`` and ``channels`` stop counting it."""
         try:
-            await self.send_control(ControlMessage(op="node_gone", sender=self.id))
+            await self.send_control(NodeDeparture(sender=self.id))
         except Exception as exc:
             log.debug("node departure not announced: %s", exc)
 

@@ -130,7 +130,7 @@ async def test_subscribe_and_unsubscribe_a_user(
     await api.unsubscribe(UnsubscribeRequest(user="carol", channel="chat:srv"))
     assert (await log.next("unsubscribed", "client")).channel == "chat:srv"
     await wait_until(
-        lambda: "chat:srv" not in server.node.sessions[client_id].subscriptions,
+        lambda: "chat:srv" not in server.node.clients[client_id].subscriptions,
         what="the server to drop the subscription",
     )
 
@@ -172,7 +172,7 @@ async def test_disconnect_one_client_keeps_the_whitelist(
     )
     connecting = await first_log.next("connecting", "client", where=lambda ctx: ctx.code != 0)
     assert (connecting.code, connecting.reason) == (4000, "go away")  # 4000-4499 reconnect
-    assert second_id in server.node.sessions
+    assert second_id in server.node.clients
 
     await api.disconnect(DisconnectRequest(user="dave", client=second_id))
     disconnected = await second_log.next("disconnected", "client")
@@ -184,7 +184,7 @@ async def test_refresh_moves_expiry_or_expires_the_connection(
 ) -> None:
     _, log, client_id = await connected(py_client, server, "erin")
     api = cent_api(server)
-    session = server.node.sessions[client_id]
+    session = server.node.clients[client_id]
     expire_at = int(session.expire_at or 0) + 7200
     await api.refresh(RefreshRequest(user="erin", expire_at=expire_at))
     await wait_until(lambda: session.expire_at == expire_at, what="the new expiry")

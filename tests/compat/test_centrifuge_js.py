@@ -68,9 +68,9 @@ async def test_every_client_command(server: RunningServer, js_client: JsClientFa
     connected = await js.connect()
     client_id = connected["client"]
     assert connected["transport"] == "websocket"
-    session = server.node.sessions[client_id]
+    session = server.node.clients[client_id]
     assert (session.user, session.name) == ("alice", "compat")
-    assert session.headers == {"X-Tenant": "acme"}
+    assert session.client_headers == {"X-Tenant": "acme"}
 
     subscribed = await js.subscribe("chat:tour", joinLeave=True)
     assert subscribed["recoverable"] is True and subscribed["positioned"] is True
@@ -126,7 +126,7 @@ async def test_every_client_command(server: RunningServer, js_client: JsClientFa
     await js.call("disconnect")
     disconnected = await js.log.next("disconnected", "client")
     assert disconnected["code"] == 0  # disconnect() called by the app
-    await wait_until(lambda: client_id not in server.node.sessions, what="the session to end")
+    await wait_until(lambda: client_id not in server.node.clients, what="the session to end")
     assert not js.log.named("error")
 
 
@@ -176,7 +176,7 @@ async def test_recovery_after_api_disconnect_with_reconnect_code(
     # The SDK waits at least minReconnectDelay (500 ms) before it reconnects; the
     # publications below land well inside that window, while it has no connection.
     await wait_until(
-        lambda: first["client"] not in server.node.sessions, what="the server to drop alice"
+        lambda: first["client"] not in server.node.clients, what="the server to drop alice"
     )
     for n in range(3, 8):
         await server.node.publish("chat:recover", {"n": n})
@@ -294,7 +294,7 @@ async def test_connection_token_refresh_with_get_token(
     js = await js_client(tokens)
     await js.create(server.ws_url, get_token=True)
     connected = await js.connect()
-    session = server.node.sessions[connected["client"]]
+    session = server.node.clients[connected["client"]]
     assert session.expire_at is not None
     first_expiry = session.expire_at
 
@@ -303,7 +303,7 @@ async def test_connection_token_refresh_with_get_token(
         lambda: session.expire_at is not None and session.expire_at > first_expiry + 600,
         what="the refresh command to move the connection's expiry",
     )
-    assert server.node.sessions.get(connected["client"]) is session
+    assert server.node.clients.get(connected["client"]) is session
     assert (await js.state())["client"] == "connected"
     assert len(js.log.named("connected")) == 1
     assert [e.ctx["code"] for e in js.log.named("connecting")] == [0]
@@ -328,7 +328,7 @@ async def test_private_channel_subscription_token_and_sub_refresh(
     await js.create(server.ws_url, token=token("alice"))
     connected = await js.connect()
     await js.subscribe("$chat:secret", get_token=True)
-    session = server.node.sessions[connected["client"]]
+    session = server.node.clients[connected["client"]]
     subscription = session.subscriptions["$chat:secret"]
     assert subscription.expire_at is not None
     first_expiry = subscription.expire_at
@@ -388,7 +388,7 @@ async def test_server_side_subscriptions(
     await api.unsubscribe(UnsubscribeRequest(user="alice", channel="chat:added"))
     removed = await js.log.next("unsubscribed", "client")
     assert removed["channel"] == "chat:added"
-    assert "chat:added" not in server.node.sessions[connected["client"]].subscriptions
+    assert "chat:added" not in server.node.clients[connected["client"]].subscriptions
 
 
 async def test_api_unsubscribe_reaches_the_subscription_with_code_2000(
@@ -436,7 +436,7 @@ async def test_server_side_subscription_recovers_after_reconnect(
         DisconnectRequest(user="alice", disconnect=Disconnect(code=3011, reason="reconnect"))
     )
     await wait_until(
-        lambda: first["client"] not in server.node.sessions, what="the server to drop alice"
+        lambda: first["client"] not in server.node.clients, what="the server to drop alice"
     )
     for n in (2, 3):
         await server.node.publish("chat:personal", {"n": n})

@@ -74,7 +74,7 @@ async def test_every_client_command(server: RunningServer, py_client: PyClientFa
     client, log, client_id = await connected_client(
         py_client, server.ws_url, token=token("alice", info={"name": "Alice"}), name="compat"
     )
-    assert server.node.sessions[client_id].name == "compat"
+    assert server.node.clients[client_id].name == "compat"
     sub = await subscribed(client, log, "chat:tour", join_leave=True, recoverable=True)
     first = await log.next("subscribed", "chat:tour")
     assert first.recoverable and first.positioned and not first.was_recovering
@@ -126,13 +126,13 @@ async def test_every_client_command(server: RunningServer, py_client: PyClientFa
     await sub.unsubscribe()
     assert (await log.next("unsubscribed", "chat:tour")).code == 0
     await wait_until(
-        lambda: "chat:tour" not in server.node.sessions[client_id].subscriptions,
+        lambda: "chat:tour" not in server.node.clients[client_id].subscriptions,
         what="the server to drop the subscription",
     )
 
     await client.disconnect()
     assert (await log.next("disconnected", "client")).code == 0
-    await wait_until(lambda: client_id not in server.node.sessions, what="the session to end")
+    await wait_until(lambda: client_id not in server.node.clients, what="the session to end")
     assert not log.named("error")
 
 
@@ -173,7 +173,7 @@ async def test_recovery_after_api_disconnect_with_reconnect_code(
         DisconnectRequest(user="alice", disconnect=Disconnect(code=3011, reason="force reconnect"))
     )
     # The SDK waits at least min_reconnect_delay (0.5 s) before reconnecting.
-    await wait_until(lambda: first_id not in server.node.sessions, what="the server to drop alice")
+    await wait_until(lambda: first_id not in server.node.clients, what="the server to drop alice")
     for n in range(3, 8):
         await server.node.publish("chat:recover", {"n": n})
 
@@ -263,7 +263,7 @@ async def test_no_recovery_when_history_no_longer_reaches(
     await cent_api(server).disconnect(
         DisconnectRequest(user="alice", disconnect=Disconnect(code=3011, reason="reconnect"))
     )
-    await wait_until(lambda: first_id not in server.node.sessions, what="the server to drop alice")
+    await wait_until(lambda: first_id not in server.node.clients, what="the server to drop alice")
     for n in range(2, 7):
         await server.node.publish("small:trimmed", {"n": n})
 
@@ -287,7 +287,7 @@ async def test_server_side_subscription_recovers_after_reconnect(
     await cent_api(server).disconnect(
         DisconnectRequest(user="alice", disconnect=Disconnect(code=3011, reason="reconnect"))
     )
-    await wait_until(lambda: first_id not in server.node.sessions, what="the server to drop alice")
+    await wait_until(lambda: first_id not in server.node.clients, what="the server to drop alice")
     for n in (2, 3):
         await server.node.publish("chat:personal", {"n": n})
 
@@ -311,7 +311,7 @@ async def test_connection_token_refresh_with_get_token(
         return issued[-1]
 
     client, log, client_id = await connected_client(py_client, server.ws_url, get_token=get_token)
-    session = server.node.sessions[client_id]
+    session = server.node.clients[client_id]
     assert session.expire_at is not None
     first_expiry = session.expire_at
     await wait_until(
@@ -320,7 +320,7 @@ async def test_connection_token_refresh_with_get_token(
     )
     assert len(issued) == 2
     assert client.state == ClientState.CONNECTED
-    assert server.node.sessions.get(client_id) is session
+    assert server.node.clients.get(client_id) is session
     assert len(log.named("connected")) == 1 and not log.named("error")
 
 
@@ -376,7 +376,7 @@ async def test_message_over_the_size_limit_closes_with_1009(
         await sub.publish({"blob": "x" * 8192})
     connecting = await log.next("connecting", "client", where=lambda ctx: ctx.code != 0)
     assert (connecting.code, connecting.reason) == (3, "message size limit")
-    assert first_id not in server.node.sessions
+    assert first_id not in server.node.clients
 
 
 async def test_expired_token_at_connect_gets_a_new_one(
@@ -394,7 +394,7 @@ async def test_expired_token_at_connect_gets_a_new_one(
         py_client, server.ws_url, token=expired, get_token=get_token, **FAST_RECONNECT
     )
     assert calls == ["get_token"]
-    assert server.node.sessions[client_id].user == "alice"
+    assert server.node.clients[client_id].user == "alice"
 
 
 @pytest.mark.timeout(30)
@@ -412,7 +412,7 @@ async def test_private_channel_subscription_token_and_sub_refresh(
 
     client, log, client_id = await connected_client(py_client, server.ws_url, token=token())
     sub = await subscribed(client, log, "$chat:secret", get_token=get_token)
-    subscription = server.node.sessions[client_id].subscriptions["$chat:secret"]
+    subscription = server.node.clients[client_id].subscriptions["$chat:secret"]
     assert subscription.expire_at is not None
     first_expiry = subscription.expire_at
     await wait_until(

@@ -34,13 +34,13 @@ async def demo_server(launch: Launch, **overrides: Any) -> RunningServer:
 
 async def open_demo(browser: Any, server: RunningServer) -> tuple[Any, Any, str]:
     """A page in its own browser context, subscribed; returns its client id too."""
-    before = set(server.node.sessions)
+    before = set(server.node.clients)
     context = await browser.new_context()
     page = await context.new_page()
     page.set_default_timeout(PAGE_TIMEOUT_MS)
     await page.goto(f"{server.http_url}/")
     await page.wait_for_function("document.body.dataset.subscribed === 'true'")
-    (client_id,) = set(server.node.sessions) - before
+    (client_id,) = set(server.node.clients) - before
     return context, page, client_id
 
 
@@ -117,4 +117,4 @@ async def test_page_offline_then_back_gets_every_message_once(browser: Any, laun
     compat = await page_b.evaluate("window.compat")
     assert compat["offsets"] == [1, 2, 3, 4, 5], "the SDK delivered a publication twice or lost one"
     assert compat["subscribed"][-1] == {"wasRecovering": True, "recovered": True}
-    await wait_until(lambda: b_id not in server.node.sessions, what="B's old session to end")
+    await wait_until(lambda: b_id not in server.node.clients, what="B's old session to end")

@@ -31,7 +31,7 @@ def serve_page(server: RunningServer, html: str) -> str:
     async def page(request: Request) -> Response:
         return Response(200, html.encode(), "text/html; charset=utf-8")
 
-    server.server.add_route("/test-page", page)
+    server.server.router.route("/test-page", page)
     return f"{server.http_url}/test-page"
 
 
@@ -62,7 +62,7 @@ async def test_event_source_resumes_with_last_event_id(
         last_event_ids.append(request.header("last-event-id"))
         return await events(request)
 
-    server.server.add_route("/events", recording)
+    server.server.router.route("/events", recording)
     url = serve_page(
         server,
         f"""<!doctype html><script>

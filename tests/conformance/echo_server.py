@@ -6,7 +6,7 @@ SIGTERM/SIGINT.
 
 What is production here, byte for byte: the HTTP/1.1 edge (:class:`HttpProtocol`
 with its header timeout, header caps and admission gate), the origin policy,
-the handshake every WebSocket route shares (:meth:`TidingsServer.websocket_handshake`:
+the handshake every WebSocket route shares (:meth:`WebSocketUpgrades.handshake`:
 websockets' :class:`ServerProtocol` with ``max_size`` = ``max_message_size``, also
 after decompression, and permessage-deflate negotiated as on
 ``/connection/websocket``, no context takeover either way), and
@@ -63,13 +63,14 @@ class EchoRoute:
 
     def upgrade(self, request: Request, transport: asyncio.Transport, rest: bytes) -> None:
         server = self.server
-        if not server.origin_allowed(request):
+        upgrades = server.upgrades
+        if not upgrades.origin_allowed(request):
             _refuse(transport, 403)
             return
-        ws = server.websocket_handshake(request, transport, compression=True)
+        ws = upgrades.handshake(request, transport, compression=True)
         if ws is None:  # refused (400/426...): already answered and closing
             return
-        connection = server.accept_websocket(ws, transport, request=request)
+        connection = upgrades.accept(ws, transport, request=request)
 
         # Called from data_received, which flushes ws.data_to_send() after the chunk.
         # A close frame parsed from the same chunk may already have moved the

@@ -93,7 +93,7 @@ async def test_http_stream_session(server: RunningServer, http: aiohttp.ClientSe
     history = await stream.until(lambda d: d.get("id") == 4)
     assert [p["data"] for p in history["history"]["publications"]] == [{"x": 1}]
     # The API disconnects the user: a disconnect push, then the response ends.
-    server.node.sessions[connect["client"]].close(server_disconnect())
+    server.node.clients[connect["client"]].close(server_disconnect())
     rest = await stream.rest()
     assert rest[-1] == {"push": {"disconnect": {"code": 3503, "reason": "force disconnect"}}}
     assert session not in server.node.emulation_sessions
@@ -161,7 +161,7 @@ async def test_protocol_violation_on_the_stream_is_3501(
             {"Content-Type": "application/octet-stream"},
             400,
             107,
-            "bad request",
+            "the Protobuf protocol is not supported",
         ),
         ("POST", "/emulation", b"{nope", {}, 400, 107, "bad request"),
         ("POST", "/emulation", b'{"node":"x"}', {}, 400, 107, "bad request"),
@@ -182,7 +182,7 @@ async def test_protocol_violation_on_the_stream_is_3501(
             {"Origin": "https://evil.test"},
             403,
             103,
-            "permission denied",
+            "origin not allowed",
         ),
     ],
 )
@@ -319,7 +319,7 @@ async def test_centrifuge_js_falls_back_and_works_fully(
     history = await client.call("history")
     assert [p["data"] for p in history] == [{"n": 1}, {"n": 2}]
     # Drop the session: the client reconnects on its own and recovers what it missed.
-    (session,) = [s for s in server.node.sessions.values() if s.transport.name == expected]
+    (session,) = [s for s in server.node.clients.values() if s.transport.name == expected]
     from tidings.errors import DisconnectCode
 
     session.close(DisconnectCode.FORCE_RECONNECT)

@@ -286,7 +286,7 @@ async def test_origin_policy_and_cors(
         events_url(server, "chat:a", token=token()), headers={"Origin": "https://evil.example"}
     )
     assert refused.status == 403
-    assert await refused.json() == error_body(103, "permission denied")
+    assert await refused.json() == error_body(103, "origin not allowed")
     preflight = await http.options(
         f"{server.http_url}/events",
         headers={"Origin": "https://app.example.com", "Access-Control-Request-Method": "GET"},

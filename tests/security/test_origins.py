@@ -188,7 +188,7 @@ async def test_refusal_body_is_fixed_text(start_server: StartServer) -> None:
     writer.close()
     head, _, body = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 403")
-    assert body == b"origin not allowed"
+    assert json.loads(body) == {"error": {"code": 103, "message": "origin not allowed"}}
 
 
 # --------------------------------------------------------------------------- a real browser
@@ -242,7 +242,7 @@ async def test_cross_site_websocket_hijacking_fails_in_a_real_browser(
     server = await start_server(allow_anonymous_connect_without_token=True)
     result = await visit_attacker_page(browser, server.ws_url)
     assert result == {"opened": False, "code": 1006}, result
-    assert not server.node.sessions
+    assert not server.node.clients
     assert any("origin" in m and "not allowed" in m for m in server_log.messages())
 
 

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from tidings.hub import Hub
 from tidings.protocol.codec import PreparedPush, join_documents
 from tidings.protocol.messages import StreamPosition
-from tidings.transports.base import WireFormat
+from tidings.protocol.wire import WireFormat
 
 
 class LinesWire(WireFormat):
@@ -20,11 +20,15 @@ WIRE = LinesWire("lines", envelope=False)
 
 
 class FakeSubscriber:
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, lost: list[tuple[str, str]] | None = None) -> None:
         self.name = name
         self.wire = WIRE
         self.writes: list[bytes] = []
         self.writer = self.writes.append
+        self.lost = lost if lost is not None else []
+
+    def insufficient_state(self, channel: str) -> None:
+        self.lost.append((channel, self.name))
 
     def documents(self) -> list[bytes]:
         return [doc for write in self.writes for doc in write.split(b"\n")]
@@ -34,19 +38,12 @@ class FakeSubscriber:
 
 
 def pub(offset: int, epoch: str = "E") -> PreparedPush:
-    return PreparedPush(b'"channel":"c","pub":{"offset":%d}' % offset, offset, epoch)
+    body = b'"channel":"c","pub":{"offset":%d}' % offset
+    return PreparedPush("c", "pub", None, body, offset, epoch)
 
 
 def doc(offset: int) -> bytes:
     return b'{"channel":"c","pub":{"offset":%d}}' % offset
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, list[object]]] = []
-
-    def __call__(self, channel: str, subscribers: list[object]) -> None:
-        self.calls.append((channel, list(subscribers)))
 
 
 async def next_turn() -> None:
@@ -68,7 +65,7 @@ def live(
 
 
 async def test_a_burst_goes_out_as_one_shared_write() -> None:
-    hub = Hub(on_insufficient_state=Recorder())
+    hub = Hub()
     a, b = FakeSubscriber("a"), FakeSubscriber("b")
     live(hub, a)
     live(hub, b)
@@ -81,7 +78,7 @@ async def test_a_burst_goes_out_as_one_shared_write() -> None:
 
 
 async def test_batch_size_limit_flushes_early() -> None:
-    hub = Hub(on_insufficient_state=Recorder(), coalesce_max_bytes=60)
+    hub = Hub(coalesce_max_bytes=60)
     a = FakeSubscriber("a")
     live(hub, a)
     hub.broadcast_publication("c", pub(1))
@@ -91,7 +88,7 @@ async def test_batch_size_limit_flushes_early() -> None:
 
 
 async def test_older_and_repeated_offsets_are_dropped() -> None:
-    hub = Hub(on_insufficient_state=Recorder())
+    hub = Hub()
     a = FakeSubscriber("a")
     live(hub, a)
     for offset in (1, 2, 2, 1, 3):
@@ -101,20 +98,20 @@ async def test_older_and_repeated_offsets_are_dropped() -> None:
 
 
 async def test_a_gap_tells_positioned_subscribers_only() -> None:
-    recorder = Recorder()
-    hub = Hub(on_insufficient_state=recorder)
-    plain, positioned = FakeSubscriber("plain"), FakeSubscriber("positioned")
+    lost: list[tuple[str, str]] = []
+    hub = Hub()
+    plain, positioned = FakeSubscriber("plain", lost), FakeSubscriber("positioned", lost)
     live(hub, plain)
     live(hub, positioned, positioned=True, position=StreamPosition(0, ""))
     hub.broadcast_publication("c", pub(1))
     hub.broadcast_publication("c", pub(3))
-    assert recorder.calls == [("c", [positioned])]
+    assert lost == [("c", "positioned")]
     hub.broadcast_publication("c", pub(4, epoch="F"))
-    assert recorder.calls[-1] == ("c", [positioned])
+    assert lost[-1] == ("c", "positioned")
 
 
 async def test_subscribe_in_progress_buffers_then_merges_without_duplicates() -> None:
-    hub = Hub(on_insufficient_state=Recorder())
+    hub = Hub()
     other, joining = FakeSubscriber("other"), FakeSubscriber("joining")
     live(hub, other)
     hub.broadcast_publication("c", pub(1))
@@ -134,7 +131,7 @@ async def test_subscribe_in_progress_buffers_then_merges_without_duplicates() ->
 
 async def test_subscriber_waits_for_the_stream_to_reach_its_position() -> None:
     """A remote broker may deliver offset 5 after the subscriber read a top of 5."""
-    hub = Hub(on_insufficient_state=Recorder())
+    hub = Hub()
     s = FakeSubscriber("s")
     hub.begin_subscribe("c", s)
     hub.broadcast_publication("c", pub(4))
@@ -148,11 +145,11 @@ async def test_subscriber_waits_for_the_stream_to_reach_its_position() -> None:
 
 
 async def test_join_leave_reach_only_those_who_asked() -> None:
-    hub = Hub(on_insufficient_state=Recorder())
+    hub = Hub()
     plain, watcher = FakeSubscriber("plain"), FakeSubscriber("watcher")
     live(hub, plain)
     live(hub, watcher, join_leave=True)
-    join = PreparedPush(b'"channel":"c","join":{}')
+    join = PreparedPush("c", "join", None, b'"channel":"c","join":{}')
     hub.broadcast_publication("c", pub(1))
     hub.broadcast_join_leave("c", join)
     hub.broadcast_publication("c", pub(2))
@@ -162,7 +159,7 @@ async def test_join_leave_reach_only_those_who_asked() -> None:
 
 
 async def test_remove_reports_the_last_subscriber() -> None:
-    hub = Hub(on_insufficient_state=Recorder())
+    hub = Hub()
     a, b = FakeSubscriber("a"), FakeSubscriber("b")
     live(hub, a)
     live(hub, b)
@@ -175,7 +172,7 @@ async def test_remove_reports_the_last_subscriber() -> None:
 
 
 async def test_writer_swap_for_slow_clients() -> None:
-    hub = Hub(on_insufficient_state=Recorder())
+    hub = Hub()
     a = FakeSubscriber("a")
     live(hub, a)
     diverted: list[bytes] = []

@@ -12,7 +12,6 @@ frame those bytes (WebSocket frame, SSE event, stream line).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
 
 import msgspec
 from msgspec import Raw
@@ -146,29 +145,38 @@ EMPTY_DOCUMENT = b"{}"
 # --------------------------------------------------------------------------- pushes
 
 
-class _HasEnvelope(Protocol):
-    envelope: bool
-
-
 class PreparedPush:
     """A push encoded once, in both envelopes, shared by every recipient.
 
     Bidirectional transports wrap a push as ``{"push":{...}}``; unidirectional
-    ones send the bare push object (fact sheet section 8). ``offset`` and
-    ``epoch`` let the hub check order without decoding anything.
+    ones send the bare push object (docs/protocol.md section 8). ``offset`` and
+    ``epoch`` let the hub check order without decoding anything; ``channel``,
+    ``kind`` and ``body`` (the typed push, a :class:`Publication` for ``pub``)
+    let a wire format render the push its own way without decoding the JSON.
     """
 
-    __slots__ = ("bare", "envelope", "epoch", "offset")
+    __slots__ = ("bare", "body", "channel", "envelope", "epoch", "kind", "offset")
 
-    def __init__(self, body: bytes, offset: int = 0, epoch: str = "") -> None:
-        self.bare = b"{" + body + b"}"
-        self.envelope = b'{"push":{' + body + b"}}"
+    def __init__(
+        self,
+        channel: str,
+        kind: str,
+        body: object,
+        encoded_body: bytes,
+        offset: int = 0,
+        epoch: str = "",
+    ) -> None:
+        self.channel = channel
+        self.kind = kind
+        self.body = body
+        self.bare = b"{" + encoded_body + b"}"
+        self.envelope = b'{"push":{' + encoded_body + b"}}"
         self.offset = offset
         self.epoch = epoch
 
-    def envelope_for(self, wire: _HasEnvelope) -> bytes:
-        """The document a transport of this kind sends: wrapped or bare."""
-        return self.envelope if wire.envelope else self.bare
+    def document(self, envelope: bool) -> bytes:
+        """The document a transport sends: wrapped (bidirectional) or bare."""
+        return self.envelope if envelope else self.bare
 
 
 def _push_body(channel: str, kind: bytes, payload: bytes) -> bytes:
@@ -179,13 +187,14 @@ def _push_body(channel: str, kind: bytes, payload: bytes) -> bytes:
 
 def prepare_push(channel: str, kind: str, body: object) -> PreparedPush:
     """Encode any push (``join``, ``unsubscribe``, ``message``...) once."""
-    return PreparedPush(_push_body(channel, kind.encode(), _encoder.encode(body)))
+    encoded = _push_body(channel, kind.encode(), _encoder.encode(body))
+    return PreparedPush(channel, kind, body, encoded)
 
 
 def prepare_publication(channel: str, publication: Publication, epoch: str = "") -> PreparedPush:
     """Encode a publication push once: the hot path's only encoding step."""
-    body = _push_body(channel, b"pub", _encoder.encode(publication))
-    return PreparedPush(body, publication.offset, epoch)
+    encoded = _push_body(channel, b"pub", _encoder.encode(publication))
+    return PreparedPush(channel, "pub", publication, encoded, publication.offset, epoch)
 
 
 def prepare_join(channel: str, info: ClientInfo) -> PreparedPush:

@@ -308,6 +308,6 @@ class AdminPage:
 def install(server: TidingsServer) -> AdminPage:
     """Register the ``/admin`` routes on ``server`` (only called when ``admin`` is on)."""
     page = AdminPage(server.api.api, server.config)
-    server.add_route("/admin", page.handle)
-    server.add_route("/admin/*", page.handle)
+    server.router.route("/admin", page.handle)
+    server.router.route("/admin/*", page.handle)
     return page

@@ -28,8 +28,8 @@ import msgspec
 from msgspec import Raw, Struct
 
 from tidings.channels import NAMESPACE_BOUNDARY, PRIVATE_PREFIX, check_channel_name
-from tidings.errors import ApiErrorCode, BrokerUnavailable, Error, ErrorCode, ReplyError
-from tidings.node import ControlMessage, Node
+from tidings.errors import ApiErrorCode, BrokerUnavailable, Disconnect, Error, ErrorCode, ReplyError
+from tidings.node import Node
 from tidings.protocol.codec import JSON_INPUT_ERRORS, compact_raw
 from tidings.protocol.messages import NO_DATA, StreamPosition
 from tidings.server.http import Request, Response, json_response
@@ -168,8 +168,8 @@ def _payload(data: Raw, b64data: str) -> Raw:
     raise _bad_request("data: missing (send data, or b64data)")
 
 
-_BROKER_UNAVAILABLE = Error(100, "internal server error", temporary=True)
-"""The engine did not answer in time: the caller may retry (with an idempotency key)."""
+_BROKER_UNAVAILABLE = ErrorCode.INTERNAL
+"""The engine did not answer in time: temporary, the caller may retry (with an idempotency key)."""
 
 
 class ServerApi:
@@ -319,34 +319,23 @@ class ServerApi:
     async def subscribe(self, request: SubscribeRequest) -> dict[str, Any]:
         if not request.user or not request.channel:
             raise _required("user" if not request.user else "channel")
-        self.node.rules.options(request.channel)
         since = request.recover_since
-        await self.node.send_control(
-            ControlMessage(
-                op="subscribe",
-                user=request.user,
-                client=request.client,
-                session=request.session,
-                channel=request.channel,
-                info=request.info,
-                data=request.data,
-                since_offset=since.offset if since is not None else -1,
-                since_epoch=since.epoch if since is not None else "",
-            )
+        await self.node.subscribe_user(
+            request.user,
+            request.channel,
+            client=request.client,
+            session=request.session,
+            info=bytes(request.info),
+            data=bytes(request.data),
+            since=StreamPosition(since.offset, since.epoch) if since is not None else None,
         )
         return {}
 
     async def unsubscribe(self, request: UnsubscribeRequest) -> dict[str, Any]:
         if not request.user or not request.channel:
             raise _required("user" if not request.user else "channel")
-        await self.node.send_control(
-            ControlMessage(
-                op="unsubscribe",
-                user=request.user,
-                client=request.client,
-                session=request.session,
-                channel=request.channel,
-            )
+        await self.node.unsubscribe_user(
+            request.user, request.channel, client=request.client, session=request.session
         )
         return {}
 
@@ -358,32 +347,25 @@ class ServerApi:
             raise _bad_request(f"disconnect.code: expected 3000-4999, got {disconnect.code}")
         if len(disconnect.reason.encode()) > 123:
             raise _bad_request("disconnect.reason: longer than 123 bytes")
-        await self.node.send_control(
-            ControlMessage(
-                op="disconnect",
-                user=request.user,
-                client=request.client,
-                session=request.session,
-                whitelist=request.whitelist,
-                code=disconnect.code,
-                reason=disconnect.reason,
-            )
+        await self.node.disconnect_user(
+            request.user,
+            Disconnect(disconnect.code, disconnect.reason),
+            client=request.client,
+            session=request.session,
+            whitelist=request.whitelist,
         )
         return {}
 
     async def refresh(self, request: RefreshRequest) -> dict[str, Any]:
         if not request.user:
             raise _required("user")
-        await self.node.send_control(
-            ControlMessage(
-                op="refresh",
-                user=request.user,
-                client=request.client,
-                session=request.session,
-                expired=request.expired,
-                expire_at=request.expire_at,
-                info=request.info,
-            )
+        await self.node.refresh_user(
+            request.user,
+            client=request.client,
+            session=request.session,
+            expire_at=request.expire_at or None,
+            expired=request.expired,
+            info=bytes(request.info),
         )
         return {}
 
@@ -391,14 +373,14 @@ class ServerApi:
         options = self._channel_options(request.channel)
         if not options.presence:
             raise ApiError(ApiErrorCode.NOT_AVAILABLE)
-        entries = await self.node.presence.presence(request.channel)
+        entries = await self.node.presence_of(request.channel)
         return {"presence": entries}
 
     async def presence_stats(self, request: ChannelRequest) -> dict[str, Any]:
         options = self._channel_options(request.channel)
         if not options.presence:
             raise ApiError(ApiErrorCode.NOT_AVAILABLE)
-        clients, users = await self.node.presence.presence_stats(request.channel)
+        clients, users = await self.node.presence_stats(request.channel)
         return {"num_clients": clients, "num_users": users}
 
     async def history(self, request: HistoryRequest) -> dict[str, Any]:
@@ -417,7 +399,7 @@ class ServerApi:
         options = self._channel_options(request.channel)
         if not options.history_enabled:
             raise ApiError(ApiErrorCode.NOT_AVAILABLE)
-        await self.node.history.remove_history(request.channel)
+        await self.node.remove_history(request.channel)
         return {}
 
     async def channels(self, request: ChannelsRequest) -> dict[str, Any]:

@@ -15,20 +15,18 @@ header is built, and no payload copied, per recipient.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from tidings.errors import Disconnect
 from tidings.protocol.codec import prepare_push
 from tidings.protocol.messages import DisconnectPush
-from tidings.transports.base import WireFormat, transport_high_water
+from tidings.protocol.wire import END_CHUNK, WireFormat
+from tidings.transports.base import transport_high_water
 
 if TYPE_CHECKING:
     from tidings.server.http import HttpStream
     from tidings.session import Session
-
-END_CHUNK = b"0\r\n\r\n"
-"""The last chunk of a chunked body (RFC 9112 section 7.1)."""
 
 NO_CACHE_HEADERS = [
     ("cache-control", "private, no-cache, no-store, must-revalidate, max-age=0"),
@@ -39,28 +37,8 @@ NO_CACHE_HEADERS = [
 """Long-lived responses: never cached, never buffered by a proxy (nginx honours the last)."""
 
 
-def chunk(payload: bytes) -> bytes:
-    """One HTTP chunk holding ``payload`` (which must not be empty)."""
-    return b"%x\r\n%b\r\n" % (len(payload), payload)
-
-
-class LinesWire(WireFormat):
-    """Each document followed by ``\\n``, the batch in one chunk (what centrifuge-js splits)."""
-
-    __slots__ = ()
-
-    def frame(self, documents: Sequence[bytes]) -> bytes:
-        if len(documents) == 1:
-            return chunk(documents[0] + b"\n")
-        return chunk(b"".join(document + b"\n" for document in documents))
-
-
-HTTP_STREAM_WIRE = LinesWire("http_stream", envelope=True)
-UNI_HTTP_STREAM_WIRE = LinesWire("uni_http_stream", envelope=False)
-
-
 class StreamTransport:
-    """A session's :class:`~tidings.transports.base.Transport` over a chunked response.
+    """A session's :class:`~tidings.session.Transport` over a chunked response.
 
     ``write`` is the socket transport's bound ``write`` (the wire already
     chunked the bytes). A disconnect is a disconnect push, then the end of the
@@ -100,15 +78,11 @@ class StreamTransport:
     def closed(self) -> bool:
         return self.stream.closed
 
-    def send(self, documents: Sequence[bytes]) -> None:
-        if not self.stream.closed:
-            self.write(self.wire.frame(documents))
-
     def close(self, disconnect: Disconnect) -> None:
         if self.stream.closed:
             return
         push = prepare_push("", "disconnect", DisconnectPush(disconnect.code, disconnect.reason))
-        self.write(self.wire.frame([push.envelope if self.wire.envelope else push.bare]))
+        self.write(self.wire.frame([push.document(self.wire.envelope)]))
         self.write(END_CHUNK)
         self.stream.end()
 

@@ -12,18 +12,11 @@ before the close frame. Broadcast writes still go straight to the socket.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
-
 from tidings.errors import Disconnect
 from tidings.protocol.codec import prepare_push
 from tidings.protocol.messages import DisconnectPush
-from tidings.transports.websocket import WebSocketConnection, WebSocketMessagesWire
-
-if TYPE_CHECKING:
-    from tidings.transports.base import WireFormat, Writer
-
-UNI_WEBSOCKET_WIRE = WebSocketMessagesWire("uni_websocket", envelope=False)
+from tidings.protocol.wire import UNI_WEBSOCKET_WIRE, WireFormat, Writer
+from tidings.transports.websocket import WebSocketConnection
 
 
 class UniWebSocketTransport:
@@ -44,14 +37,11 @@ class UniWebSocketTransport:
     def closed(self) -> bool:
         return bool(self.connection.closed)
 
-    def send(self, documents: Sequence[bytes]) -> None:
-        self.connection.send(documents)
-
     def close(self, disconnect: Disconnect) -> None:
         if self.connection.closed:
             return
         push = prepare_push("", "disconnect", DisconnectPush(disconnect.code, disconnect.reason))
-        self.connection.send((push.bare,))
+        self.connection.write(self.wire.frame((push.bare,)))
         self.connection.close(disconnect)
 
     def write_buffer_size(self) -> int:

@@ -16,8 +16,6 @@ from __future__ import annotations
 import asyncio
 import codecs
 import logging
-import struct
-import zlib
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, cast
 
@@ -26,8 +24,7 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 
 from tidings.errors import Disconnect, DisconnectCode
-from tidings.protocol.codec import join_documents
-from tidings.transports.base import WireFormat
+from tidings.protocol.wire import JSON_WIRE, WireFormat
 
 if TYPE_CHECKING:
     from tidings.session import Session
@@ -36,20 +33,6 @@ log = logging.getLogger("tidings.websocket")
 
 CLOSE_TIMEOUT = 5.0
 """Seconds to wait for the client's close frame before dropping TCP (as Centrifugo)."""
-
-_pack_short = struct.Struct("!BBH").pack
-_pack_long = struct.Struct("!BBQ").pack
-
-
-def text_frame(payload: bytes) -> bytes:
-    """An unmasked, final text frame (RFC 6455 section 5.2)."""
-    length = len(payload)
-    if length < 126:
-        return bytes((0x81, length)) + payload
-    if length < 65536:
-        return _pack_short(0x81, 126, length) + payload
-    return _pack_long(0x81, 127, length) + payload
-
 
 CLOSE_REASONS = {
     d.code: d.reason
@@ -75,79 +58,6 @@ class FrameProtocol(ServerProtocol):
         if reason:
             log.info("websocket failed with %d: %s", code, reason)
         super().fail(code, CLOSE_REASONS.get(int(code), ""))
-
-
-class WebSocketWire(WireFormat):
-    """All documents in one text frame, separated by ``\\n`` (what the SDKs split on)."""
-
-    __slots__ = ()
-
-    def frame(self, documents: Sequence[bytes]) -> bytes:
-        return text_frame(join_documents(documents))
-
-
-def compressed_text_frame(payload: bytes, window_bits: int, level: int = 6) -> bytes:
-    """A final text frame compressed with permessage-deflate (RFC 7692 section 7.2.1).
-
-    Each message is compressed on its own (no context takeover), so the bytes
-    are valid for every recipient whatever it received before.
-    """
-    compressor = zlib.compressobj(level, zlib.DEFLATED, -window_bits)
-    data = compressor.compress(payload) + compressor.flush(zlib.Z_SYNC_FLUSH)
-    if data.endswith(b"\x00\x00\xff\xff"):
-        data = data[:-4]
-    length = len(data)
-    if length < 126:
-        return bytes((0xC1, length)) + data
-    if length < 65536:
-        return _pack_short(0xC1, 126, length) + data
-    return _pack_long(0xC1, 127, length) + data
-
-
-class WebSocketDeflateWire(WireFormat):
-    """Like :class:`WebSocketWire`, compressed once per batch when it is worth it.
-
-    One instance per (window bits, threshold): the hub frames a broadcast once
-    per wire format, so compression happens once per publication batch, never
-    per recipient.
-    """
-
-    __slots__ = ("min_size", "window_bits")
-
-    def __init__(self, window_bits: int, min_size: int) -> None:
-        super().__init__(f"websocket+deflate/{window_bits}", envelope=True)
-        self.window_bits = window_bits
-        self.min_size = min_size
-
-    def frame(self, documents: Sequence[bytes]) -> bytes:
-        payload = join_documents(documents)
-        if len(payload) < self.min_size:
-            return text_frame(payload)
-        return compressed_text_frame(payload, self.window_bits)
-
-
-_deflate_wires: dict[tuple[int, int], WebSocketDeflateWire] = {}
-
-
-def deflate_wire(window_bits: int, min_size: int) -> WebSocketDeflateWire:
-    """The shared wire format for one negotiated window size."""
-    key = (window_bits, min_size)
-    wire = _deflate_wires.get(key)
-    if wire is None:
-        wire = _deflate_wires[key] = WebSocketDeflateWire(window_bits, min_size)
-    return wire
-
-
-class WebSocketMessagesWire(WireFormat):
-    """Each document in its own text frame (unidirectional WebSocket)."""
-
-    __slots__ = ()
-
-    def frame(self, documents: Sequence[bytes]) -> bytes:
-        return b"".join(text_frame(document) for document in documents)
-
-
-JSON_WIRE = WebSocketWire("websocket", envelope=True)
 
 
 class WebSocketConnection(asyncio.Protocol):
@@ -304,9 +214,13 @@ class WebSocketConnection(asyncio.Protocol):
             self.session.close(DisconnectCode.INAPPROPRIATE_PROTOCOL)
 
     def _fail(self, code: int, reason: str) -> None:
+        """Close with ``code`` now. The session lets go at once: the socket may take a while
+        to drain what was queued before the close frame, and nothing may follow that frame."""
         if self.ws.state is State.OPEN:
             self.ws.fail(code, reason)
         self.closed = True
+        if self.session is not None:
+            self.session.transport_closed()
 
     def _flush_protocol_output(self) -> None:
         for chunk in self.ws.data_to_send():

@@ -26,45 +26,43 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING
 
 import msgspec
 from msgspec import Raw
-from websockets.server import ServerProtocol
-from websockets.typing import Subprotocol
 
-from tidings.auth import ConnectToken, TokenError, UnknownKeyId
+from tidings.auth import ConnectToken, TokenError
 from tidings.errors import (
     BrokerUnavailable,
     Error,
     ErrorCode,
+    HttpErrorCode,
     ProtocolViolation,
     ReplyError,
+    token_refusal,
 )
+from tidings.node import Node
 from tidings.protocol.codec import JSON_INPUT_ERRORS, compact_raw, decode_connect_request
 from tidings.protocol.cursor import CursorError, parse_cursor
-from tidings.protocol.messages import ClientInfo, Publication, StreamPosition
-from tidings.server.http import Request, Response, json_response
-from tidings.server.origins import OriginPolicy
-from tidings.session import Session
-from tidings.transports.events import EventsFeeds, EventsMember
-from tidings.transports.http_stream import (
+from tidings.protocol.messages import ClientInfo, ConnectRequest, Publication, StreamPosition
+from tidings.protocol.wire import (
     END_CHUNK,
     HTTP_STREAM_WIRE,
-    NO_CACHE_HEADERS,
+    SSE_WIRE,
     UNI_HTTP_STREAM_WIRE,
-    StreamTransport,
+    UNI_SSE_WIRE,
+    UNI_WEBSOCKET_WIRE,
+    WireFormat,
     chunk,
 )
-from tidings.transports.longpoll import LongPollWaiter
-from tidings.transports.sse import OPENING, SSE_HEADERS, SSE_WIRE, UNI_SSE_WIRE
-from tidings.transports.uni_websocket import UNI_WEBSOCKET_WIRE, UniWebSocketTransport
-
-if TYPE_CHECKING:
-    from tidings.protocol.messages import ConnectRequest
-    from tidings.server.app import TidingsServer
-    from tidings.server.http import HttpStream
-    from tidings.transports.base import WireFormat
+from tidings.server.feeds.events import EventsFeeds, EventsMember
+from tidings.server.feeds.longpoll import LongPollWaiter
+from tidings.server.http import HttpStream, RefusalLog, Request, Response, Router, json_response
+from tidings.server.origins import OriginPolicy
+from tidings.server.upgrades import WebSocketUpgrades, refuse
+from tidings.session import RequestInfo, Session
+from tidings.transports.http_stream import NO_CACHE_HEADERS, StreamTransport
+from tidings.transports.sse import OPENING, SSE_HEADERS
+from tidings.transports.uni_websocket import UniWebSocketTransport
 
 log = logging.getLogger("tidings.transports")
 
@@ -80,8 +78,10 @@ JSON_STREAM_HEADERS = [("content-type", "application/json"), *NO_CACHE_HEADERS]
 ERROR_STATUS = {100: 503, 101: 401, 102: 404, 103: 403, 106: 400, 107: 400, 108: 400, 109: 401}
 """HTTP status of each protocol error code a plain-HTTP endpoint can answer with."""
 
-METHOD_NOT_ALLOWED = Error(107, "method not allowed")
-NOT_FOUND = Error(104, "not found")
+
+def request_info(request: Request) -> RequestInfo:
+    """What a session (and the application's handlers) may know of the opening request."""
+    return RequestInfo.from_pairs(request.client, request.headers)
 
 
 class HttpError(Exception):
@@ -167,31 +167,15 @@ class Cors:
 
 Handler = Callable[[Request], Awaitable[Response | None]]
 
-JSON_SUBPROTOCOL = Subprotocol("centrifuge-json")
-
-
-def _echo_json_subprotocol(_: ServerProtocol, offered: Sequence[Subprotocol]) -> Subprotocol | None:
-    return JSON_SUBPROTOCOL if JSON_SUBPROTOCOL in offered else None
-
-
-def _refuse(transport: asyncio.Transport, status: int, error: Error) -> None:
-    """Answer a WebSocket upgrade with a JSON error and close (no HTTP parser owns it now)."""
-    body = b'{"error":{"code":%d,"message":%b}}' % (error.code, msgspec.json.encode(error.message))
-    head = b"HTTP/1.1 %d Refused\r\ncontent-type: application/json\r\ncontent-length: %d\r\n" % (
-        status,
-        len(body),
-    )
-    transport.write(head + b"connection: close\r\n\r\n" + body)
-    transport.close()
-
 
 class TransportRoutes:
     """The handlers; one instance per server, holding the ``/events`` feeds and poll waiters."""
 
-    def __init__(self, server: TidingsServer) -> None:
-        self.server = server
-        self.node = server.node
-        self.config = config = server.config
+    def __init__(self, node: Node, upgrades: WebSocketUpgrades, refusals: RefusalLog) -> None:
+        self.node = node
+        self.upgrades = upgrades
+        self.refusals = refusals
+        self.config = config = node.config
         self.cors = Cors(
             config.cors_allowed_origins or config.allowed_origins, config.cors_allow_credentials
         )
@@ -199,6 +183,23 @@ class TransportRoutes:
         self.waiters: set[LongPollWaiter] = set()
         self._heartbeat: asyncio.TimerHandle | None = None
         self._closing = False
+
+    def install(self, router: Router) -> None:
+        """Add every non-WebSocket transport's routes (and ``uni_websocket``) to ``router``."""
+        route, guard = router.route, self.guard
+        route("/connection/http_stream", guard("POST", self.http_stream))
+        route("/connection/sse", guard("GET, POST", self.sse))
+        route("/emulation", guard("POST", self.emulation))
+        route("/connection/uni_http_stream", guard("POST", self.uni_http_stream))
+        route("/connection/uni_sse", guard("GET, POST", self.uni_sse))
+        route("/connection/uni_websocket", guard("GET", self.expect_upgrade))
+        router.upgrade("/connection/uni_websocket", self.uni_websocket_upgrade)
+        route("/events", guard("GET", self.events))
+        route("/longpoll", guard("GET, POST", self.longpoll))
+
+    @staticmethod
+    def error(status: int, error: Error, headers: Sequence[tuple[str, str]] = ()) -> Response:
+        return error_response(status, error, headers)
 
     def close(self) -> None:
         """Server shutdown: end every ``/events`` stream, answer every waiting long poll."""
@@ -218,30 +219,32 @@ class TransportRoutes:
         preflight_methods = f"{methods}, OPTIONS"
 
         async def guarded(request: Request) -> Response | None:
-            if not self.server.origin_allowed(request):
+            if not self.upgrades.origin_allowed(request):
                 log.info(
                     "%s from %s refused: origin %r not allowed",
                     request.path,
                     request.client,
                     request.header("origin"),
                 )
-                return error_response(403, ErrorCode.PERMISSION_DENIED)
+                return error_response(403, HttpErrorCode.ORIGIN_NOT_ALLOWED)
             if request.method == "OPTIONS":
                 return self.cors.preflight(request, preflight_methods)
             cors = self.cors.headers(request)
             if request.method not in allowed:
-                return error_response(405, METHOD_NOT_ALLOWED, [("allow", methods), *cors])
+                return error_response(
+                    405, HttpErrorCode.METHOD_NOT_ALLOWED, [("allow", methods), *cors]
+                )
             try:
                 return await handler(request)
             except HttpError as exc:
                 if not exc.logged:
-                    self.server.refusals.note(
+                    self.refusals.note(
                         exc.status, f"{request.path}: {exc.error.message}", request.client
                     )
                 return error_response(exc.status, exc.error, [*exc.headers, *cors])
             except ReplyError as exc:
                 refusal = HttpError.from_reply(exc)
-                self.server.refusals.note(
+                self.refusals.note(
                     refusal.status, f"{request.path}: {refusal.error.message}", request.client
                 )
                 return error_response(refusal.status, refusal.error, cors)
@@ -275,7 +278,7 @@ class TransportRoutes:
         transport = StreamTransport(
             stream, wire, name=name, unidirectional=unidirectional, emulation=not unidirectional
         )
-        session = Session(self.node, transport, remote=request.client)
+        session = Session(self.node, transport, request_info(request))
         session.session_id = str(uuid.uuid4())
         transport.attach(session, self.config.write_buffer_limit)
         if not unidirectional:
@@ -287,7 +290,7 @@ class TransportRoutes:
     async def http_stream(self, request: Request) -> Response | None:
         """``POST /connection/http_stream``: the connect command in the body, replies streamed."""
         if (request.header("content-type") or "").startswith("application/octet-stream"):
-            raise HttpError(400, ErrorCode.BAD_REQUEST)  # Protobuf is not supported
+            raise HttpError(400, HttpErrorCode.PROTOBUF_NOT_SUPPORTED)
         session = self._open_session(
             request, JSON_STREAM_HEADERS, HTTP_STREAM_WIRE, name="http_stream", unidirectional=False
         )
@@ -314,7 +317,7 @@ class TransportRoutes:
             # the broker carries the commands there. A node nobody has heard of is
             # gone: 404 makes centrifuge-js reconnect.
             if not self.node.knows_node(body.node):
-                raise HttpError(404, NOT_FOUND)
+                raise HttpError(404, HttpErrorCode.NOT_FOUND)
             await self.node.forward_emulation(body.node, body.session, body.data)
             return Response(204, b"", "text/plain", self.cors.headers(request))
         session = self.node.emulation_sessions.get(body.session)
@@ -371,16 +374,15 @@ class TransportRoutes:
         self, request: Request, transport: asyncio.Transport, rest: bytes
     ) -> None:
         """``/connection/uni_websocket``: ConnectRequest in ``cf_connect`` or the first message."""
-        if not self.server.origin_allowed(request):
+        upgrades = self.upgrades
+        if not upgrades.origin_allowed(request):
             log.info("uni_websocket from %s refused: origin not allowed", request.client)
-            _refuse(transport, 403, ErrorCode.PERMISSION_DENIED)
+            refuse(transport, 403, HttpErrorCode.ORIGIN_NOT_ALLOWED)
             return
-        opened = self.server.websocket_handshake(
-            request, transport, select_subprotocol=_echo_json_subprotocol
-        )
+        opened = upgrades.handshake(request, transport)
         if opened is None:
             return
-        connection = self.server.accept_websocket(
+        connection = upgrades.accept(
             opened,
             transport,
             request=request,
@@ -388,7 +390,7 @@ class TransportRoutes:
             name="uni_websocket",
             unidirectional=True,
         )
-        session = Session(self.node, UniWebSocketTransport(connection), remote=request.client)
+        session = Session(self.node, UniWebSocketTransport(connection), request_info(request))
         session.session_id = str(uuid.uuid4())
         connection.session = session
 
@@ -432,16 +434,12 @@ class TransportRoutes:
                 return None
             raise HttpError(401, ErrorCode.UNAUTHORIZED, challenge)
         try:
-            try:
-                return self.node.verifier.verify_connect_token(token)
-            except UnknownKeyId:
-                if not await self.node.refresh_jwks():
-                    raise
-                return self.node.verifier.verify_connect_token(token)
+            return await self.node.verify_connect_token(token)
         except TokenError as exc:
             log.info("%s from %s refused: %s", request.path, request.client, exc.reason)
-            error = ErrorCode.TOKEN_EXPIRED if exc.expired else ErrorCode.UNAUTHORIZED
-            raise HttpError(401, error, challenge, logged=True) from None
+            refusal = token_refusal("http", expired=exc.expired)
+            assert isinstance(refusal, Error)
+            raise HttpError(401, refusal, challenge, logged=True) from None
 
     def _channels(self, request: Request, token: ConnectToken | None) -> list[str]:
         """The ``channel`` parameters (default: the token's channels), each one permitted.
@@ -590,19 +588,3 @@ class TransportRoutes:
         if position is not None and position.offset:
             result = msgspec.json.encode({"offset": position.offset, "epoch": position.epoch})
         return Response(200, result, "application/json", self.cors.headers(request))
-
-
-def install(server: TidingsServer) -> TransportRoutes:
-    """Add every non-WebSocket transport's routes to ``server``; returns their owner."""
-    routes = TransportRoutes(server)
-    add, guard = server.add_route, routes.guard
-    add("/connection/http_stream", guard("POST", routes.http_stream))
-    add("/connection/sse", guard("GET, POST", routes.sse))
-    add("/emulation", guard("POST", routes.emulation))
-    add("/connection/uni_http_stream", guard("POST", routes.uni_http_stream))
-    add("/connection/uni_sse", guard("GET, POST", routes.uni_sse))
-    add("/connection/uni_websocket", guard("GET", routes.expect_upgrade))
-    server.router.upgrade("/connection/uni_websocket", routes.uni_websocket_upgrade)
-    add("/events", guard("GET", routes.events))
-    add("/longpoll", guard("GET, POST", routes.longpoll))
-    return routes

@@ -22,29 +22,37 @@ request; it is removed on answer, timeout or disconnect.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, cast
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import msgspec
 
+from tidings.protocol.codec import PreparedPush
 from tidings.protocol.cursor import encode_cursor
 from tidings.protocol.messages import StreamPosition
-from tidings.transports.events import PUSH_LINES_WIRE, decode_publications, publication_json
+from tidings.protocol.wire import WireFormat, Writer
+from tidings.server.feeds.events import publication_json, publications_of
 
 if TYPE_CHECKING:
     from tidings.node import Node
-    from tidings.session import Session
-    from tidings.transports.base import WireFormat, Writer
 
 _encode = msgspec.json.encode
 
 
-class LongPollWaiter:
-    """One ``GET /longpoll`` request's hub subscription and what it collected."""
+def _ignore(_: bytes) -> None:
+    """A waiter collects in :meth:`LongPollWaiter.frame_pushes`; nothing is written."""
+
+
+class LongPollWaiter(WireFormat):
+    """One ``GET /longpoll`` request's hub subscription and what it collected.
+
+    It is its own wire format: the hub hands it each batch once
+    (:meth:`frame_pushes`), and it keeps the publications for its answer.
+    """
 
     __slots__ = (
         "_answer_handle",
         "channels",
-        "client_id",
         "done",
         "node",
         "positions",
@@ -55,11 +63,11 @@ class LongPollWaiter:
     )
 
     def __init__(self, node: Node, channels: list[str]) -> None:
+        super().__init__("longpoll", envelope=False)
         self.node = node
         self.channels = channels
-        self.client_id = "longpoll"  # how the node's logs name a subscriber
-        self.wire: WireFormat = PUSH_LINES_WIRE
-        self.writer: Writer = self._on_frame
+        self.wire: WireFormat = self
+        self.writer: Writer = _ignore
         self.positions: dict[str, StreamPosition] = {}
         self.publications: list[bytes] = []
         self.resync: list[str] = []
@@ -68,15 +76,14 @@ class LongPollWaiter:
 
     async def register(self) -> None:
         """Join the hub as a pending subscriber of every channel (pushes are buffered)."""
-        subscriber = cast("Session", self)
-        added: list[str] = []
+        attached: list[str] = []
         try:
             for channel in self.channels:
-                await self.node.add_local_subscriber(channel, subscriber)
-                added.append(channel)
+                await self.node.attach(channel, self)
+                attached.append(channel)
         except BaseException:
-            for channel in added:
-                self.node.remove_local_subscriber(channel, self)
+            for channel in attached:
+                self.node.detach(channel, self)
             raise
 
     def release(self) -> None:
@@ -85,7 +92,7 @@ class LongPollWaiter:
             self._answer_handle.cancel()
             self._answer_handle = None
         for channel in self.channels:
-            self.node.remove_local_subscriber(channel, self)
+            self.node.detach(channel, self)
 
     def finish(self) -> None:
         """Stop waiting now (the client left, or the server stops): answer what there is."""
@@ -99,11 +106,7 @@ class LongPollWaiter:
             since = cursor.get(channel)
             channel_json = _encode(channel)
             if since is None:
-                options = node.rules.options(channel)
-                _, top = await node.history.history(
-                    channel, limit=0, meta_ttl=node.meta_ttl(options)
-                )
-                self.positions[channel] = top
+                self.positions[channel] = await node.stream_top(channel)
                 continue
             publications, top, recovered = await node.recover(channel, since)
             if not recovered:
@@ -124,30 +127,33 @@ class LongPollWaiter:
 
     def wait_live(self) -> None:
         """Nothing to answer yet: go live in the hub from the positions just read."""
-        hub = self.node.hub
-        subscriber = cast("Session", self)
         for channel in self.channels:
-            hub.complete_subscribe(
+            self.node.go_live(
                 channel,
-                subscriber,
+                self,
                 join_leave=False,
                 positioned=True,
                 position=self.positions[channel],
             )
 
-    def _on_frame(self, frame: bytes) -> None:
-        for channel, offset, data in decode_publications(frame):
+    def frame(self, documents: Sequence[bytes]) -> bytes:
+        raise NotImplementedError("a long-poll waiter receives broadcasts only")
+
+    def frame_pushes(self, pushes: Sequence[PreparedPush]) -> bytes:
+        """A batch from the hub: keep the publications after the waiter's positions."""
+        for channel, offset, data in publications_of(pushes):
             current = self.positions.get(channel)
             if current is None or offset <= current.offset:
                 continue
             if offset != current.offset + 1:
                 # Lost between broker and node: answer now; the next request reads history.
                 self._answer_soon()
-                return
+                return b""
             self.publications.append(publication_json(_encode(channel), offset, data))
             self.positions[channel] = StreamPosition(offset, current.epoch)
         if self.publications:
             self._answer_soon()
+        return b""
 
     def insufficient_state(self, channel: str) -> None:
         """The hub lost publications of ``channel``: answer with what is known to be whole."""

@@ -42,56 +42,25 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 import msgspec
-from msgspec import Raw
 
-from tidings.protocol.codec import JSON_INPUT_ERRORS
+from tidings.protocol.codec import PreparedPush
 from tidings.protocol.cursor import encode_cursor, encode_entry
-from tidings.protocol.messages import NO_DATA, Publication, StreamPosition
-from tidings.transports.base import WireFormat
-from tidings.transports.http_stream import END_CHUNK, chunk
+from tidings.protocol.messages import Publication, StreamPosition
+from tidings.protocol.wire import END_CHUNK, WireFormat, Writer, chunk
 
 if TYPE_CHECKING:
     from tidings.node import Node
     from tidings.server.http import HttpStream
-    from tidings.session import Session
-    from tidings.transports.base import Writer
 
 log = logging.getLogger("tidings.events")
 
 HEARTBEAT = chunk(b": ping\n\n")
 """An SSE comment: ignored by clients, keeps proxies from closing an idle stream."""
 
-
-# --------------------------------------------------------------------------- encoding
-
-
-class _Pub(msgspec.Struct):
-    data: Raw = NO_DATA
-    offset: int = 0
-
-
-class _Push(msgspec.Struct):
-    channel: str = ""
-    pub: _Pub | None = None
-
-
-_push_decoder = msgspec.json.Decoder(_Push)
 _encode = msgspec.json.encode
-
-
-class PushLinesWire(WireFormat):
-    """Bare pushes joined by ``\\n``: what a feed or a long-poll waiter decodes once per batch."""
-
-    __slots__ = ()
-
-    def frame(self, documents: Sequence[bytes]) -> bytes:
-        return documents[0] if len(documents) == 1 else b"\n".join(documents)
-
-
-PUSH_LINES_WIRE = PushLinesWire("push-lines", envelope=False)
 
 
 def publication_json(channel_json: bytes, offset: int, data: bytes) -> bytes:
@@ -99,16 +68,13 @@ def publication_json(channel_json: bytes, offset: int, data: bytes) -> bytes:
     return b'{"channel":%b,"offset":%d,"data":%b}' % (channel_json, offset, data)
 
 
-def decode_publications(frame: bytes) -> Iterable[tuple[str, int, bytes]]:
-    """``(channel, offset, data)`` of each publication in a :data:`PUSH_LINES_WIRE` frame."""
-    for line in frame.split(b"\n"):
-        try:
-            push = _push_decoder.decode(line)
-        except JSON_INPUT_ERRORS:
-            log.warning("undecodable push skipped")
-            continue
-        if push.pub is not None:
-            yield push.channel, push.pub.offset, bytes(push.pub.data)
+def publications_of(pushes: Sequence[PreparedPush]) -> Iterable[tuple[str, int, bytes]]:
+    """``(channel, offset, data)`` of each publication in a hub batch: read from the
+    prepared pushes' fields, never by decoding the JSON the hub framed."""
+    for push in pushes:
+        body = push.body
+        if isinstance(body, Publication):
+            yield push.channel, body.offset, bytes(body.data)
 
 
 def sse_event(event_id: bytes, payload: bytes, kind: bytes = b"") -> bytes:
@@ -194,16 +160,22 @@ class EventsMember:
 # --------------------------------------------------------------------------- feeds
 
 
-class EventsFeed:
-    """The ordered event stream of one set of channels, shared by its members."""
+class EventsFeed(WireFormat):
+    """The ordered event stream of one set of channels, shared by its members.
+
+    A feed is the hub's subscriber for its channels and its own wire format:
+    the hub frames each batch once for it (:meth:`frame_pushes`, which builds
+    the SSE events and advances the feed's cursor) and hands the bytes to its
+    writer, which writes them to every live member.
+    """
 
     __slots__ = (
+        "_batch",
         "_channel_json",
         "_entries",
         "_fail_handle",
         "_order",
         "channels",
-        "client_id",
         "cursor",
         "history_channels",
         "live",
@@ -223,13 +195,14 @@ class EventsFeed:
         history_channels: frozenset[str],
         on_gone: Callable[[EventsFeed], None],
     ) -> None:
+        super().__init__("events-feed", envelope=False)
         self.node = node
         self.channels = channels
         self.history_channels = history_channels
         self.on_gone = on_gone
-        self.client_id = "events-feed"  # how the node's logs name a subscriber
-        self.wire: WireFormat = PUSH_LINES_WIRE
-        self.writer: Writer = self._on_frame
+        self.wire: WireFormat = self
+        self.writer: Writer = self._deliver
+        self._batch: list[FeedEvent] = []
         self.positions: dict[str, StreamPosition] = {}
         self._order = sorted(history_channels)
         self._entries: dict[str, str] = {}
@@ -248,31 +221,25 @@ class EventsFeed:
     async def start(self) -> None:
         """Subscribe every channel in the hub at the stream's current top."""
         node = self.node
-        subscriber = cast("Session", self)
-        subscribed: list[str] = []
+        attached: list[str] = []
         try:
             for channel in sorted(self.channels):
-                await node.add_local_subscriber(channel, subscriber)
-                subscribed.append(channel)
-            tops = {}
-            for channel in self._order:
-                options = node.rules.options(channel)
-                _, tops[channel] = await node.history.history(
-                    channel, limit=0, meta_ttl=node.meta_ttl(options)
-                )
+                await node.attach(channel, self)
+                attached.append(channel)
+            tops = {channel: await node.stream_top(channel) for channel in self._order}
             for channel, top in tops.items():
                 self._set_position(channel, top)
-            for channel in subscribed:
-                node.hub.complete_subscribe(
+            for channel in attached:
+                node.go_live(
                     channel,
-                    subscriber,
+                    self,
                     join_leave=False,
                     positioned=channel in tops,
                     position=tops.get(channel),
                 )
         except BaseException as exc:
-            for channel in subscribed:
-                node.remove_local_subscriber(channel, self)
+            for channel in attached:
+                node.detach(channel, self)
             if not self.ready.done():
                 self.ready.set_exception(exc)
                 self.ready.exception()  # retrieved here; joiners re-raise it
@@ -282,7 +249,7 @@ class EventsFeed:
 
     def _release(self) -> None:
         for channel in self.channels:
-            self.node.remove_local_subscriber(channel, self)
+            self.node.detach(channel, self)
         self.on_gone(self)
 
     def remove(self, member: EventsMember) -> None:
@@ -329,12 +296,19 @@ class EventsFeed:
 
     # ------------------------------------------------------------------ fan-out
 
-    def _on_frame(self, frame: bytes) -> None:
-        """A batch from the hub: build the SSE events once, write them to every live member."""
+    def frame(self, documents: Sequence[bytes]) -> bytes:
+        raise NotImplementedError("a feed receives broadcasts only")
+
+    def frame_pushes(self, pushes: Sequence[PreparedPush]) -> bytes:
+        """A batch from the hub: the SSE events, ids included, built once for every member.
+
+        The hub calls this exactly once per batch of each channel (the feed is the
+        only subscriber of its wire), so advancing the feed's cursor here is safe.
+        """
         events: list[FeedEvent] = []
         parts: list[bytes] = []
         positions = self.positions
-        for channel, offset, data in decode_publications(frame):
+        for channel, offset, data in publications_of(pushes):
             position: StreamPosition | None = None
             current = positions.get(channel)
             if current is not None:
@@ -348,9 +322,15 @@ class EventsFeed:
             payload = publication_json(self._channel_json[channel], offset, data)
             events.append(FeedEvent(channel, position, payload))
             parts.append(sse_event(self.cursor, payload))
+        self._batch = events
+        return chunk(b"".join(parts)) if parts else b""
+
+    def _deliver(self, shared: bytes) -> None:
+        """Write the batch :meth:`frame_pushes` built to every live member; members still
+        catching up take the events themselves."""
+        events, self._batch = self._batch, []
         if not events:
             return
-        shared = chunk(b"".join(parts))
         for write in list(self.live.values()):
             write(shared)
         for member in list(self.pending):
@@ -383,11 +363,7 @@ class EventsFeed:
                 start[channel] = since
                 resync.append((channel, top))
             else:
-                options = node.rules.options(channel)
-                _, top = await node.history.history(
-                    channel, limit=0, meta_ttl=node.meta_ttl(options)
-                )
-                start[channel] = top
+                start[channel] = await node.stream_top(channel)
         if member.state == ENDED:
             self.remove(member)
             return

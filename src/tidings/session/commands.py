@@ -1,0 +1,442 @@
+"""The client commands: one function per method, each taking the typed request it handles.
+
+:func:`dispatch` runs one decoded command against a session and turns the
+outcome into the reply (docs/protocol.md section 2): a result, an error reply
+(:class:`ReplyError`, the connection carries on) or a disconnect
+(:class:`DisconnectError`). Commands of one session run one at a time, in
+arrival order (the session's worker awaits each), so a connect reply leaves
+before the replies to subscribes sent in the same frame.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import TYPE_CHECKING
+
+from msgspec import Raw
+
+from tidings.auth import ConnectToken, SubscriptionToken, TokenError, TokenSubscription
+from tidings.errors import (
+    BrokerUnavailable,
+    Disconnect,
+    DisconnectCode,
+    DisconnectError,
+    Error,
+    ErrorCode,
+    ProtocolViolation,
+    ReplyError,
+    token_refusal,
+)
+from tidings.protocol.codec import encode, encode_error_reply, encode_reply, raw
+from tidings.protocol.messages import (
+    NO_DATA,
+    ChannelRequest,
+    Command,
+    ConnectRequest,
+    ConnectResult,
+    EmptyResult,
+    HistoryRequest,
+    HistoryResult,
+    PresenceResult,
+    PresenceStatsResult,
+    Publication,
+    PublishRequest,
+    RefreshRequest,
+    RefreshResult,
+    RPCRequest,
+    RPCResult,
+    SendRequest,
+    StreamPosition,
+    SubRefreshRequest,
+    SubRefreshResult,
+    SubscribeRequest,
+    SubscribeResult,
+)
+from tidings.session import subscriptions
+from tidings.session.subscriptions import Subscription
+
+if TYPE_CHECKING:
+    from tidings.session.connection import Session
+
+log = logging.getLogger("tidings.session")
+
+_UNIDIRECTIONAL_CONNECT_ERRORS: dict[int, Disconnect] = {
+    ErrorCode.TOKEN_EXPIRED.code: DisconnectCode.EXPIRED,
+    ErrorCode.EXPIRED.code: DisconnectCode.EXPIRED,
+    ErrorCode.TOO_MANY_REQUESTS.code: DisconnectCode.TOO_MANY_REQUESTS,
+    ErrorCode.PERMISSION_DENIED.code: DisconnectCode.PERMISSION_DENIED,
+}
+"""How a unidirectional connect's error becomes a disconnect (docs/protocol.md section 8)."""
+
+
+def refuse_token(use: str, exc: TokenError) -> Exception:
+    """The exception that answers a refused token used for ``use`` (one mapping for all)."""
+    answer = token_refusal(use, expired=exc.expired)
+    if isinstance(answer, Error):
+        return ReplyError(answer, logged=True)
+    return DisconnectError(answer)
+
+
+# --------------------------------------------------------------------------- dispatch
+
+
+async def dispatch(session: Session, method: str, command: Command) -> None:
+    """Run one command and send its reply (or error reply); raise to disconnect."""
+    command_id = command.id
+    try:
+        reply = await _run(session, command)
+    except ReplyError as exc:
+        if session.closed:
+            return
+        if not exc.logged:
+            channel = _channel_of(command)
+            log.info(
+                "client %s (%s): %s%s refused: %d %s",
+                session.client_id or "-",
+                session.remote,
+                method,
+                f" {channel[:64]!r}" if channel else "",
+                exc.error.code,
+                exc.error.message,
+            )
+        if method == "connect":
+            session.refuse()
+        session.send(encode_error_reply(command_id, exc.error))
+        return
+    except BrokerUnavailable as exc:
+        # The engine did not answer within its bound: error 100 (temporary), so the
+        # SDK retries; a connect (server-side subscriptions) reconnects (3004).
+        log.warning("client %s: %s failed: %s", session.client_id or "-", method, exc)
+        if method == "connect":
+            raise DisconnectError(DisconnectCode.SERVER_ERROR) from None
+        if not session.closed:
+            session.send(encode_error_reply(command_id, ErrorCode.INTERNAL))
+        return
+    if reply is not None and not session.closed:
+        session.send(reply)
+
+
+async def _run(session: Session, command: Command) -> bytes | None:
+    """The handler of the method the command carries (exactly one is set)."""
+    command_id = command.id
+    if command.connect is not None:
+        return await connect(session, command_id, command.connect)
+    if command.subscribe is not None:
+        await subscribe(session, command_id, command.subscribe)  # replies itself, then goes live
+        return None
+    if command.unsubscribe is not None:
+        return unsubscribe(session, command_id, command.unsubscribe)
+    if command.publish is not None:
+        return await publish(session, command_id, command.publish)
+    if command.presence is not None:
+        return await presence(session, command_id, command.presence)
+    if command.presence_stats is not None:
+        return await presence_stats(session, command_id, command.presence_stats)
+    if command.history is not None:
+        return await history(session, command_id, command.history)
+    if command.send is not None:
+        await send(session, command.send)  # no reply
+        return None
+    if command.rpc is not None:
+        return await rpc(session, command_id, command.rpc)
+    if command.refresh is not None:
+        return await refresh(session, command_id, command.refresh)
+    if command.sub_refresh is not None:
+        return await sub_refresh(session, command_id, command.sub_refresh)
+    raise ProtocolViolation("unknown method")  # decode_frame lets none through
+
+
+def _channel_of(command: Command) -> str:
+    for request in (
+        command.subscribe,
+        command.unsubscribe,
+        command.publish,
+        command.presence,
+        command.presence_stats,
+        command.history,
+        command.sub_refresh,
+    ):
+        if request is not None:
+            return request.channel
+    return ""
+
+
+# --------------------------------------------------------------------------- connect
+
+
+async def connect(session: Session, command_id: int, request: ConnectRequest) -> bytes | None:
+    """Authenticate, register, subscribe the server-side channels, reply, then go live."""
+    node = session.node
+    token: ConnectToken | None = None
+    if request.token:
+        try:
+            token = await node.verify_connect_token(request.token)
+        except TokenError as exc:
+            log.info("connect from %s refused: %s", session.remote, exc.reason)
+            raise refuse_token("connect", exc) from None
+    elif not node.config.allow_anonymous:
+        log.info("connect from %s refused: no token and anonymous access is off", session.remote)
+        raise DisconnectError(DisconnectCode.BAD_REQUEST)
+    session.client_id = str(uuid.uuid4())
+    session.name = request.name[:16]
+    session.version = request.version[:64]
+    session.client_headers = dict(request.headers)
+    if token is not None:
+        session.user = token.user
+        session.conn_info = token.info
+        session.meta = token.meta
+        session.expire_at = token.expire_at
+    limit = node.config.client_user_connection_limit
+    if limit and session.user and node.connections_of(session.user) >= limit:
+        log.info("connect of user %r refused: %d connections already", session.user, limit)
+        raise DisconnectError(DisconnectCode.CONNECTION_LIMIT)
+    session.connected_as()
+
+    server_channels: dict[str, TokenSubscription] = {}
+    if token is not None:
+        for channel in token.channels:
+            server_channels[channel] = TokenSubscription()
+        server_channels.update(token.subs)
+    results: dict[str, SubscribeResult] = {}
+    opened: list[tuple[Subscription, StreamPosition | None]] = []
+    for channel, token_sub in server_channels.items():
+        if len(session.subscriptions) >= node.config.client_channel_limit:
+            raise DisconnectError(DisconnectCode.CHANNEL_LIMIT)
+        recovery = request.subs.get(channel, SubscribeRequest(channel=channel))
+        try:
+            subscription = subscriptions.plan(
+                session, channel, recovery, server_side=True, token_sub=token_sub
+            )
+            result, position = await subscriptions.open_subscription(
+                session, subscription, recovery
+            )
+        except ReplyError as exc:
+            log.info("server-side subscription to %r failed: %s", channel, exc)
+            continue
+        if session.closed:
+            return None
+        if token_sub.data:
+            result.data = Raw(token_sub.data)
+        results[channel] = result
+        opened.append((subscription, position))
+
+    ttl = session.ttl()
+    config = node.config
+    ping = (
+        int(config.ping_interval)
+        if config.ping_interval >= 1
+        else (1 if config.ping_interval > 0 else 0)
+    )
+    connect_result = ConnectResult(
+        client=session.client_id,
+        version=node.version,
+        expires=ttl is not None,
+        ttl=ttl or 0,
+        subs=results or None,
+        ping=ping,
+        pong=bool(ping) and not session.unidirectional,
+        session=session.session_id,
+        node=node.id if session.transport.emulation else "",
+    )
+    if session.unidirectional:
+        session.send(b'{"connect":%s}' % encode(connect_result))
+    else:
+        session.send(encode_reply(command_id, "connect", connect_result))
+    for subscription, position in opened:
+        await subscriptions.go_live(session, subscription, position)
+    return None
+
+
+async def connect_unidirectional(session: Session, request: ConnectRequest) -> None:
+    """Run the one ``connect`` of a unidirectional transport (docs/protocol.md section 8).
+
+    There is no reply to carry an error, so a refusal becomes a disconnect:
+    109/110 -> 3005, 111 -> 3013, 103 -> 3507, any other error -> 3004; a
+    disconnect raised by connect (3500, 3501...) is sent as it is.
+    """
+    if not session.connecting:
+        return
+    try:
+        await connect(session, 0, request)
+    except ReplyError as exc:
+        session.close(
+            _UNIDIRECTIONAL_CONNECT_ERRORS.get(exc.error.code, DisconnectCode.SERVER_ERROR)
+        )
+    except DisconnectError as exc:
+        session.close(exc.disconnect)
+    except Exception:
+        log.exception("unidirectional connect from %s failed", session.remote)
+        session.close(DisconnectCode.SERVER_ERROR)
+
+
+# --------------------------------------------------------------------------- subscriptions
+
+
+async def subscribe(session: Session, command_id: int, request: SubscribeRequest) -> None:
+    node = session.node
+    channel = request.channel
+    if request.type:
+        raise ReplyError(ErrorCode.NOT_AVAILABLE)
+    if channel in session.subscriptions:
+        raise ReplyError(ErrorCode.ALREADY_SUBSCRIBED)
+    if len(session.subscriptions) >= node.config.client_channel_limit:
+        raise ReplyError(ErrorCode.LIMIT_EXCEEDED)
+    sub_token: SubscriptionToken | None = None
+    if request.token:
+        sub_token = await _subscription_token(session, request.token, channel, "subscribe")
+    subscription = subscriptions.plan(
+        session, channel, request, server_side=False, sub_token=sub_token
+    )
+    result, position = await subscriptions.open_subscription(session, subscription, request)
+    if session.closed:
+        return
+    if sub_token is not None and sub_token.data:
+        result.data = Raw(sub_token.data)
+    session.send(encode_reply(command_id, "subscribe", result))
+    await subscriptions.go_live(session, subscription, position)
+
+
+async def _subscription_token(
+    session: Session, token: str, channel: str, use: str
+) -> SubscriptionToken:
+    """Verify a subscription token for ``channel`` and this client (docs/protocol.md
+    section 6); a token for another channel or user ends the connection (3500)."""
+    try:
+        claims = await session.node.verify_subscription_token(token)
+    except TokenError as exc:
+        log.info("client %s: %s token refused: %s", session.client_id, use, exc.reason)
+        raise refuse_token(use, exc) from None
+    if (
+        claims.channel != channel
+        or claims.user != session.user
+        or (claims.client and claims.client != session.client_id)
+    ):
+        log.info("client %s: %s refused: token for another channel/user", session.client_id, use)
+        raise DisconnectError(DisconnectCode.INVALID_TOKEN)
+    return claims
+
+
+def unsubscribe(session: Session, command_id: int, request: ChannelRequest) -> bytes:
+    subscriptions.unsubscribe(session, request.channel, None)
+    return encode_reply(command_id, "unsubscribe", EmptyResult())
+
+
+async def sub_refresh(session: Session, command_id: int, request: SubRefreshRequest) -> bytes:
+    channel = request.channel
+    subscription = session.subscriptions.get(channel)
+    if subscription is None:
+        raise ReplyError(ErrorCode.PERMISSION_DENIED)
+    if not request.token:
+        raise ProtocolViolation("sub_refresh without a token")
+    claims = await _subscription_token(session, request.token, channel, "sub_refresh")
+    subscription.expire_at = claims.expire_at
+    if claims.info:
+        subscription.chan_info = claims.info
+    subscriptions.schedule_expiry(session, subscription)
+    ttl = subscriptions.subscription_ttl(session, subscription)
+    return encode_reply(
+        command_id, "sub_refresh", SubRefreshResult(expires=ttl is not None, ttl=ttl or 0)
+    )
+
+
+# --------------------------------------------------------------------------- channel reads
+
+
+async def publish(session: Session, command_id: int, request: PublishRequest) -> bytes:
+    channel = request.channel
+    subscription = session.subscriptions.get(channel)
+    options = session.node.rules.check_publish(
+        channel, session.user, subscribed=subscription is not None
+    )
+    data = request.data
+    if data is NO_DATA or not len(data):
+        raise ReplyError(ErrorCode.BAD_REQUEST)
+    publication = Publication(data=data, info=session.channel_info(subscription))
+    await session.node.publish_publication(channel, publication, options)
+    return encode_reply(command_id, "publish", EmptyResult())
+
+
+async def presence(session: Session, command_id: int, request: ChannelRequest) -> bytes:
+    channel = request.channel
+    session.node.rules.check_presence(
+        channel, session.user, subscribed=channel in session.subscriptions
+    )
+    entries = await session.node.presence_of(channel)
+    return encode_reply(command_id, "presence", PresenceResult(entries))
+
+
+async def presence_stats(session: Session, command_id: int, request: ChannelRequest) -> bytes:
+    channel = request.channel
+    session.node.rules.check_presence(
+        channel, session.user, subscribed=channel in session.subscriptions
+    )
+    clients, users = await session.node.presence_stats(channel)
+    return encode_reply(command_id, "presence_stats", PresenceStatsResult(clients, users))
+
+
+async def history(session: Session, command_id: int, request: HistoryRequest) -> bytes:
+    channel = request.channel
+    options = session.node.rules.check_history(
+        channel, session.user, subscribed=channel in session.subscriptions
+    )
+    since = request.since
+    publications, top = await session.node.read_history(
+        channel,
+        options,
+        limit=request.limit,
+        since=StreamPosition(since.offset, since.epoch) if since is not None else None,
+        reverse=request.reverse,
+    )
+    return encode_reply(command_id, "history", HistoryResult(publications, top.epoch, top.offset))
+
+
+# --------------------------------------------------------------------------- messages, RPC
+
+
+async def send(session: Session, request: SendRequest) -> None:
+    """``send`` has no reply (docs/protocol.md section 2)."""
+    handler = session.node.send_handler
+    if handler is not None:
+        await handler(session, bytes(request.data))
+
+
+async def rpc(session: Session, command_id: int, request: RPCRequest) -> bytes:
+    method = request.method
+    handler = session.node.rpc_handlers.get(method)
+    if handler is None:
+        raise ReplyError(ErrorCode.METHOD_NOT_FOUND)
+    try:
+        result = await handler(session, bytes(request.data))
+    except ReplyError:
+        raise
+    except Exception:
+        log.exception("rpc %r failed", method)
+        raise ReplyError(ErrorCode.INTERNAL) from None
+    return encode_reply(command_id, "rpc", RPCResult(raw(result)))
+
+
+async def refresh(session: Session, command_id: int, request: RefreshRequest) -> bytes:
+    try:
+        claims = await session.node.verify_connect_token(request.token)
+    except TokenError as exc:
+        log.info("client %s: refresh refused: %s", session.client_id, exc.reason)
+        raise refuse_token("refresh", exc) from None
+    if claims.user != session.user:
+        log.info("client %s: refresh token for another user", session.client_id)
+        raise DisconnectError(DisconnectCode.INVALID_TOKEN)
+    session.expire_at = claims.expire_at
+    if claims.info:
+        session.conn_info = claims.info
+    session.schedule_expiry()
+    ttl = session.ttl()
+    return encode_reply(
+        command_id,
+        "refresh",
+        RefreshResult(
+            client=session.client_id,
+            version=session.node.version,
+            expires=ttl is not None,
+            ttl=ttl or 0,
+        ),
+    )

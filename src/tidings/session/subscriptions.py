@@ -1,0 +1,384 @@
+"""A session's subscriptions: opening one, going live, leaving, expiring.
+
+A subscribe runs in three steps (docs/protocol.md sections 2, 4 and 7):
+
+1. :func:`plan` decides, without I/O, whether the client may subscribe and
+   what the subscription promises (recovery, positioning, join/leave pushes),
+   with the namespace's options after a token's ``override``: the
+   :class:`Subscription` keeps those **effective** options for its whole life,
+   so presence, join/leave and recovery follow the override both ways.
+2. :func:`open_subscription` joins the channel on this node (pushes are
+   buffered from then on), reads the stream position or the missed
+   publications, and adds the presence entry. The caller sends the reply.
+3. :func:`go_live` replays what was buffered and delivers live from then on,
+   then announces the join.
+
+The server may end a subscription whose subscribe is still between steps 1
+and 3 (API ``unsubscribe``, a disconnect): the subscription is dropped at
+once, its presence entry never outlives it, and the client, which has no
+reply yet, is told after the reply (see :func:`unsubscribe`).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import msgspec
+from msgspec import Raw
+
+from tidings.auth import SubscriptionOverride, SubscriptionToken, TokenSubscription
+from tidings.channels import ChannelOptions, ChannelRules
+from tidings.clock import Timer
+from tidings.errors import (
+    BrokerUnavailable,
+    DisconnectCode,
+    ReplyError,
+    Unsubscribe,
+    UnsubscribeCode,
+)
+from tidings.protocol.codec import prepare_publication
+from tidings.protocol.messages import (
+    StreamPosition,
+    SubscribePush,
+    SubscribeRequest,
+    SubscribeResult,
+    UnsubscribePush,
+)
+
+if TYPE_CHECKING:
+    from tidings.session.connection import Session
+
+log = logging.getLogger("tidings.session")
+
+MAX_TTL = 2**32 - 1
+"""``ttl`` is a uint32 in the protocol."""
+
+
+class Subscription:
+    """One channel a session is in, with the options that hold for it."""
+
+    __slots__ = (
+        "answered",
+        "chan_info",
+        "channel",
+        "ended_by",
+        "expire_at",
+        "expiry_handle",
+        "join_leave_push",
+        "live",
+        "options",
+        "positioned",
+        "recoverable",
+        "server_side",
+    )
+
+    def __init__(self, channel: str, options: ChannelOptions, *, server_side: bool) -> None:
+        self.channel = channel
+        self.options = options
+        """The namespace's options after the token's ``override``."""
+        self.server_side = server_side
+        self.chan_info = b""
+        self.positioned = False
+        self.recoverable = False
+        self.join_leave_push = False
+        self.expire_at: int | None = None
+        self.expiry_handle: Timer | None = None
+        self.answered = False
+        """The client has its subscribe reply (or push): from now on it is told of an end."""
+        self.live = False
+        """Delivering live, and its join announced: its end is announced as a leave."""
+        self.ended_by: Unsubscribe | None = None
+        """Why the server ended it before it was answered (told right after the answer)."""
+
+
+def effective_options(options: ChannelOptions, override: SubscriptionOverride) -> ChannelOptions:
+    """The namespace's options with a token's ``override`` applied (docs/protocol.md
+    section 6): each switch the token sets replaces the namespace's value."""
+    changes = {
+        name: value
+        for name in (
+            "presence",
+            "join_leave",
+            "force_push_join_leave",
+            "force_recovery",
+            "force_positioning",
+        )
+        if (value := getattr(override, name)) is not None
+    }
+    return msgspec.structs.replace(options, **changes) if changes else options
+
+
+# --------------------------------------------------------------------------- subscribe
+
+
+def plan(
+    session: Session,
+    channel: str,
+    request: SubscribeRequest,
+    *,
+    server_side: bool,
+    sub_token: SubscriptionToken | None = None,
+    token_sub: TokenSubscription | None = None,
+) -> Subscription:
+    """Check the subscribe and decide what the subscription promises. No I/O.
+
+    Raises :class:`ReplyError` (102, 103, 107) when the channel is unknown or the
+    client may not subscribe. A valid subscription token, or the server's own
+    initiative, grants on its own.
+    """
+    rules: ChannelRules = session.node.rules
+    if server_side or sub_token is not None:
+        options = rules.options(channel)
+    else:
+        options = rules.check_subscribe(channel, session.user, has_token=False)
+    override = sub_token.override if sub_token else token_sub.override if token_sub else None
+    if override is not None:
+        options = effective_options(options, override)
+    subscription = Subscription(channel, options, server_side=server_side)
+    if sub_token is not None:
+        subscription.chan_info = sub_token.info
+        subscription.expire_at = sub_token.expire_at
+    elif token_sub is not None:
+        subscription.chan_info = token_sub.info
+    history_on = options.history_enabled
+    may_read_history = server_side or ChannelRules.may_read_history(
+        options, session.user, subscribed=True
+    )
+    may_read_presence = server_side or ChannelRules.may_read_presence(
+        options, session.user, subscribed=True
+    )
+    subscription.recoverable = history_on and (
+        options.force_recovery
+        or (request.recoverable and (may_read_history or options.allow_recovery))
+        or (server_side and request.recover)
+    )
+    subscription.positioned = history_on and (
+        subscription.recoverable
+        or options.force_positioning
+        or (request.positioned and (may_read_history or options.allow_positioning))
+    )
+    subscription.join_leave_push = options.join_leave and (
+        options.force_push_join_leave or (request.join_leave and may_read_presence)
+    )
+    return subscription
+
+
+async def open_subscription(
+    session: Session, subscription: Subscription, request: SubscribeRequest
+) -> tuple[SubscribeResult, StreamPosition | None]:
+    """Join the channel on this node and read what the reply needs; returns the reply
+    and the position it leaves the client at (``None`` when not positioned)."""
+    node = session.node
+    channel = subscription.channel
+    session.subscriptions[channel] = subscription
+    try:
+        await node.attach(channel, session)
+        result = SubscribeResult()
+        position: StreamPosition | None = None
+        if subscription.positioned:
+            position = await _read_position(session, subscription, request, result)
+        if subscription.options.presence and _current(session, subscription):
+            info = session.channel_info(subscription)
+            await node.add_presence(channel, session, info)
+            if not _current(session, subscription):  # ended meanwhile: its leave ran already
+                await node.remove_presence(channel, session)
+    except BaseException:
+        if session.subscriptions.get(channel) is subscription:
+            del session.subscriptions[channel]
+            node.detach(channel, session)
+        raise
+    ttl = subscription_ttl(session, subscription)
+    if ttl is not None:
+        result.expires = True
+        result.ttl = ttl
+    return result, position
+
+
+def _current(session: Session, subscription: Subscription) -> bool:
+    return session.subscriptions.get(subscription.channel) is subscription
+
+
+async def _read_position(
+    session: Session,
+    subscription: Subscription,
+    request: SubscribeRequest,
+    result: SubscribeResult,
+) -> StreamPosition:
+    """Fill the reply's position (and recovered publications); return the client's position."""
+    node = session.node
+    channel = subscription.channel
+    result.positioned = True
+    result.recoverable = subscription.recoverable
+    if request.recover and subscription.recoverable:
+        since = StreamPosition(request.offset, request.epoch)
+        publications, top, recovered = await node.recover(channel, since)
+        result.was_recovering = True
+        result.recovered = recovered
+        result.epoch = top.epoch
+        if recovered:
+            result.publications = publications
+            result.offset = request.offset
+            last = publications[-1].offset if publications else request.offset
+            return StreamPosition(last, top.epoch)
+        result.offset = top.offset
+        return top
+    top = await node.stream_top(channel, subscription.options)
+    result.offset = top.offset
+    result.epoch = top.epoch
+    return top
+
+
+async def go_live(
+    session: Session, subscription: Subscription, position: StreamPosition | None
+) -> None:
+    """The answer is out: deliver live from ``position`` on, then announce the join."""
+    if session.closed:
+        return
+    subscription.answered = True
+    if not _current(session, subscription):
+        reason = subscription.ended_by
+        if reason is not None:  # the server ended it mid-subscribe: say so after the answer
+            push = UnsubscribePush(reason.code, reason.reason)
+            session.send_push(subscription.channel, "unsubscribe", push)
+        return
+    session.node.go_live(
+        subscription.channel,
+        session,
+        join_leave=subscription.join_leave_push,
+        positioned=subscription.positioned,
+        position=position if subscription.positioned else None,
+    )
+    subscription.live = True
+    schedule_expiry(session, subscription)
+    if subscription.options.join_leave:
+        try:
+            await session.node.announce_join(
+                subscription.channel, session.channel_info(subscription)
+            )
+        except BrokerUnavailable as exc:  # the subscribe is answered: join is best effort
+            log.warning(
+                "join of %s in %r not announced: %s", session.client_id, subscription.channel, exc
+            )
+
+
+async def server_subscribe(
+    session: Session,
+    channel: str,
+    *,
+    info: bytes = b"",
+    data: bytes = b"",
+    since: StreamPosition | None = None,
+) -> None:
+    """Subscribe on the server's initiative (API ``subscribe``): a subscribe push, no reply."""
+    if not session.connected or channel in session.subscriptions:
+        return
+    request = SubscribeRequest(channel=channel)
+    if since is not None:
+        request = SubscribeRequest(
+            channel=channel, recover=True, offset=since.offset, epoch=since.epoch
+        )
+    token_sub = TokenSubscription(info=info, data=data)
+    try:
+        subscription = plan(session, channel, request, server_side=True, token_sub=token_sub)
+        result, position = await open_subscription(session, subscription, request)
+    except (ReplyError, BrokerUnavailable) as exc:
+        log.info("server subscribe of %s to %r failed: %s", session.client_id, channel, exc)
+        return
+    if session.closed:
+        return
+    session.send_push(
+        channel,
+        "subscribe",
+        SubscribePush(
+            recoverable=result.recoverable,
+            epoch=result.epoch,
+            offset=result.offset,
+            positioned=result.positioned,
+            data=Raw(data) if data else result.data,
+        ),
+    )
+    # A subscribe push has no room for publications: recovered ones follow it as
+    # ordinary pub pushes, in order, before anything live (which the hub dedups).
+    for publication in result.publications:
+        push = prepare_publication(channel, publication, result.epoch)
+        session.send(push.document(session.wire.envelope))
+    await go_live(session, subscription, position)
+
+
+# --------------------------------------------------------------------------- ending
+
+
+def unsubscribe(session: Session, channel: str, reason: Unsubscribe | None) -> bool:
+    """Leave a channel; with ``reason``, tell the client in an unsubscribe push."""
+    subscription = session.subscriptions.pop(channel, None)
+    if subscription is None:
+        return False
+    if subscription.expiry_handle is not None:
+        subscription.expiry_handle.cancel()
+    session.node.detach(channel, session)
+    if not subscription.answered:
+        # Its subscribe is still in progress: the client has no answer yet, so a push
+        # now would come before it. The subscribe sends it after its answer instead.
+        subscription.ended_by = reason
+    elif reason is not None:
+        session.send_push(channel, "unsubscribe", UnsubscribePush(reason.code, reason.reason))
+    session.node.spawn(announce_leave(session, subscription))
+    return True
+
+
+def insufficient_state(session: Session, channel: str) -> None:
+    """Publications were lost for a positioned subscription: make the client recover."""
+    subscription = session.subscriptions.get(channel)
+    if subscription is None:
+        return
+    log.info("client %s lost publications in %r: asking it to recover", session.client_id, channel)
+    if subscription.server_side:
+        session.close(DisconnectCode.INSUFFICIENT_STATE)
+    else:
+        unsubscribe(session, channel, UnsubscribeCode.INSUFFICIENT_STATE)
+
+
+async def announce_leave(session: Session, subscription: Subscription) -> None:
+    """Remove the presence entry and announce the leave, as the subscription's options say."""
+    node = session.node
+    channel = subscription.channel
+    options = subscription.options
+    try:
+        if options.presence:
+            await node.remove_presence(channel, session)
+        if options.join_leave and subscription.live:
+            await node.announce_leave(channel, session.channel_info(subscription))
+    except Exception as exc:  # the client is gone; nobody to answer
+        log.warning("leave of %s in %r not announced: %s", session.client_id, channel, exc)
+
+
+# --------------------------------------------------------------------------- expiry
+
+
+def subscription_ttl(session: Session, subscription: Subscription) -> int | None:
+    """Seconds left (at least 1), or ``None`` for a subscription that never expires."""
+    if subscription.expire_at is None:
+        return None
+    return min(MAX_TTL, max(1, int(subscription.expire_at - session.node.clock.time())))
+
+
+def schedule_expiry(session: Session, subscription: Subscription) -> None:
+    if subscription.expiry_handle is not None:
+        subscription.expiry_handle.cancel()
+        subscription.expiry_handle = None
+    if subscription.expire_at is None:
+        return
+    clock = session.node.clock
+    delay = subscription.expire_at - clock.time() + session.node.config.expired_close_delay
+    subscription.expiry_handle = clock.call_later(max(0.0, delay), _expired, session, subscription)
+
+
+def _expired(session: Session, subscription: Subscription) -> None:
+    subscription.expiry_handle = None
+    if not _current(session, subscription):
+        return
+    if subscription.server_side:
+        session.close(DisconnectCode.SUBSCRIPTION_EXPIRED)
+    else:
+        unsubscribe(session, subscription.channel, UnsubscribeCode.EXPIRED)

@@ -468,7 +468,7 @@ async def round_trips(args: argparse.Namespace, broker: str, prefix: str, config
     """Commands the workers send Redis per publication, counted with MONITOR."""
     from redis.asyncio import Redis as RedisClient
 
-    from tidings.brokers.redis import _publish_script
+    from tidings.brokers.redis.scripts import PUBLISH
 
     server = start_server(2, broker, prefix, config, args.server_cpus, args.server_args)
     channel = "bench:rtt"
@@ -515,7 +515,7 @@ async def round_trips(args: argparse.Namespace, broker: str, prefix: str, config
             await asyncio.wait_for(done.wait(), 30)
             await marker.echo("rtt-done")
             await asyncio.wait_for(collector, 10)
-        publish_calls = sum(1 for c in sent if _publish_script.sha in c)
+        publish_calls = sum(1 for c in sent if PUBLISH.sha in c)
         names: dict[str, int] = {}
         for command in sent:
             name = command.split()[0].strip('"').upper()

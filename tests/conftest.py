@@ -1,7 +1,9 @@
-"""Shared fixtures: in-process servers on ephemeral ports, raw WebSocket clients, tokens.
+"""Shared fixtures: in-process servers on ephemeral ports, raw WebSocket clients, tokens,
+the shared Redis and private Redis servers.
 
 Tests run on uvloop, as production does. Nothing here sleeps for a fixed time:
-helpers wait on frames with deadlines.
+helpers wait on frames with deadlines. Plain helpers more than one suite needs
+live in ``tests/support``.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import asyncio
 import json
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,15 @@ from hypothesis import settings
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from tests.support.redis import (
+    REDIS_URL,
+    Cluster,
+    RedisServer,
+    cluster,
+    redis_servers,
+    redis_unreachable,
+    skip_without_redis_server,
+)
 from tidings.auth import make_token
 from tidings.channels import ChannelOptions
 from tidings.config import ChannelsConfig, Config
@@ -49,7 +60,6 @@ CHROMIUM_ARGS = [
 
 SECRET = "tidings-test-secret-0123456789abcdef"
 API_KEY = "tidings-test-api-key"
-REDIS_URL = os.environ.get("TIDINGS_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
 
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Any]:
@@ -271,6 +281,31 @@ async def ws_client() -> AsyncIterator[ClientFactory]:
         await client.ws.close()
 
 
+@pytest.fixture(scope="session")
+def shared_redis() -> str:
+    """The shared Redis URL (``TIDINGS_TEST_REDIS_URL``), or a skip naming it when it is down."""
+    reason = redis_unreachable(REDIS_URL)
+    if reason:
+        pytest.skip(reason)
+    return REDIS_URL
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[Cluster]:
+    """A private 3-master Redis Cluster on free loopback ports, for the whole session."""
+    skip_without_redis_server()
+    with cluster() as started:
+        yield started
+
+
+@pytest.fixture(scope="session")
+def private_redis() -> Iterator[RedisServer]:
+    """A private standalone redis-server that tests may pause, count and flush."""
+    skip_without_redis_server()
+    with redis_servers() as start:
+        yield start("--appendonly", "no")
+
+
 @pytest.fixture
 async def browser() -> AsyncIterator[Any]:
     """A headless Debian chromium (skips when it is not installed: `make test` installs it)."""
@@ -285,20 +320,6 @@ async def browser() -> AsyncIterator[Any]:
             yield launched
         finally:
             await launched.close()
-
-
-async def eventually(condition: Callable[[], Any], what: str, within: float = 5.0) -> None:
-    """Poll a condition (sync or async) until it holds, failing with ``what`` at the deadline."""
-    deadline = time.monotonic() + within
-    while True:
-        result = condition()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {within} s waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 async def control_client(server: RunningServer, ws_client: ClientFactory) -> WsClient:

@@ -193,7 +193,7 @@ class Node:
             broker, presence_default = _build_engine(config, self.id)
             presence = presence or presence_default
         self.broker: Broker = broker
-        self.history: HistoryReader = broker  # type: ignore[assignment]
+        self.history: HistoryReader = broker  # a broker reads the streams it owns
         self.presence: PresenceStore = presence or MemoryPresence()
         self.hub = Hub(coalesce_delay=config.coalesce_delay)
         self.rpc_handlers: dict[str, RPCHandler] = {}

@@ -6,7 +6,8 @@ The ``engine`` fixture is a factory over the implementations:
 * ``redis``: :class:`RedisBroker` / :class:`RedisPresence` on the shared Redis at
   ``TIDINGS_TEST_REDIS_URL`` (default ``redis://127.0.0.1:6379/15``);
 * ``cluster``: the same classes on a private 3-master Redis Cluster that a
-  session fixture starts from the ``redis-server`` binary.
+  session fixture (``redis_cluster`` in ``tests/conftest.py``) starts from the
+  ``redis-server`` binary.
 
 Each test gets a unique key prefix, and its keys are deleted afterwards. Tests
 never sleep for a fixed time: they wait on events or poll with a deadline.
@@ -16,27 +17,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import uuid
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import pytest
-import redis
 from redis.asyncio import Redis
-from redis.backoff import NoBackoff
 from redis.crc import key_slot
-from redis.retry import Retry
 
+from tests.support.redis import Cluster, delete_keys
 from tidings.brokers.base import BrokerEventHandler
 from tidings.brokers.memory import MemoryBroker, MemoryPresence
 from tidings.brokers.redis import RedisBroker, RedisPresence
 from tidings.protocol.messages import ClientInfo, Publication, StreamPosition
 
-from . import servers
-
-REDIS_URL = os.environ.get("TIDINGS_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 WAIT = 5.0
 """Seconds any awaited condition may take (far above what each needs)."""
 
@@ -162,6 +157,7 @@ class RedisEngine(Engine):
         self.kind = kind
         self.url = url
         self.may_flush = may_flush
+        self.admin_urls = admin_urls
         self.admins = [Redis.from_url(admin_url) for admin_url in admin_urls]
 
     def make_broker(self, name: str) -> Any:
@@ -181,10 +177,8 @@ class RedisEngine(Engine):
         raise AssertionError("no sibling channel found")
 
     async def delete_keys(self) -> None:
-        for admin in self.admins:
-            keys = [key async for key in admin.scan_iter(match=f"{self.prefix}:*", count=1000)]
-            for key in keys:  # one by one: on a cluster they live in different slots
-                await admin.delete(key)
+        for url in self.admin_urls:
+            await delete_keys(url, self.prefix)
 
     async def lose_data(self) -> None:
         if self.may_flush:
@@ -211,41 +205,6 @@ class RedisEngine(Engine):
                 await admin.aclose()
 
 
-@pytest.fixture(scope="session")
-def shared_redis() -> str:
-    """The shared Redis URL, or a skip naming it when nothing answers there."""
-    client = redis.Redis.from_url(
-        REDIS_URL, socket_connect_timeout=0.5, socket_timeout=0.5, retry=Retry(NoBackoff(), 0)
-    )
-    try:
-        client.ping()
-    except redis.RedisError as exc:
-        pytest.skip(f"no Redis at TIDINGS_TEST_REDIS_URL={REDIS_URL} ({exc})")
-    finally:
-        client.close()
-    return REDIS_URL
-
-
-@pytest.fixture(scope="session")
-def redis_cluster() -> Iterator[servers.Cluster]:
-    """A private 3-master Redis Cluster on free loopback ports, for the whole session."""
-    missing = servers.binaries_missing()
-    if missing:
-        pytest.skip(f"Redis Cluster tests need a local redis-server: {missing}")
-    with servers.cluster() as started:
-        yield started
-
-
-@pytest.fixture(scope="session")
-def private_redis() -> Iterator[servers.RedisServer]:
-    """A private standalone redis-server that tests may pause, count and flush."""
-    missing = servers.binaries_missing()
-    if missing:
-        pytest.skip(f"needs a local redis-server: {missing}")
-    with servers.standalone_server() as server:
-        yield server
-
-
 @contextlib.asynccontextmanager
 async def make_engine(kind: str, request: pytest.FixtureRequest) -> AsyncIterator[Engine]:
     made: Engine
@@ -255,7 +214,7 @@ async def make_engine(kind: str, request: pytest.FixtureRequest) -> AsyncIterato
         url = request.getfixturevalue("shared_redis")
         made = RedisEngine("redis", url, [url], may_flush=False)
     else:
-        started: servers.Cluster = request.getfixturevalue("redis_cluster")
+        started: Cluster = request.getfixturevalue("redis_cluster")
         made = RedisEngine(
             "cluster",
             started.url,

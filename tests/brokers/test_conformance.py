@@ -10,14 +10,14 @@ import pytest
 from redis.asyncio import Redis, RedisCluster
 from redis.crc import key_slot
 
-from tests.conftest import eventually
+from tests.support.polling import eventually
+from tests.support.redis import Cluster, RedisServer, free_port, sentinel
 from tidings.brokers.base import Broker, HistoryOptions, HistoryReader, PresenceStore
 from tidings.brokers.redis import RedisBroker, RedisPresence
 from tidings.errors import BrokerUnavailable
 from tidings.protocol.messages import ClientInfo, Publication, StreamPosition
 
 from .conftest import Engine, Recorder, RedisEngine
-from .servers import Cluster, RedisServer, free_port, sentinel
 
 KEEP = HistoryOptions(size=100, ttl=300.0)
 
@@ -486,6 +486,49 @@ async def test_one_round_trip_per_publication(private_redis: RedisServer) -> Non
         await admin.flushall()
         await admin.aclose()
         await marker.aclose()
+
+
+@pytest.mark.parametrize("server", ["private_redis", "redis_cluster"])
+async def test_every_script_runs_again_after_the_server_forgets_it(
+    server: str, request: pytest.FixtureRequest
+) -> None:
+    """A server that lost its script cache (a restart, ``SCRIPT FLUSH``) answers
+    NOSCRIPT to EVALSHA: each script, and the pipelined presence refresh, sends
+    its source again and the call succeeds."""
+    started: RedisServer | Cluster = request.getfixturevalue(server)
+    ports = started.ports if isinstance(started, Cluster) else [started.port]
+    admins = [Redis.from_url(f"redis://127.0.0.1:{port}/0") for port in ports]
+    broker = RedisBroker(started.url, prefix="tidings-noscript")
+    presence = RedisPresence(started.url, prefix="tidings-noscript")
+    seen = Recorder()
+    broker.set_event_handler(seen)
+    alice = ClientInfo(user="alice", client="c1")
+    try:
+        await broker.start()
+        await broker.subscribe("chat")
+        await broker.publish("chat", pub(1), history=KEEP)
+        await presence.add_presence("room", "c1", alice, 60.0)
+        for admin in admins:
+            await admin.script_flush()
+        position = await broker.publish("chat", pub(2), history=KEEP)
+        publications, top = await broker.history("chat", limit=-1)
+        await broker.publish_join("chat", alice)
+        await presence.add_presence_many([("room", "c2", alice), ("hall", "c3", alice)], 60.0)
+        await presence.add_presence("room", "c4", alice, 60.0)
+        assert position is not None and top == position
+        assert [p.offset for p in publications] == [1, 2]
+        await seen.wait(lambda: seen.offsets("chat") == [1, 2], "both publications")
+        await seen.wait(lambda: seen.joins["chat"] == [alice], "the join")
+        assert set(await presence.presence("room")) == {"c1", "c2", "c4"}
+        assert await presence.presence_stats("hall") == (1, 1)
+        await presence.remove_presence("room", "c1")
+        assert await presence.presence_stats("room") == (2, 1)
+    finally:
+        await broker.close()
+        await presence.close()
+        for admin in admins:
+            await admin.flushall()
+            await admin.aclose()
 
 
 # --------------------------------------------------------------------------- topologies

@@ -72,24 +72,3 @@ def test_bad_urls_say_what_was_expected(url: str, complaint: str) -> None:
 def test_prefix_must_not_carry_a_hash_tag(prefix: str) -> None:
     with pytest.raises(ConfigError, match="prefix"):
         RedisBroker("redis://127.0.0.1:1", prefix=prefix)
-
-
-def test_resubscribed_hook_takes_either_signature() -> None:
-    from tidings.brokers.redis import _resubscribed_hook
-
-    heard: list[object] = []
-
-    class WithChannels:
-        def handle_resubscribed(self, channels: list[str]) -> None:
-            heard.append(channels)
-
-    class WithoutChannels:
-        def handle_resubscribed(self) -> None:
-            heard.append("all")
-
-    for handler in (WithChannels(), WithoutChannels()):
-        hook = _resubscribed_hook(handler)
-        assert hook is not None
-        hook(["a"])
-    assert heard == [["a"], "all"]
-    assert _resubscribed_hook(object()) is None

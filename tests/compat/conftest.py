@@ -48,18 +48,6 @@ def node_missing_reason() -> str | None:
     return None
 
 
-async def wait_until(
-    condition: Callable[[], bool], within: float = EVENT_TIMEOUT, what: str = "condition"
-) -> None:
-    """Poll ``condition`` until it holds; fail after ``within`` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while not condition():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {within} s waiting for {what}")
-        await asyncio.sleep(0.01)
-
-
 # --------------------------------------------------------------------------- event log
 
 

@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 
 from tests.compat.conftest import JsClientFactory
-from tests.conftest import REDIS_URL, ClientFactory, StartServer, make_config, token
-from tests.scale.conftest import delete_keys
+from tests.conftest import ClientFactory, StartServer, make_config, token
+from tests.support.redis import delete_keys
 
 pytestmark = [
     pytest.mark.browser,
@@ -61,17 +61,15 @@ async def test_admin_page_across_two_nodes(
     start_server: StartServer,
     js_client: JsClientFactory,
     ws_client: ClientFactory,
+    shared_redis: str,
     tmp_path: Path,
 ) -> None:
     prefix = f"tadmin{uuid.uuid4().hex[:10]}"
-    common: dict[str, Any] = {"broker": REDIS_URL, "broker_prefix": prefix}
-    try:
-        node_a = await start_server(
-            make_config(node_name="node-a", admin=True, admin_password=PASSWORD, **common)
-        )
-        node_b = await start_server(make_config(node_name="node-b", **common))
-    except Exception as exc:  # pragma: no cover - no Redis on this machine
-        pytest.skip(f"Redis is not reachable: {exc}")
+    common: dict[str, Any] = {"broker": shared_redis, "broker_prefix": prefix}
+    node_a = await start_server(
+        make_config(node_name="node-a", admin=True, admin_password=PASSWORD, **common)
+    )
+    node_b = await start_server(make_config(node_name="node-b", **common))
     try:
         await drive_the_page(
             browser,
@@ -83,7 +81,7 @@ async def test_admin_page_across_two_nodes(
             shots(tmp_path),
         )
     finally:
-        await delete_keys(REDIS_URL, prefix)
+        await delete_keys(shared_redis, prefix)
 
 
 async def drive_the_page(

@@ -39,9 +39,9 @@ from tests.compat.conftest import (
     EventLog,
     PyClientFactory,
     py_subscription_events,
-    wait_until,
 )
 from tests.conftest import API_KEY, RunningServer, token
+from tests.support.polling import eventually
 
 
 async def connected(
@@ -129,9 +129,10 @@ async def test_subscribe_and_unsubscribe_a_user(
 
     await api.unsubscribe(UnsubscribeRequest(user="carol", channel="chat:srv"))
     assert (await log.next("unsubscribed", "client")).channel == "chat:srv"
-    await wait_until(
+    await eventually(
         lambda: "chat:srv" not in server.node.clients[client_id].subscriptions,
         what="the server to drop the subscription",
+        within=EVENT_TIMEOUT,
     )
 
 
@@ -187,7 +188,9 @@ async def test_refresh_moves_expiry_or_expires_the_connection(
     session = server.node.clients[client_id]
     expire_at = int(session.expire_at or 0) + 7200
     await api.refresh(RefreshRequest(user="erin", expire_at=expire_at))
-    await wait_until(lambda: session.expire_at == expire_at, what="the new expiry")
+    await eventually(
+        lambda: session.expire_at == expire_at, what="the new expiry", within=EVENT_TIMEOUT
+    )
 
     await api.refresh(RefreshRequest(user="erin", expired=True))
     connecting = await log.next("connecting", "client", where=lambda ctx: ctx.code != 0)

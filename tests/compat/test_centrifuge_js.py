@@ -29,9 +29,9 @@ from tests.compat.conftest import (
     Launch,
     PyClientFactory,
     py_subscription_events,
-    wait_until,
 )
 from tests.conftest import RunningServer, StartServer, make_config, token
+from tests.support.polling import eventually
 from tidings.node import Node
 
 pytestmark = pytest.mark.node
@@ -118,15 +118,21 @@ async def test_every_client_command(server: RunningServer, js_client: JsClientFa
     await js.call("unsubscribe", channel="chat:tour")
     unsubscribed = await js.log.next("unsubscribed", "chat:tour")
     assert unsubscribed["code"] == 0  # unsubscribe() called by the app
-    await wait_until(
-        lambda: "chat:tour" not in session.subscriptions, what="the server to drop the subscription"
+    await eventually(
+        lambda: "chat:tour" not in session.subscriptions,
+        what="the server to drop the subscription",
+        within=EVENT_TIMEOUT,
     )
     assert await server.node.presence.presence_stats("chat:tour") == (0, 0)
 
     await js.call("disconnect")
     disconnected = await js.log.next("disconnected", "client")
     assert disconnected["code"] == 0  # disconnect() called by the app
-    await wait_until(lambda: client_id not in server.node.clients, what="the session to end")
+    await eventually(
+        lambda: client_id not in server.node.clients,
+        what="the session to end",
+        within=EVENT_TIMEOUT,
+    )
     assert not js.log.named("error")
 
 
@@ -175,8 +181,10 @@ async def test_recovery_after_api_disconnect_with_reconnect_code(
     await api.disconnect(DisconnectRequest(user="alice", disconnect=force_reconnect))
     # The SDK waits at least minReconnectDelay (500 ms) before it reconnects; the
     # publications below land well inside that window, while it has no connection.
-    await wait_until(
-        lambda: first["client"] not in server.node.clients, what="the server to drop alice"
+    await eventually(
+        lambda: first["client"] not in server.node.clients,
+        what="the server to drop alice",
+        within=EVENT_TIMEOUT,
     )
     for n in range(3, 8):
         await server.node.publish("chat:recover", {"n": n})
@@ -299,9 +307,10 @@ async def test_connection_token_refresh_with_get_token(
     first_expiry = session.expire_at
 
     await js.log.collect("token_request", 2, "client")
-    await wait_until(
+    await eventually(
         lambda: session.expire_at is not None and session.expire_at > first_expiry + 600,
         what="the refresh command to move the connection's expiry",
+        within=EVENT_TIMEOUT,
     )
     assert server.node.clients.get(connected["client"]) is session
     assert (await js.state())["client"] == "connected"
@@ -334,9 +343,10 @@ async def test_private_channel_subscription_token_and_sub_refresh(
     first_expiry = subscription.expire_at
 
     await js.log.collect("token_request", 2, "$chat:secret")
-    await wait_until(
+    await eventually(
         lambda: subscription.expire_at is not None and subscription.expire_at > first_expiry + 600,
         what="sub_refresh to move the subscription's expiry",
+        within=EVENT_TIMEOUT,
     )
     assert session.subscriptions["$chat:secret"] is subscription
     assert len(js.log.named("subscribed", "$chat:secret")) == 1
@@ -435,8 +445,10 @@ async def test_server_side_subscription_recovers_after_reconnect(
     await cent_api(server).disconnect(
         DisconnectRequest(user="alice", disconnect=Disconnect(code=3011, reason="reconnect"))
     )
-    await wait_until(
-        lambda: first["client"] not in server.node.clients, what="the server to drop alice"
+    await eventually(
+        lambda: first["client"] not in server.node.clients,
+        what="the server to drop alice",
+        within=EVENT_TIMEOUT,
     )
     for n in (2, 3):
         await server.node.publish("chat:personal", {"n": n})

@@ -26,9 +26,9 @@ from tests.compat.conftest import (
     Launch,
     PyClientFactory,
     py_subscription_events,
-    wait_until,
 )
 from tests.conftest import RunningServer, StartServer, make_config, token
+from tests.support.polling import eventually
 from tidings.errors import Error
 from tidings.errors import ReplyError as TidingsReplyError
 from tidings.node import Node
@@ -125,14 +125,19 @@ async def test_every_client_command(server: RunningServer, py_client: PyClientFa
 
     await sub.unsubscribe()
     assert (await log.next("unsubscribed", "chat:tour")).code == 0
-    await wait_until(
+    await eventually(
         lambda: "chat:tour" not in server.node.clients[client_id].subscriptions,
         what="the server to drop the subscription",
+        within=EVENT_TIMEOUT,
     )
 
     await client.disconnect()
     assert (await log.next("disconnected", "client")).code == 0
-    await wait_until(lambda: client_id not in server.node.clients, what="the session to end")
+    await eventually(
+        lambda: client_id not in server.node.clients,
+        what="the session to end",
+        within=EVENT_TIMEOUT,
+    )
     assert not log.named("error")
 
 
@@ -173,7 +178,11 @@ async def test_recovery_after_api_disconnect_with_reconnect_code(
         DisconnectRequest(user="alice", disconnect=Disconnect(code=3011, reason="force reconnect"))
     )
     # The SDK waits at least min_reconnect_delay (0.5 s) before reconnecting.
-    await wait_until(lambda: first_id not in server.node.clients, what="the server to drop alice")
+    await eventually(
+        lambda: first_id not in server.node.clients,
+        what="the server to drop alice",
+        within=EVENT_TIMEOUT,
+    )
     for n in range(3, 8):
         await server.node.publish("chat:recover", {"n": n})
 
@@ -263,7 +272,11 @@ async def test_no_recovery_when_history_no_longer_reaches(
     await cent_api(server).disconnect(
         DisconnectRequest(user="alice", disconnect=Disconnect(code=3011, reason="reconnect"))
     )
-    await wait_until(lambda: first_id not in server.node.clients, what="the server to drop alice")
+    await eventually(
+        lambda: first_id not in server.node.clients,
+        what="the server to drop alice",
+        within=EVENT_TIMEOUT,
+    )
     for n in range(2, 7):
         await server.node.publish("small:trimmed", {"n": n})
 
@@ -287,7 +300,11 @@ async def test_server_side_subscription_recovers_after_reconnect(
     await cent_api(server).disconnect(
         DisconnectRequest(user="alice", disconnect=Disconnect(code=3011, reason="reconnect"))
     )
-    await wait_until(lambda: first_id not in server.node.clients, what="the server to drop alice")
+    await eventually(
+        lambda: first_id not in server.node.clients,
+        what="the server to drop alice",
+        within=EVENT_TIMEOUT,
+    )
     for n in (2, 3):
         await server.node.publish("chat:personal", {"n": n})
 
@@ -314,9 +331,10 @@ async def test_connection_token_refresh_with_get_token(
     session = server.node.clients[client_id]
     assert session.expire_at is not None
     first_expiry = session.expire_at
-    await wait_until(
+    await eventually(
         lambda: session.expire_at is not None and session.expire_at > first_expiry + 600,
         what="the refresh command to move the connection's expiry",
+        within=EVENT_TIMEOUT,
     )
     assert len(issued) == 2
     assert client.state == ClientState.CONNECTED
@@ -415,9 +433,10 @@ async def test_private_channel_subscription_token_and_sub_refresh(
     subscription = server.node.clients[client_id].subscriptions["$chat:secret"]
     assert subscription.expire_at is not None
     first_expiry = subscription.expire_at
-    await wait_until(
+    await eventually(
         lambda: subscription.expire_at is not None and subscription.expire_at > first_expiry + 600,
         what="sub_refresh to move the subscription's expiry",
+        within=EVENT_TIMEOUT,
     )
     assert len(issued) == 2
     assert sub.state == SubscriptionState.SUBSCRIBED

@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 
-from tests.compat.conftest import Launch, wait_until
+from tests.compat.conftest import EVENT_TIMEOUT, Launch
 from tests.conftest import RunningServer, make_config
+from tests.support.polling import eventually
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(60)]
 
@@ -117,4 +118,8 @@ async def test_page_offline_then_back_gets_every_message_once(browser: Any, laun
     compat = await page_b.evaluate("window.compat")
     assert compat["offsets"] == [1, 2, 3, 4, 5], "the SDK delivered a publication twice or lost one"
     assert compat["subscribed"][-1] == {"wasRecovering": True, "recovered": True}
-    await wait_until(lambda: b_id not in server.node.clients, what="B's old session to end")
+    await eventually(
+        lambda: b_id not in server.node.clients,
+        what="B's old session to end",
+        within=EVENT_TIMEOUT,
+    )

@@ -37,7 +37,7 @@ from typing import Any
 
 import pytest
 
-from tests.compat.conftest import wait_until
+from tests.support.polling import eventually
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]
 
@@ -258,7 +258,7 @@ async def check_the_demo_then_stop_it(walk: Walkthrough, browser: Any) -> None:
     code, output = await run(walk, [".venv/bin/tidings", "bench"], check=False)
     assert code == 1 and "pip install 'tidings[bench]'" in output
     await ctrl_c(walk.terminals["demo"])
-    await wait_until(lambda: not port_in_use(walk.ports[8000]), 10, "the demo to free its port")
+    await eventually(lambda: not port_in_use(walk.ports[8000]), "the demo to free its port", 10)
 
 
 def port_in_use(port: int) -> bool:

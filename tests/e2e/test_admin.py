@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import API_KEY, ClientFactory, RunningServer, StartServer, token
-from tests.e2e.test_api import http
+from tests.support.http import http
 from tidings.config import Config
 from tidings.errors import ConfigError
 from tidings.server.admin import SESSION_TTL, AdminPage, LoginThrottle

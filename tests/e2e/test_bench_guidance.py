@@ -10,11 +10,13 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import StartServer, make_config
-from tests.unit.test_bench_report import sample
 from tidings.bench import report
 from tidings.bench.client import BENCH_CONFIG_HINT
+from tidings.bench.results import ScenarioResult
 
 pytestmark = pytest.mark.timeout(60)
+
+RESULTS = [ScenarioResult("tidings", "B", "B@2", skipped="a page about the method only")]
 
 
 async def run_bench(url: str) -> tuple[int, str]:
@@ -82,7 +84,7 @@ async def test_bench_without_its_extra_names_the_extra() -> None:
 def test_method_of_an_ad_hoc_run_describes_no_pinned_servers(tmp_path: Path) -> None:
     page = tmp_path / "bench.md"
     setup = {"spawn": False, "url": "ws://127.0.0.1:8000/connection/websocket"}
-    report.write_markdown(page, sample(), {}, setup, None)
+    report.write_markdown(page, RESULTS, {}, setup, None)
     text = page.read_text()
     method = text.split("## Method", 1)[1].split("## Results", 1)[0]
     assert "taskset" not in method and "fresh server process" not in method
@@ -98,6 +100,6 @@ def test_method_of_an_ad_hoc_run_describes_no_pinned_servers(tmp_path: Path) -> 
 
 def test_method_of_a_spawned_run_describes_the_pinned_servers(tmp_path: Path) -> None:
     page = tmp_path / "bench.md"
-    report.write_markdown(page, sample(), {}, {"spawn": True, "server_cpus": "1"}, None)
+    report.write_markdown(page, RESULTS, {}, {"spawn": True, "server_cpus": "1"}, None)
     method = page.read_text().split("## Method", 1)[1].split("## Results", 1)[0]
     assert "- Each scenario gets a fresh server process, pinned with `taskset`" in method

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
 import signal
 import socket
 import sys
@@ -16,52 +15,16 @@ import pytest
 from websockets.asyncio.client import connect
 
 from tests.conftest import API_KEY, SECRET, WsClient, token
-from tests.e2e.test_api import http
+from tests.support.http import http
+from tests.support.processes import CHAT_CONFIG, ServerProcess, run_cli, spawn
 
 VENDORED = Path(__file__).resolve().parents[2] / "src" / "tidings" / "demo" / "vendor"
-
-CONFIG = """
-[channels.namespaces.chat]
-history_size = 10
-history_ttl = "60s"
-allow_subscribe_for_client = true
-"""
-
-
-class ServerProcess:
-    def __init__(self, process: asyncio.subprocess.Process, port: int, log: list[str]) -> None:
-        self.process = process
-        self.port = port
-        self.log = log
-
-
-async def spawn(*args: str, env: dict[str, str] | None = None) -> ServerProcess:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "tidings",
-        "serve",
-        "--port",
-        "0",
-        *args,
-        stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, **(env or {})},
-    )
-    assert process.stderr is not None
-    log: list[str] = []
-    while True:
-        line = (await asyncio.wait_for(process.stderr.readline(), 20)).decode()
-        assert line, f"server exited early: {log}"
-        log.append(line)
-        match = re.search(r"listening on http://[\d.]+:(\d+)", line)
-        if match:
-            return ServerProcess(process, int(match.group(1)), log)
 
 
 @pytest.fixture
 async def configured(tmp_path: Path) -> AsyncIterator[ServerProcess]:
     path = tmp_path / "tidings.toml"
-    path.write_text(CONFIG)
+    path.write_text(CHAT_CONFIG)
     server = await spawn(
         "--config",
         str(path),
@@ -151,22 +114,6 @@ async def test_bad_config_exits_2(tmp_path: Path) -> None:
         "tidings: configuration error: channels.namespaces.chat.history_size: "
         "expected a number >= 0, got -1"
     )
-
-
-async def run_cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
-    """Run ``python -m tidings ARGS`` to completion; returns exit code, stdout and stderr."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "tidings",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, **(env or {})},
-    )
-    out, err = await asyncio.wait_for(process.communicate(), 30)
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
 
 
 def one_line(stderr: str) -> str:

@@ -3,44 +3,14 @@
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import jwt
 import pytest
 
 from tests.conftest import ClientFactory, StartServer
-from tests.unit.test_auth import EC_KEY, RSA_KEY, _rsa
-
-
-class JwksServer:
-    def __init__(self) -> None:
-        self.document: dict[str, object] = {"keys": []}
-        self.requests = 0
-        owner = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                owner.requests += 1
-                body = json.dumps(owner.document).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: object) -> None:
-                return None
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/jwks.json"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+from tests.support.jwks import JwksServer
+from tests.support.keys import EC_KEY, RSA_KEY, rsa_key
 
 
 def jwk(key: object, kid: str, algorithm: type) -> dict[str, object]:
@@ -76,7 +46,7 @@ async def test_jwks_tokens_and_rotation(
     assert (await ec_client.connect(ec_token))["client"]
 
     # The identity provider rotates to a new key: the unknown kid triggers one refetch.
-    new_key, _ = _rsa()
+    new_key, _ = rsa_key()
     jwks.document = {"keys": [jwk(new_key, "rsa-2", jwt.algorithms.RSAAlgorithm)]}
     before = jwks.requests
     rotated = await ws_client(server.ws_url)

@@ -19,10 +19,10 @@ from tests.conftest import (
     ClientFactory,
     RunningServer,
     StartServer,
-    eventually,
     make_config,
     token,
 )
+from tests.support.polling import eventually
 from tidings.auth import make_token
 from tidings.bench.wsframe import (
     OP_CLOSE,

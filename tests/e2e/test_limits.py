@@ -18,6 +18,7 @@ from tests.conftest import (
     control_client,
     token,
 )
+from tests.support.polling import eventually
 
 
 async def test_permessage_deflate_roundtrip(
@@ -134,10 +135,7 @@ async def test_ip_connection_limit_gives_503(start_server: StartServer) -> None:
     async def admitted_again() -> bool:
         return await refused_status(server.ws_url) == 101
 
-    deadline = asyncio.get_running_loop().time() + 5
-    while not await admitted_again():
-        assert asyncio.get_running_loop().time() < deadline, "the freed slot was never reused"
-        await asyncio.sleep(0.02)
+    await eventually(admitted_again, "the freed slot to be reused")
     await held[1].close()
 
 
@@ -183,9 +181,10 @@ async def test_slow_reader_is_disconnected_with_3008(
     # From here on the lazy client never reads again.
     sessions = server.node.users
     deadline = asyncio.get_running_loop().time() + 5
-    while "lazy" not in sessions or not next(iter(sessions["lazy"])).subscriptions:
-        assert asyncio.get_running_loop().time() < deadline
-        await asyncio.sleep(0.01)
+    await eventually(
+        lambda: "lazy" in sessions and next(iter(sessions["lazy"])).subscriptions,
+        "the lazy client's subscription",
+    )
     lazy = next(iter(sessions["lazy"]))
     payload_data = {"blob": "x" * 4000}
     sent = 0
@@ -232,9 +231,7 @@ async def test_slow_http_stream_reader_is_disconnected(
     await writer.drain()
     await reader.readuntil(b"\r\n\r\n")  # the response has started; from now on nobody reads
     deadline = asyncio.get_running_loop().time() + 5
-    while "lazy" not in server.node.users:
-        assert asyncio.get_running_loop().time() < deadline
-        await asyncio.sleep(0.01)
+    await eventually(lambda: "lazy" in server.node.users, "the lazy stream's session")
     lazy = next(iter(server.node.users["lazy"]))
     sent = 0
     while not lazy.closed:

@@ -14,7 +14,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from tests.conftest import API_KEY, SECRET, WsClient, token
-from tests.e2e.test_cli import CONFIG, spawn
+from tests.support.processes import CHAT_CONFIG, spawn
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -27,7 +27,7 @@ TEXT_LINE = re.compile(
 async def events_of_a_session(log_format: str, tmp_path: Path) -> tuple[list[str], list[str]]:
     """Serve, provoke the same refusals, stop; returns the log lines and the secrets used."""
     path = tmp_path / "tidings.toml"
-    path.write_text(CONFIG)
+    path.write_text(CHAT_CONFIG)
     good, bad = token("alice"), token("mallory", ttl=-10)
     server = await spawn(
         "--config",

@@ -7,6 +7,7 @@ none with ``recovered: false``: never a silent gap, never a duplicate.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from typing import Any
 
 from tests.conftest import ClientFactory, RunningServer, StartServer, make_config, token
@@ -187,6 +188,9 @@ class _Deferred:
 
     def handle_control(self, message: bytes) -> None:
         self._handler.handle_control(message)
+
+    def handle_resubscribed(self, channels: Sequence[str]) -> None:
+        self._handler.handle_resubscribed(channels)
 
 
 async def test_publications_racing_subscribes_are_neither_lost_nor_duplicated(

@@ -11,18 +11,13 @@ import aiohttp
 import pytest
 
 from tests.conftest import ClientFactory, RunningServer, token
-from tests.e2e import test_transport_support as support
-from tests.e2e.test_transport_support import (
-    LineStream,
-    open_sse,
-    wait_for,
-)
+from tests.support.polling import eventually
+from tests.support.streams import LineStream, open_sse
 from tidings.protocol.cursor import encode_cursor, parse_cursor
 from tidings.protocol.messages import StreamPosition
 
 pytestmark = pytest.mark.timeout(30)
 
-http = support.http
 
 CHANNEL = "chat:same"
 COUNT = 20
@@ -68,7 +63,7 @@ async def test_the_same_sequence_over_every_transport(
     await stream.until(lambda d: d.get("id") == 2)
 
     _, top = await server.node.history.history(CHANNEL, limit=0)
-    await wait_for(
+    await eventually(
         lambda: any(feed.live for feed in server.server.transports.feeds.feeds.values()),
         what="the /events member live",
     )

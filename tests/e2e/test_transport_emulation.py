@@ -26,17 +26,11 @@ from tests.conftest import (
     control_client,
     token,
 )
-from tests.e2e import test_transport_support as support
-from tests.e2e.test_transport_support import (
-    LineStream,
-    SseStream,
-    error_body,
-    wait_for,
-)
+from tests.support.polling import eventually
+from tests.support.streams import LineStream, SseStream, error_body
 
 pytestmark = pytest.mark.timeout(30)
 
-http = support.http
 
 REPO = Path(__file__).resolve().parents[2]
 FALLBACK = REPO / "tests" / "compat" / "js" / "fallback.mjs"
@@ -332,5 +326,5 @@ async def test_centrifuge_js_falls_back_and_works_fully(
         (await client.next(lambda d: d.get("event") == "publication"))["offset"] for _ in range(2)
     ]
     assert offsets == [3, 4]
-    await wait_for(lambda: bool(server.node.emulation_sessions), what="the new emulation session")
+    await eventually(lambda: bool(server.node.emulation_sessions), what="the new emulation session")
     await client.call("quit")

@@ -16,20 +16,13 @@ from tests.conftest import (
     control_client,
     token,
 )
-from tests.e2e import test_transport_support as support
-from tests.e2e.test_transport_support import (
-    SseStream,
-    error_body,
-    open_sse,
-    wait_for,
-)
+from tests.support.polling import eventually
+from tests.support.streams import SseStream, error_body, open_sse
 from tidings.config import Config
 from tidings.errors import ConfigError
 from tidings.protocol.cursor import parse_cursor
 
 pytestmark = pytest.mark.timeout(30)
-
-http = support.http
 
 
 def events_url(server: RunningServer, *channels: str, **params: str) -> str:
@@ -43,7 +36,7 @@ async def subscribed(server: RunningServer, count: int = 1) -> None:
     def live() -> int:
         return sum(len(feed.live) for feed in server.server.transports.feeds.feeds.values())
 
-    await wait_for(lambda: live() >= count, what=f"{count} live /events members")
+    await eventually(lambda: live() >= count, what=f"{count} live /events members")
 
 
 async def publish(server: RunningServer, channel: str, count: int, start: int = 0) -> None:
@@ -81,7 +74,7 @@ async def test_resume_with_last_event_id_gets_exactly_what_was_missed(
     await publish(server, "chat:b", 1)
     seen = await first.events(3)
     first.close()
-    await wait_for(lambda: not server.server.transports.feeds.feeds, what="the feed to go")
+    await eventually(lambda: not server.server.transports.feeds.feeds, what="the feed to go")
     await publish(server, "chat:a", 2, start=2)
     await publish(server, "chat:b", 2, start=1)
     second = await open_sse(http, url, headers={"Last-Event-ID": seen[-1].id or ""})

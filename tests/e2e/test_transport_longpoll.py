@@ -11,7 +11,6 @@ import aiohttp
 import pytest
 
 from tests.conftest import (
-    REDIS_URL,
     ClientFactory,
     RunningServer,
     StartServer,
@@ -20,14 +19,12 @@ from tests.conftest import (
     make_config,
     token,
 )
-from tests.e2e import test_transport_support as support
-from tests.e2e.test_transport_support import error_body, wait_for
-from tests.scale.conftest import delete_keys
+from tests.support.polling import eventually
+from tests.support.redis import REDIS_URL, delete_keys
+from tests.support.streams import error_body
 from tidings.protocol.cursor import encode_cursor, parse_cursor
 
 pytestmark = pytest.mark.timeout(30)
-
-http = support.http
 
 
 def poll_url(server: RunningServer, *channels: str, **params: str) -> str:
@@ -56,14 +53,14 @@ async def test_waits_for_a_publication_then_continues_from_the_cursor(
 ) -> None:
     tok = token()
     waiting = asyncio.create_task(poll(http, poll_url(server, "chat:a", "chat:b", token=tok)))
-    await wait_for(lambda: len(server.server.transports.waiters) == 1, what="a waiting poll")
-    await wait_for(lambda: hub_subscribers(server) == 2, what="the waiter in the hub")
+    await eventually(lambda: len(server.server.transports.waiters) == 1, what="a waiting poll")
+    await eventually(lambda: hub_subscribers(server) == 2, what="the waiter in the hub")
     await server.node.publish("chat:b", {"n": 1})
     first = await waiting
     assert data(first) == [("chat:b", 1, {"n": 1})]
     cursor = parse_cursor(first["cursor"])
     assert cursor["chat:b"].offset == 1 and cursor["chat:a"].offset == 0
-    await wait_for(lambda: hub_subscribers(server) == 0, what="the waiter to leave the hub")
+    await eventually(lambda: hub_subscribers(server) == 0, what="the waiter to leave the hub")
     # Published while no request is open: the cursor and history carry it.
     await server.node.publish("chat:a", {"n": 2})
     await server.node.publish("chat:b", {"n": 3})
@@ -74,7 +71,7 @@ async def test_waits_for_a_publication_then_continues_from_the_cursor(
     third = asyncio.create_task(
         poll(http, poll_url(server, "chat:a", "chat:b", token=tok, cursor=second["cursor"]))
     )
-    await wait_for(lambda: hub_subscribers(server) == 2, what="the third poll waiting")
+    await eventually(lambda: hub_subscribers(server) == 2, what="the third poll waiting")
     await server.node.publish("chat:a", {"n": 4})
     await server.node.publish("chat:a", {"n": 5})
     assert data(await third) == [("chat:a", 2, {"n": 4}), ("chat:a", 3, {"n": 5})]
@@ -95,10 +92,10 @@ async def test_client_that_gives_up_leaves_the_hub_at_once(
     server: RunningServer, http: aiohttp.ClientSession
 ) -> None:
     request = asyncio.create_task(http.get(poll_url(server, "chat:gone", token=token())))
-    await wait_for(lambda: hub_subscribers(server) == 1, what="the waiter in the hub")
+    await eventually(lambda: hub_subscribers(server) == 1, what="the waiter in the hub")
     response = await request  # headers arrive at once; the body when there is one
     response.close()  # the client gives up
-    await wait_for(lambda: hub_subscribers(server) == 0, what="the waiter to go")
+    await eventually(lambda: hub_subscribers(server) == 0, what="the waiter to go")
     assert not server.server.transports.waiters
 
 
@@ -118,7 +115,7 @@ async def test_resync_when_history_no_longer_reaches(
 async def test_publish_with_post(server: RunningServer, http: aiohttp.ClientSession) -> None:
     """chat: allows publishing for subscribers; a poster who may subscribe counts as one."""
     waiting = asyncio.create_task(poll(http, poll_url(server, "chat:p", token=token())))
-    await wait_for(lambda: hub_subscribers(server) == 1, what="a waiting poll")
+    await eventually(lambda: hub_subscribers(server) == 1, what="a waiting poll")
     async with http.post(
         f"{server.http_url}/longpoll",
         json={"channel": "chat:p", "data": {"text": "hi"}},
@@ -227,7 +224,7 @@ async def _poll_across_nodes(
     _, top = await first.node.history.history(channel, limit=0)
     cursor = encode_cursor({channel: top})
     waiting = asyncio.create_task(poll(http, poll_url(second, channel, token=tok, cursor=cursor)))
-    await wait_for(lambda: hub_subscribers(second) == 1, what="the poll on node B")
+    await eventually(lambda: hub_subscribers(second) == 1, what="the poll on node B")
     await first.node.publish(channel, {"from": "A"})
     on_b = await waiting
     assert data(on_b) == [(channel, 1, {"from": "A"})]

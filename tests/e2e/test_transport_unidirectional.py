@@ -24,16 +24,9 @@ from tests.conftest import (
     control_client,
     token,
 )
-from tests.e2e import test_transport_support as support
-from tests.e2e.test_transport_support import (
-    LineStream,
-    SseStream,
-    error_body,
-)
+from tests.support.streams import LineStream, SseStream, error_body
 
 pytestmark = pytest.mark.timeout(30)
-
-http = support.http
 
 
 class UniReader:

@@ -9,8 +9,11 @@
 * :class:`JsSubscriber` runs one centrifuge-js client (``js/subscriber.mjs``) and
   :func:`py_subscriber` one centrifuge-python client; both record what their
   SDK reports in a :class:`Story`.
-* ``private_redis_dir`` and :class:`PrivateRedis` run a redis-server of the
-  test's own, which it may kill and restart on the same port and data dir.
+* ``private_redis_factory`` runs redis-servers of the test's own
+  (:class:`~tests.support.redis.RedisServer`), which it may kill and restart on
+  the same port and data dir.
+* ``scale_redis`` is the shared Redis and ``prefix`` a key prefix of the test's
+  own on it, its keys deleted afterwards.
 
 Nothing here sleeps for a fixed time: waits are on events or polls with deadlines.
 """
@@ -23,19 +26,14 @@ import json
 import os
 import re
 import shutil
-import signal
-import subprocess
 import sys
-import tempfile
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 from centrifuge import (  # type: ignore[import-untyped]
     Client,
     ClientEventHandler,
@@ -43,25 +41,21 @@ from centrifuge import (  # type: ignore[import-untyped]
     SubscribedContext,
     SubscriptionEventHandler,
 )
-from redis.asyncio import Redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
-from tests.brokers import servers
 from tests.conftest import API_KEY, SECRET, token
-from tests.conftest import eventually as _eventually
+from tests.support.redis import (
+    StartRedis,
+    delete_keys,
+    redis_servers,
+    skip_without_redis_server,
+    unique_prefix,
+)
 
-REDIS_URL = os.environ.get("TIDINGS_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 REPO = Path(__file__).resolve().parents[2]
 JS_SUBSCRIBER = Path(__file__).resolve().parent / "js" / "subscriber.mjs"
 
 WAIT = 20.0
 """Deadline for one awaited condition: far above what each needs on a loaded 2-core machine."""
-
-
-async def eventually(condition: Callable[[], Any], what: str, within: float = WAIT) -> None:
-    """The shared poll, with the longer deadline of multi-process tests."""
-    await _eventually(condition, what, within)
 
 
 PRESENCE_TTL = 2.0
@@ -88,45 +82,10 @@ allow_presence_for_client = true
 # --------------------------------------------------------------------------- Redis
 
 
-def redis_reachable(url: str) -> str:
-    """Why ``url`` cannot be used, or "" when Redis answers there."""
-    client = redis.Redis.from_url(
-        url, socket_connect_timeout=0.5, socket_timeout=0.5, retry=Retry(NoBackoff(), 0)
-    )
-    try:
-        client.ping()
-    except redis.RedisError as exc:
-        return f"no Redis at TIDINGS_TEST_REDIS_URL={url} ({exc})"
-    finally:
-        client.close()
-    return ""
-
-
 @pytest.fixture(scope="session")
-def scale_redis() -> str:
-    """The shared Redis URL, or a skip naming it when nothing answers there."""
-    reason = redis_reachable(REDIS_URL)
-    if reason:
-        pytest.skip(reason)
-    return REDIS_URL
-
-
-async def delete_keys(url: str, prefix: str) -> None:
-    """Delete every key under ``prefix:`` (never a FLUSH: the server is shared)."""
-    client = Redis.from_url(url)
-    try:
-        keys = [key async for key in client.scan_iter(match=f"{prefix}:*", count=1000)]
-        async with client.pipeline(transaction=False) as pipe:
-            for key in keys:  # one by one: on a cluster's master they live in different slots
-                pipe.delete(key)
-            await pipe.execute()
-    finally:
-        await client.aclose()
-
-
-def unique_prefix() -> str:
-    """A key prefix no other test run uses."""
-    return f"tscale{uuid.uuid4().hex[:10]}"
+def scale_redis(shared_redis: str) -> str:
+    """The shared Redis URL (a skip when it is down)."""
+    return shared_redis
 
 
 @pytest.fixture
@@ -137,84 +96,12 @@ async def prefix(scale_redis: str) -> AsyncIterator[str]:
     await delete_keys(scale_redis, value)
 
 
-class PrivateRedis:
-    """A redis-server of the test's own on a fixed port and data directory.
-
-    ``kill`` is ``kill -9`` (no shutdown save); ``start`` brings it back on
-    the same port with the same directory and options, so what it persisted
-    (an append-only file) is loaded again.
-    """
-
-    def __init__(self, directory: str, *options: str) -> None:
-        self.directory = directory
-        self.options = options
-        self.port = servers.free_port()
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        log = open(os.path.join(self.directory, "redis.log"), "ab")  # noqa: SIM115
-        self.process = subprocess.Popen(
-            [
-                "redis-server",
-                "--port", str(self.port),
-                "--bind", "127.0.0.1",
-                "--save", "",
-                "--dir", self.directory,
-                "--daemonize", "no",
-                *self.options,
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        log.close()
-        servers.wait_for(
-            lambda: servers.cli(self.port, "PING").strip() == "PONG",
-            f"redis-server on port {self.port}",
-        )
-
-    def pause(self) -> None:
-        """Freeze the server: connections stay open, nothing answers."""
-        assert self.process is not None
-        os.kill(self.process.pid, signal.SIGSTOP)
-
-    def resume(self) -> None:
-        assert self.process is not None
-        os.kill(self.process.pid, signal.SIGCONT)
-
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.kill(self.process.pid, signal.SIGCONT)
-            self.process.kill()
-            self.process.wait(5)
-        self.process = None
-
-
 @pytest.fixture
-def private_redis_factory() -> Iterator[Callable[..., PrivateRedis]]:
-    """Start private redis-servers (skipped without the binary); all killed at teardown."""
-    missing = servers.binaries_missing()
-    if missing:
-        pytest.skip(f"needs a local redis-server: {missing}")
-    made: list[PrivateRedis] = []
-    directories: list[str] = []
-
-    def make(*options: str) -> PrivateRedis:
-        directory = tempfile.mkdtemp(prefix="tidings-scale-redis-")
-        directories.append(directory)
-        server = PrivateRedis(directory, *options)
-        made.append(server)
-        server.start()
-        return server
-
-    yield make
-    for server in made:
-        server.kill()
-    for directory in directories:
-        shutil.rmtree(directory, ignore_errors=True)
+def private_redis_factory() -> Iterator[StartRedis]:
+    """Start private redis-servers (skipped without the binary); all stopped at teardown."""
+    skip_without_redis_server()
+    with redis_servers() as start:
+        yield start
 
 
 # --------------------------------------------------------------------------- node processes

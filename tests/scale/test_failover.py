@@ -18,7 +18,6 @@ import pytest
 from websockets.asyncio.client import connect
 
 from tests.conftest import WsClient, token
-from tests.e2e.test_api import api
 from tests.scale.conftest import (
     PRESENCE_REFRESH,
     PRESENCE_TTL,
@@ -27,8 +26,9 @@ from tests.scale.conftest import (
     NodeProcess,
     StartNodes,
     Story,
-    eventually,
 )
+from tests.support.http import api
+from tests.support.polling import eventually
 
 pytestmark = [pytest.mark.redis, pytest.mark.node, pytest.mark.timeout(90)]
 

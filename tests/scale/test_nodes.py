@@ -16,18 +16,11 @@ from typing import Any
 
 import pytest
 
-from tests.brokers.conftest import redis_cluster  # noqa: F401  (the private cluster fixture)
-from tests.brokers.servers import Cluster
 from tests.conftest import ClientFactory, RunningServer, StartServer, WsClient, make_config, token
-from tests.e2e.test_api import api
-from tests.scale.conftest import (
-    PRESENCE_REFRESH,
-    PRESENCE_TTL,
-    PrivateRedis,
-    delete_keys,
-    eventually,
-    unique_prefix,
-)
+from tests.scale.conftest import PRESENCE_REFRESH, PRESENCE_TTL, WAIT
+from tests.support.http import api
+from tests.support.polling import eventually
+from tests.support.redis import Cluster, StartRedis, delete_keys, unique_prefix
 from tidings.brokers.redis import RedisPresence
 from tidings.protocol.messages import ClientInfo
 
@@ -54,7 +47,7 @@ async def redis_nodes(
     def all_known() -> bool:
         return all({n["uid"] for n in node.node.known_nodes()} == ids for node in nodes)
 
-    await eventually(all_known, "every node to know every other")
+    await eventually(all_known, "every node to know every other", within=WAIT)
     return nodes
 
 
@@ -153,12 +146,14 @@ async def test_channels_and_info_count_every_node(
         counts = {n["name"]: n["num_clients"] for n in answer["result"]["nodes"]}
         return counts == {"node0": 2, "node1": 3, "node2": 4}
 
-    await eventually(info_counts, "info to count the clients of every node")
+    await eventually(info_counts, "info to count the clients of every node", within=WAIT)
 
     # A node that shuts down says so: the others stop counting (and asking) it at once.
     await nodes[2].server.stop()
     await eventually(
-        lambda: len(nodes[0].node.known_nodes()) == 2, "the stopped node to leave the list"
+        lambda: len(nodes[0].node.known_nodes()) == 2,
+        "the stopped node to leave the list",
+        within=WAIT,
     )
     started = time.monotonic()
     _, answer = await api(nodes[0].port, "channels", {"pattern": "quiet:every*"})
@@ -181,7 +176,7 @@ async def test_a_silent_node_costs_the_channels_call_a_bounded_wait(
 
 
 async def test_redis_that_cannot_answer_gives_error_100_within_the_bound(
-    private_redis_factory: Callable[..., PrivateRedis],  # first: torn down after the node
+    private_redis_factory: StartRedis,  # first: torn down after the node
     start_server: StartServer,
     ws_client: ClientFactory,
 ) -> None:
@@ -305,7 +300,7 @@ async def test_add_presence_many_writes_entries_that_expire(
 async def test_three_nodes_on_a_redis_cluster_share_order_and_presence(
     start_server: StartServer,
     ws_client: ClientFactory,
-    redis_cluster: Cluster,  # noqa: F811
+    redis_cluster: Cluster,
 ) -> None:
     prefix = unique_prefix()
     try:
@@ -348,7 +343,7 @@ async def test_emulation_commands_reach_the_stream_on_another_node(
 
     import aiohttp
 
-    from tests.e2e.test_transport_support import LineStream
+    from tests.support.streams import LineStream
 
     home, elsewhere = await redis_nodes(start_server, scale_redis, prefix)
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:

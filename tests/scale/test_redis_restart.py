@@ -22,8 +22,9 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.test_api import api
-from tests.scale.conftest import JsSubscriber, PrivateRedis, StartNodes, Story
+from tests.scale.conftest import JsSubscriber, StartNodes, Story
+from tests.support.http import api
+from tests.support.redis import StartRedis
 
 pytestmark = [pytest.mark.redis, pytest.mark.node, pytest.mark.timeout(90)]
 
@@ -86,7 +87,7 @@ class Publisher:
 @pytest.mark.parametrize("persistent", [False, True], ids=["no-persistence", "aof-always"])
 async def test_redis_restart_while_publishing(
     persistent: bool,
-    private_redis_factory: Callable[..., PrivateRedis],
+    private_redis_factory: StartRedis,
     tidings_nodes: StartNodes,
     py_subscriber: Callable[..., Awaitable[Story]],
     js_subscriber: Callable[..., Awaitable[JsSubscriber]],

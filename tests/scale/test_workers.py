@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from websockets.asyncio.client import connect
 
-from tests.brokers.servers import free_port
 from tests.conftest import WsClient, token
-from tests.e2e.test_api import api
 from tests.scale.conftest import NODE_CONFIG, NodeProcess, spawn_tidings
+from tests.support.http import api
+from tests.support.redis import free_port
 
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(60)]
 

@@ -497,16 +497,6 @@ def mib(size: float) -> str:
     return f"{size / (1 << 20):.1f} MiB"
 
 
-async def wait_for(
-    condition: Callable[[], bool], within: float, what: str, step: float = 0.01
-) -> None:
-    """Poll until ``condition`` holds (a deadline, never a fixed sleep for synchronisation)."""
-    deadline = time.monotonic() + within
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out after {within} s waiting for {what}"
-        await asyncio.sleep(step)
-
-
 # --------------------------------------------------------------------------- server process
 
 

@@ -24,7 +24,6 @@ from typing import Any
 import pytest
 
 from tests.conftest import RunningServer, StartServer, full_namespace, make_config, token
-from tests.e2e.test_api import api
 from tests.security.conftest import (
     OK,
     ControlSubscriber,
@@ -35,6 +34,7 @@ from tests.security.conftest import (
     error,
     ok,
 )
+from tests.support.http import api
 from tidings.channels import ChannelOptions
 from tidings.config import ChannelsConfig
 

@@ -32,7 +32,6 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from tests.conftest import SECRET, RunningServer, StartServer, make_config
-from tests.e2e.test_jwks import JwksServer
 from tests.security.conftest import (
     DISCONNECT,
     ERROR,
@@ -46,6 +45,7 @@ from tests.security.conftest import (
     expected_on,
     ok,
 )
+from tests.support.jwks import JwksServer
 from tidings.channels import ChannelOptions
 
 pytestmark = pytest.mark.timeout(60)

@@ -15,8 +15,8 @@ import re
 import pytest
 
 from tests.conftest import API_KEY, RunningServer, StartServer, token
-from tests.e2e.test_api import http
 from tests.security.conftest import LogCapture
+from tests.support.http import http
 from tidings.bench.wsframe import (
     OP_BINARY,
     OP_CONTINUATION,

@@ -27,6 +27,7 @@ from websockets.asyncio.client import connect
 
 from tests.conftest import WsClient, token
 from tests.security.conftest import KeepAliveHttp, ServerProcess, mib
+from tests.support.polling import eventually
 from tidings.bench.wsframe import OP_TEXT, encode_frame, handshake_request
 from tidings.transports.base import TRANSPORT_HIGH_WATER
 from tidings.transports.websocket import CLOSE_TIMEOUT
@@ -95,10 +96,11 @@ async def test_thousand_never_reading_subscribers() -> None:
         control = WsClient(control_ws)
         await control.connect(token("control"))
         await control.subscribe(CHANNEL)
-        deadline = time.monotonic() + 20
-        while await subscribers_of(api, CHANNEL) < SLOW_CLIENTS + 1:
-            assert time.monotonic() < deadline, "the subscribers never all subscribed"
-            await asyncio.sleep(0.05)
+
+        async def all_subscribed() -> bool:
+            return await subscribers_of(api, CHANNEL) >= SLOW_CLIENTS + 1
+
+        await eventually(all_subscribed, "every subscriber to subscribe", within=20)
         baseline = server.rss
 
         received: list[int] = []
@@ -127,19 +129,19 @@ async def test_thousand_never_reading_subscribers() -> None:
             await asyncio.sleep(max(0.0, next_at - time.monotonic()))
         elapsed = time.monotonic() - started
 
-        deadline = time.monotonic() + 10
-        while len(received) < sent:
-            assert time.monotonic() < deadline, f"control got {len(received)} of {sent}"
-            await asyncio.sleep(0.02)
+        await eventually(
+            lambda: len(received) >= sent, f"the control client to get all {sent}", within=10
+        )
         stop_reading.set()
         await reader
         # A cut connection keeps its queue until the close handshake gives up (CLOSE_TIMEOUT:
         # the client never reads, so never echoes the close); then it is aborted and its
         # socket closed. Wait for the server's descriptors to come back down.
-        deadline = time.monotonic() + CLOSE_TIMEOUT + 10
-        while server.open_files > files_before + 10:
-            assert time.monotonic() < deadline, f"{server.open_files} descriptors still open"
-            await asyncio.sleep(0.1)
+        await eventually(
+            lambda: server.open_files <= files_before + 10,
+            "the cut connections' descriptors to close",
+            within=CLOSE_TIMEOUT + 10,
+        )
         after = server.rss
         trimmed = await server.trimmed_rss()
         cut = server.count("too slow")

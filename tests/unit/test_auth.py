@@ -8,6 +8,7 @@ import json
 import jwt
 import pytest
 
+from tests.support.keys import EC_KEY, EC_PUBLIC, RSA_KEY, RSA_PUBLIC
 from tidings.auth import TokenError, TokenVerifier, make_token
 
 SECRET = "unit-test-secret-0123456789abcdef0123"
@@ -120,30 +121,6 @@ def test_no_secret_means_no_token_is_valid() -> None:
 # --------------------------------------------------------------------------- asymmetric keys
 
 
-def _rsa() -> tuple[object, str]:
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
-
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    public = key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return key, public.decode()
-
-
-def _ec() -> tuple[object, str]:
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    public = key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return key, public.decode()
-
-
-RSA_KEY, RSA_PUBLIC = _rsa()
-EC_KEY, EC_PUBLIC = _ec()
 ALL = ["HS256", "RS256", "RS384", "RS512", "PS256", "ES256"]
 
 

@@ -9,8 +9,12 @@ suite (``tests/brokers``) runs against each of them:
   offset, storing the publication and fanning it out must be one atomic step:
   otherwise two nodes could hand out the same offset, or a subscriber could see
   offset 8 before 7.
-* :class:`HistoryReader` reads and trims those streams.
-* :class:`PresenceStore` keeps who is in a channel.
+* :class:`HistoryReader` reads and trims those streams. Only the broker that
+  owns them can implement it, so every :class:`Broker` is a
+  :class:`HistoryReader` too (the protocol extends it); code that only reads
+  history asks for the narrower type.
+* :class:`PresenceStore` keeps who is in a channel. It shares nothing atomic
+  with the streams, so it is a separate object and may live elsewhere.
 
 A broker never delivers to clients. It calls its :class:`BrokerEventHandler`
 (the Node) and the Node hands publications to its local hub.
@@ -18,11 +22,21 @@ A broker never delivers to clients. It calls its :class:`BrokerEventHandler`
 
 from __future__ import annotations
 
+import random
+import string
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from tidings.protocol.messages import ClientInfo, Publication, StreamPosition
+
+IDEMPOTENCY_WINDOW = 300.0
+"""Seconds a broker remembers an idempotency key by default, as in Centrifugo."""
+
+
+def new_epoch() -> str:
+    """Eight random letters naming one incarnation of a stream (Centrifugo's form)."""
+    return "".join(random.choices(string.ascii_letters, k=8))
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,12 +79,55 @@ class BrokerEventHandler(Protocol):
         """A node-to-node control message (every node receives every one, its own too)."""
 
     def handle_resubscribed(self, channels: Sequence[str]) -> None:
-        """The pub/sub link was re-established: ``channels`` may have missed publications."""
+        """The pub/sub link was re-established: ``channels`` may have missed publications.
+
+        A broker whose link can drop calls it once it holds its subscriptions
+        again, with the channels this node still wants (never an empty list).
+        Publications in the gap are in the streams, not redelivered: the Node
+        asks the subscribers that track positions to recover. A broker that
+        cannot lose its link (memory) never calls it.
+        """
 
 
 @runtime_checkable
-class Broker(Protocol):
-    """Pub/sub between nodes plus the per-channel stream.
+class HistoryReader(Protocol):
+    """Reads of the per-channel stream a :class:`Broker` maintains.
+
+    ``history`` returns the publications selected, oldest first unless
+    ``reverse``, and always the current top position (a channel never published
+    to has offset 0 and a fresh epoch, which this call creates):
+
+    * ``limit`` 0 and no ``since``: no publications, only the position.
+      ``limit`` 0 with ``since``: every publication after ``since``.
+    * ``limit`` -1: every publication kept. ``limit`` N > 0: at most N.
+    * ``since``: publications with offset > ``since.offset`` (with
+      ``reverse``: offset < ``since.offset``, newest first). The caller
+      compares ``since.epoch`` with the returned epoch.
+    * without ``since``, ``reverse`` starts from the newest.
+
+    ``remove_history`` drops the items but keeps the top position and epoch.
+    """
+
+    async def history(
+        self,
+        channel: str,
+        *,
+        limit: int = 0,
+        since: StreamPosition | None = None,
+        reverse: bool = False,
+        meta_ttl: float | None = None,
+    ) -> tuple[list[Publication], StreamPosition]: ...
+
+    async def remove_history(self, channel: str) -> None: ...
+
+
+@runtime_checkable
+class Broker(HistoryReader, Protocol):
+    """Pub/sub between nodes plus the per-channel streams, which it also reads.
+
+    A broker is the :class:`HistoryReader` of the streams it writes: the offset
+    ``publish`` returns and the top position ``history`` returns come from the
+    same place, so a subscriber that reads history then listens sees no gap.
 
     Contract:
 
@@ -82,8 +139,8 @@ class Broker(Protocol):
     * ``publish`` without ``history`` delivers with offset 0 and stores
       nothing; it returns ``None``.
     * An ``idempotency_key`` seen for the same channel within the broker's
-      window makes ``publish`` return the first call's result and deliver
-      nothing.
+      window (:data:`IDEMPOTENCY_WINDOW` unless configured) makes ``publish``
+      return the first call's result and deliver nothing.
     * ``subscribe``/``unsubscribe`` state this node's interest in a channel
       (reference-counted); the Node calls them on its first local subscriber and
       after its last. Publications, joins and leaves reach a node only for
@@ -119,38 +176,6 @@ class Broker(Protocol):
     async def publish_leave(self, channel: str, info: ClientInfo) -> None: ...
 
     async def publish_control(self, message: bytes) -> None: ...
-
-
-@runtime_checkable
-class HistoryReader(Protocol):
-    """Reads of the per-channel stream a :class:`Broker` maintains.
-
-    ``history`` returns the publications selected, oldest first unless
-    ``reverse``, and always the current top position (a channel never published
-    to has offset 0 and a fresh epoch, which this call creates):
-
-    * ``limit`` 0 and no ``since``: no publications, only the position.
-      ``limit`` 0 with ``since``: every publication after ``since``.
-    * ``limit`` -1: every publication kept. ``limit`` N > 0: at most N.
-    * ``since``: publications with offset > ``since.offset`` (with
-      ``reverse``: offset < ``since.offset``, newest first). The caller
-      compares ``since.epoch`` with the returned epoch.
-    * without ``since``, ``reverse`` starts from the newest.
-
-    ``remove_history`` drops the items but keeps the top position and epoch.
-    """
-
-    async def history(
-        self,
-        channel: str,
-        *,
-        limit: int = 0,
-        since: StreamPosition | None = None,
-        reverse: bool = False,
-        meta_ttl: float | None = None,
-    ) -> tuple[list[Publication], StreamPosition]: ...
-
-    async def remove_history(self, channel: str) -> None: ...
 
 
 @runtime_checkable

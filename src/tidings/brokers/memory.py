@@ -8,8 +8,6 @@ the process restarts, which is exactly the "history lost" signal clients need.
 
 from __future__ import annotations
 
-import random
-import string
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -17,18 +15,15 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from tidings.brokers.base import BrokerEventHandler, HistoryOptions
+from tidings.brokers.base import (
+    IDEMPOTENCY_WINDOW,
+    BrokerEventHandler,
+    HistoryOptions,
+    new_epoch,
+)
 from tidings.protocol.messages import ClientInfo, Publication, StreamPosition
 
 Clock = Callable[[], float]
-
-IDEMPOTENCY_WINDOW = 300.0
-"""Seconds an idempotency key is remembered, as in Centrifugo."""
-
-
-def new_epoch() -> str:
-    """Eight random letters naming one incarnation of a stream (Centrifugo's form)."""
-    return "".join(random.choices(string.ascii_letters, k=8))
 
 
 @dataclass(slots=True)

@@ -1,30 +1,21 @@
-"""Helpers for the transport tests (no tests here): real HTTP clients reading real streams.
+"""Streamed HTTP responses read as a client reads them, with deadlines.
 
 * :class:`SseStream` parses ``text/event-stream`` as a browser does (fields,
-  comments, ``retry``), event by event, with deadlines.
+  comments, ``retry``), event by event.
 * :class:`LineStream` reads newline-delimited JSON (HTTP streaming).
-* :func:`assert_still_serving` is the control check every bad-input test ends with.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
-import pytest
 
 STEP = 5.0
 """Deadline of one awaited read: generous for a loaded 2-core machine."""
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
-        yield session
 
 
 @dataclass
@@ -136,15 +127,6 @@ class LineStream:
                 return documents
 
 
-async def wait_for(condition: Any, within: float = STEP, what: str = "condition") -> None:
-    """Poll ``condition()`` until true (no fixed sleeps); fail after ``within`` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while not condition():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
-
-
 def error_body(code: int, message: str) -> dict[str, Any]:
+    """The JSON body of an HTTP error answer carrying a protocol error."""
     return {"error": {"code": code, "message": message}}

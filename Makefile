@@ -8,7 +8,8 @@ PYTEST_ARGS ?=
 .PHONY: help install serve test lint typecheck bench conformance clean
 
 help:
-	@echo "make serve   install, then run the server with the demo on http://127.0.0.1:8000"
+	@echo "make serve   install what serving needs (Python packages only), then run the server"
+	@echo "             with the demo on http://127.0.0.1:8000"
 	@echo "make test    install everything (Python, npm, chromium), then run the whole test suite"
 	@echo "make bench   run the benchmarks against the Node.js reference and write docs/benchmarks.md"
 
@@ -17,10 +18,17 @@ $(BIN)/python:
 		{ echo "tidings needs Python >= 3.11 (set PYTHON=python3.11)"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 
+# Serving needs the package alone: no test or benchmark tools, no Node.js (the demo's
+# centrifuge-js bundle ships inside the package).
+$(VENV)/.serve-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+# Everything else: the test suite, the Redis broker and the load generator.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test,redis,bench]'
-	touch $@
+	touch $@ $(VENV)/.serve-installed
 
 node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
@@ -39,7 +47,7 @@ system-deps:
 		else echo "note: install Debian's$$missing (sudo apt-get install$$missing) for the browser and flood tests"; fi; \
 	fi
 
-serve: install
+serve: $(VENV)/.serve-installed
 	$(BIN)/tidings serve
 
 lint: install

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
 import signal
+import socket
 import sys
 import urllib.error
 import urllib.request
@@ -13,6 +15,7 @@ from typing import Any
 
 import click
 
+from tidings import logs
 from tidings.config import OPTIONS, Config, announce, load_config
 from tidings.errors import BrokerUnavailable, ConfigError
 from tidings.version import __version__
@@ -31,7 +34,7 @@ def _option_decorators() -> list[Any]:
     """One CLI flag per top-level option, generated from the config table."""
     decorators = []
     for option in OPTIONS:
-        help_text = f"{option.help} [env {option.env}; default {option.default!r}]"
+        help_text = f"{option.help} [default: {option.default_text}; env {option.env}]"
         if option.kind == "bool":
             decorators.append(
                 click.option(
@@ -45,7 +48,12 @@ def _option_decorators() -> list[Any]:
             click_type: Any = int if option.kind == "int" else str
             decorators.append(
                 click.option(
-                    option.flag, option.name, type=click_type, default=None, help=help_text
+                    option.flag,
+                    option.name,
+                    type=click_type,
+                    default=None,
+                    metavar=option.metavar,
+                    help=help_text,
                 )
             )
     return decorators
@@ -57,7 +65,12 @@ def _with_options(function: Any) -> Any:
     return function
 
 
-SERVE_EPILOG = """Channel options (presence, join_leave, history_size, history_ttl,
+SERVE_EPILOG = """\b
+DURATION: a number and a unit, 250ms, 30s, 5m, 1h or 2d (a bare number is seconds).
+A,B,...: a comma-separated list (in TOML, an array of strings).
+BYTES: a number of bytes.
+
+Channel options (presence, join_leave, history_size, history_ttl,
 force_recovery, allow_subscribe_for_client, ...) are set in the TOML file's
 [channels] table and [channels.namespaces.NAME] tables; docs/configuration.md
 lists every option. Precedence: defaults < TOML file < TIDINGS_* variables < flags."""
@@ -81,7 +94,11 @@ def serve(config_path: str | None, **flags: Any) -> None:
     except ConfigError as error:
         _fail_config(error)
         return
-    _configure_logging(config.log_level)
+    logs.configure_for(config)
+    problem = listen_problem(config.host, config.port)
+    if problem is not None:
+        log.error("%s", problem)
+        sys.exit(1)
     if config.workers > 1:
         from tidings.server.workers import run_workers
 
@@ -89,11 +106,53 @@ def serve(config_path: str | None, **flags: Any) -> None:
     sys.exit(run_server(config))
 
 
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-    )
+def listen_problem(host: str, port: int) -> str | None:
+    """Why the server could not listen on ``host:port``, in one line; None when it can.
+
+    Binds (never listens) each address the host resolves to, the way the
+    server will, so a port in use, a name that does not resolve or an address
+    of another machine is reported before anything starts. A race with
+    another process is still caught when the server binds for real.
+    """
+    try:
+        addresses = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except socket.gaierror:
+        return (
+            f"cannot listen on {host}:{port}: the host name {host!r} does not resolve; "
+            "give --host an address of this machine (127.0.0.1, or 0.0.0.0 for every interface)"
+        )
+    for family, kind, proto, _, address in addresses:
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                sock.bind(address)
+            except OSError as exc:
+                return describe_listen_error(host, port, exc)
+    return None
+
+
+def describe_listen_error(host: str, port: int, exc: OSError) -> str:
+    """One line for a failed bind: what happened and which flag changes it."""
+    where = f"cannot listen on {host}:{port}"
+    if exc.errno == errno.EADDRINUSE:
+        return (
+            f"{where}: port {port} is already in use (another server is listening there); "
+            "stop it or choose another --port"
+        )
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return (
+            f"{where}: {host} is not an address of this machine; give --host one of its "
+            "addresses (127.0.0.1, or 0.0.0.0 for every interface)"
+        )
+    if exc.errno == errno.EACCES:
+        return f"{where}: permission denied (ports below 1024 need privileges); choose --port 1024+"
+    if isinstance(exc, socket.gaierror):
+        return f"{where}: the host name {host!r} does not resolve"
+    return f"{where}: {exc.strerror or exc}"
 
 
 def _loop_runner() -> Any:
@@ -116,6 +175,10 @@ def run_server(config: Config) -> int:
             port = await server.start()
         except BrokerUnavailable as exc:
             log.error("cannot start: the broker is unreachable: %s", exc)
+            return 1
+        except OSError as exc:  # lost a race with another process since listen_problem
+            log.error("%s", describe_listen_error(config.host, config.port, exc))
+            await node.shutdown()
             return 1
         announce(config, port)
         stop = asyncio.Event()
@@ -157,6 +220,14 @@ def token(
 ) -> None:
     """Print a connection JWT signed with the configured secret."""
     from tidings.auth import make_token
+
+    if ttl < 0:
+        click.echo(
+            f"tidings: --ttl must be a number of seconds >= 0 (0: no expiry), got {ttl}; "
+            "a negative one would print a token that has already expired",
+            err=True,
+        )
+        sys.exit(CONFIG_ERROR_EXIT)
 
     try:
         config = load_config(config_path)
@@ -221,28 +292,77 @@ def publish(
         headers={"Content-Type": "application/json", "X-API-Key": api_key or config.api_key},
         method="POST",
     )
+    sent_key = bool(api_key or config.api_key)
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
             answer = json.loads(response.read() or b"{}")
     except urllib.error.HTTPError as error:
-        click.echo(f"tidings: the server answered HTTP {error.code}", err=True)
+        click.echo(f"tidings: {_http_error_text(error, sent_key=sent_key)}", err=True)
         sys.exit(1)
     except urllib.error.URLError as error:
-        click.echo(f"tidings: cannot reach {base}: {error.reason}", err=True)
-        sys.exit(1)
-    if "error" in answer:
         click.echo(
-            f"tidings: error {answer['error'].get('code')}: {answer['error'].get('message')}",
+            f"tidings: cannot reach {base}: {error.reason} (is the server running? "
+            "--url, or host and port from --config, say where)",
             err=True,
         )
         sys.exit(1)
+    if "error" in answer:
+        click.echo(f"tidings: {_error_text(answer['error'])}", err=True)
+        sys.exit(1)
     click.echo(json.dumps(answer.get("result", {})))
+
+
+def _error_text(error: Any) -> str:
+    if not isinstance(error, dict):
+        return f"error: {error}"
+    text = f"error {error.get('code')}: {error.get('message')}"
+    return f"{text} ({error['detail']})" if error.get("detail") else text
+
+
+def _http_error_text(error: urllib.error.HTTPError, *, sent_key: bool) -> str:
+    """What a refusal means for whoever runs ``tidings publish``: which setting to check."""
+    body = error.read()
+    if error.code == 401:
+        if not sent_key:
+            return (
+                "the server wants an API key (HTTP 401) and none was sent: pass --api-key, or "
+                "set TIDINGS_API_KEY (or api_key in --config) to the server's api_key"
+            )
+        return (
+            "the server refused the API key (HTTP 401): --api-key, or else TIDINGS_API_KEY "
+            "(or api_key in --config), must equal the server's api_key"
+        )
+    try:
+        document = json.loads(body)
+    except ValueError:
+        text = body.decode("utf-8", "replace").strip()[:200]
+        return f"the server answered HTTP {error.code}" + (f": {text}" if text else "")
+    inner = document.get("error", document) if isinstance(document, dict) else document
+    return f"the server answered HTTP {error.code}: {_error_text(inner)}"
+
+
+BENCH_MISSING = (
+    "tidings bench needs the load generator's packages: pip install 'tidings[bench]' "
+    "(in a checkout: make test, or .venv/bin/pip install -e '.[bench]')"
+)
 
 
 def _add_bench() -> None:
     try:
         from tidings.bench import bench
-    except ImportError:  # the load generator is optional at import time
+    except ImportError as exc:  # the load generator's packages are an extra
+        missing = (exc.name or "a package").split(".")[0]
+
+        @main.command(
+            "bench",
+            context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+            add_help_option=False,
+        )
+        def bench_missing() -> None:
+            """Measure tidings under load (needs: pip install 'tidings[bench]')."""
+            click.echo(f"tidings: {BENCH_MISSING} ({missing} is not installed)", err=True)
+            sys.exit(1)
+
         return
     main.add_command(bench, "bench")
 

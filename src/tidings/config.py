@@ -47,14 +47,32 @@ def parse_duration(value: object, key: str) -> float:
     raise ConfigError(f'{key}: expected a duration like "30s", "250ms" or "5m", got {value!r}')
 
 
+def format_duration(seconds: float) -> str:
+    """The way durations are written back: ``25s``, ``5m``, ``30d``, ``2ms``, ``1.5s``."""
+    if seconds == 0:
+        return "0s"
+    for unit in ("d", "h", "m"):
+        size = _UNIT_SECONDS[unit]
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    if seconds < 1:
+        return f"{round(seconds * 1000, 3):g}ms"
+    return f"{seconds:g}s"
+
+
 @dataclass(frozen=True, slots=True)
 class Option:
-    """One top-level setting: its type drives parsing from TOML, env and CLI."""
+    """One top-level setting: its type drives parsing from TOML, env and CLI.
+
+    ``unit`` names what an integer counts ("bytes", "per second"), shown next to
+    its default in ``serve --help`` and docs/configuration.md.
+    """
 
     name: str
     kind: str  # "str", "int", "bool", "duration", "list"
     default: Any
     help: str
+    unit: str = ""
 
     @property
     def env(self) -> str:
@@ -63,6 +81,31 @@ class Option:
     @property
     def flag(self) -> str:
         return "--" + self.name.replace("_", "-")
+
+    @property
+    def default_text(self) -> str:
+        """The default as a user would write it: one format per kind, with units."""
+        value = self.default
+        if self.kind == "duration":
+            return format_duration(parse_duration(value, self.name))
+        if self.kind == "list":
+            return ", ".join(value) if value else "none"
+        if self.kind == "bool":
+            return "true" if value else "false"
+        if self.kind == "int":
+            return f"{value} {self.unit}" if self.unit else str(value)
+        return str(value) if value else "none"
+
+    @property
+    def metavar(self) -> str:
+        """What the flag takes, in ``serve --help``."""
+        if self.kind == "duration":
+            return "DURATION"
+        if self.kind == "list":
+            return "A,B,..."
+        if self.kind == "int":
+            return "BYTES" if self.unit == "bytes" else "N"
+        return "TEXT"
 
 
 OPTIONS: tuple[Option, ...] = (
@@ -80,6 +123,13 @@ OPTIONS: tuple[Option, ...] = (
         "workers", "int", 1, "Worker processes sharing the port (needs a shared broker when > 1)."
     ),
     Option("log_level", "str", "info", "Logging level: debug, info, warning or error."),
+    Option(
+        "log_format",
+        "str",
+        "text",
+        'Log lines as "text" (one readable line per event) or "json" (one JSON object per '
+        "line: time, level, logger, message and fields such as client, user, channel, code).",
+    ),
     Option(
         "token_hmac_secret",
         "str",
@@ -151,8 +201,14 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "expired_close_delay", "duration", 25.0, "Grace after a connection's expiry before 3005."
     ),
-    Option("max_message_size", "int", 65536, "Largest incoming message or request body, in bytes."),
-    Option("channel_max_length", "int", 255, "Longest channel name, in bytes."),
+    Option(
+        "max_message_size",
+        "int",
+        65536,
+        "Largest incoming message or request body.",
+        unit="bytes",
+    ),
+    Option("channel_max_length", "int", 255, "Longest channel name.", unit="bytes"),
     Option(
         "client_channel_limit", "int", 128, "Most channels one connection may subscribe to (106)."
     ),
@@ -184,6 +240,7 @@ OPTIONS: tuple[Option, ...] = (
         1 << 20,
         "Bytes a connection may have queued unsent; beyond it (or after slow_timeout) "
         "it is closed with 3008.",
+        unit="bytes",
     ),
     Option(
         "slow_timeout",
@@ -218,6 +275,7 @@ OPTIONS: tuple[Option, ...] = (
         "int",
         256,
         "Messages shorter than this are sent uncompressed even on a compressing connection.",
+        unit="bytes",
     ),
     Option(
         "websocket_max_fragments",
@@ -231,6 +289,7 @@ OPTIONS: tuple[Option, ...] = (
         1000,
         "Commands per second one connection may send (token bucket; 0: no limit). Over it: "
         "error 111, then disconnect 3013 if the client keeps going.",
+        unit="per second",
     ),
     Option(
         "client_command_burst",
@@ -256,6 +315,7 @@ OPTIONS: tuple[Option, ...] = (
         "int",
         0,
         "New connections accepted per second by this node (0: no limit). Over it: HTTP 503.",
+        unit="per second",
     ),
     Option(
         "http_header_timeout",
@@ -288,7 +348,26 @@ OPTIONS: tuple[Option, ...] = (
         15.0,
         "Period of the comment lines that keep idle SSE streams alive through proxies (0: none).",
     ),
-    Option("node_name", "str", "", "Name of this node in the API's info (default: host name)."),
+    Option("node_name", "str", "", "Name of this node in the API's info (none: the host name)."),
+    Option(
+        "admin",
+        "bool",
+        False,
+        "Serve the admin page at /admin (needs admin_password or admin_token).",
+    ),
+    Option(
+        "admin_password",
+        "str",
+        "",
+        "Password of the admin page's login form (at least 12 characters).",
+    ),
+    Option(
+        "admin_token",
+        "str",
+        "",
+        "A token of the admin page's own (at least 32 characters): accepted by its login form, "
+        "and by /admin/api in an Authorization: Bearer header, for scripts. Never the API key.",
+    ),
 )
 
 OPTION_BY_NAME = {option.name: option for option in OPTIONS}
@@ -330,6 +409,7 @@ class Config:
     broker_prefix: str = "tidings"
     workers: int = 1
     log_level: str = "info"
+    log_format: str = "text"
     token_hmac_secret: str = ""
     token_algorithms: list[str] = field(
         default_factory=lambda: [
@@ -386,6 +466,9 @@ class Config:
     longpoll_timeout: float = 25.0
     sse_heartbeat_interval: float = 15.0
     node_name: str = ""
+    admin: bool = False
+    admin_password: str = ""
+    admin_token: str = ""
     channels: ChannelsConfig = field(default_factory=ChannelsConfig)
 
     @property
@@ -424,6 +507,9 @@ class Config:
             raise ConfigError(
                 f"log_level: expected debug, info, warning or error, got {self.log_level!r}"
             )
+        if self.log_format not in ("text", "json"):
+            raise ConfigError(f'log_format: expected "text" or "json", got {self.log_format!r}')
+        self._validate_admin()
         for name in ("max_message_size", "channel_max_length", "client_channel_limit"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: expected a number >= 1, got {getattr(self, name)}")
@@ -477,6 +563,33 @@ class Config:
         for name, options in self.channels.namespaces.items():
             _validate_channel_options(f"channels.namespaces.{name}", options)
 
+    def _validate_admin(self) -> None:
+        if self.admin_password and len(self.admin_password) < ADMIN_PASSWORD_MIN:
+            raise ConfigError(
+                f"admin_password: expected at least {ADMIN_PASSWORD_MIN} characters, "
+                f"got {len(self.admin_password)}"
+            )
+        if self.admin_token and len(self.admin_token) < ADMIN_TOKEN_MIN:
+            raise ConfigError(
+                f"admin_token: expected at least {ADMIN_TOKEN_MIN} characters, "
+                f"got {len(self.admin_token)} (openssl rand -hex 32 makes one)"
+            )
+        secrets = {self.admin_password, self.admin_token} - {""}
+        if self.api_key and self.api_key in secrets:
+            raise ConfigError(
+                "admin_password/admin_token: must differ from api_key (the admin page has "
+                "its own secret, so the API key never reaches a browser)"
+            )
+        if self.admin and not secrets:
+            raise ConfigError(
+                "admin: the admin page needs admin_password or admin_token "
+                "(TIDINGS_ADMIN_PASSWORD / TIDINGS_ADMIN_TOKEN)"
+            )
+
+
+ADMIN_PASSWORD_MIN = 12
+ADMIN_TOKEN_MIN = 32
+
 
 def announce(config: Config, port: int, *, workers: int = 1) -> None:
     """The start-up lines: what is open to whom, and where the server listens."""
@@ -499,6 +612,8 @@ def announce(config: Config, port: int, *, workers: int = 1) -> None:
         f" with {workers} workers" if workers > 1 else "",
         config.broker.split("@")[-1],
     )
+    if config.admin:
+        log.info("admin page on http://%s:%d/admin", config.host, port)
 
 
 def _validate_channel_options(key: str, options: ChannelOptions) -> None:

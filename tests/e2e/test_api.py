@@ -46,8 +46,19 @@ async def test_authentication(server: RunningServer) -> None:
     body = {"channel": "open:x", "data": 1}
     assert (await http(port, "POST", "/api/publish", body))[0] == 401
     assert (await http(port, "POST", "/api/publish", body, {"X-API-Key": "wrong"}))[0] == 401
-    unauthorized = await http(port, "POST", "/api/publish", body, {"X-API-Key": "wrong"})
-    assert unauthorized[2] == b""
+    status, headers, answer = await http(port, "POST", "/api/publish", body, {"X-API-Key": "wrong"})
+    assert status == 401 and headers["content-type"] == "application/json"
+    assert json.loads(answer) == {
+        "error": {
+            "code": 101,
+            "message": "unauthorized",
+            "detail": "wrong API key: check the key against the server's api_key (TIDINGS_API_KEY)",
+        }
+    }
+    _, _, answer = await http(port, "POST", "/api/publish", body)
+    assert json.loads(answer)["error"]["detail"] == (
+        "no API key: send it in X-API-Key (or Authorization: apikey KEY)"
+    )
     assert (await http(port, "POST", "/api/publish", body, {"Authorization": f"apikey {API_KEY}"}))[
         0
     ] == 200
@@ -59,8 +70,12 @@ async def test_authentication(server: RunningServer) -> None:
 
 async def test_no_key_configured_closes_the_api(start_server: StartServer) -> None:
     server = await start_server(api_key="")
-    status, _, _ = await http(server.port, "POST", "/api/info", {}, {"X-API-Key": ""})
+    status, _, body = await http(server.port, "POST", "/api/info", {}, {"X-API-Key": ""})
     assert status == 401
+    assert json.loads(body)["error"]["detail"] == (
+        "the server API is closed: the server has no api_key "
+        "(set TIDINGS_API_KEY or api_key where it runs)"
+    )
 
 
 async def test_bad_requests(server: RunningServer) -> None:
@@ -69,18 +84,23 @@ async def test_bad_requests(server: RunningServer) -> None:
     assert (await http(port, "GET", "/api/publish", None, key))[0] == 405
     status, _, body = await http(port, "POST", "/api/publish", b"{not json", key)
     assert status == 400 and b"Traceback" not in body
-    assert (await api(port, "nosuch", {}))[1] == {"error": {"code": 104, "message": "not found"}}
+    not_found = (await api(port, "nosuch", {}))[1]["error"]
+    assert (not_found["code"], not_found["message"]) == (104, "not found")
+    assert not_found["detail"].startswith("no API method 'nosuch'; methods: publish, broadcast")
     assert (await api(port, "publish", {"data": 1}))[1]["error"]["code"] == 107
     assert (await api(port, "publish", {"channel": "open:x"}))[1]["error"]["code"] == 107
     assert (await api(port, "publish", {"channel": 5, "data": 1}))[1]["error"]["code"] == 107
     assert (await api(port, "publish", {"channel": "nowhere:x", "data": 1}))[1]["error"] == {
         "code": 102,
         "message": "unknown channel",
+        "detail": "channel: unknown namespace 'nowhere'; "
+        "configure it as [channels.namespaces.nowhere]",
     }
     assert (await api(port, "presence", {"channel": "quiet:x"}))[1]["error"]["code"] == 108
     assert (await api(port, "history", {"channel": "quiet:x"}))[1]["error"]["code"] == 108
     oversized = json.dumps({"channel": "open:x", "data": "x" * 70000}).encode()
-    assert (await http(port, "POST", "/api/publish", oversized, key))[0] == 413
+    status, _, body = await http(port, "POST", "/api/publish", oversized, key)
+    assert (status, body) == (413, b"request body over max_message_size (65536 bytes)")
     # the API still works afterwards
     assert (await api(port, "info", {}))[0] == 200
 
@@ -93,7 +113,107 @@ async def test_transport_error_mode(server: RunningServer) -> None:
         {"channel": "nowhere:x", "data": 1},
         {"X-API-Key": API_KEY, "X-Centrifugo-Error-Mode": "transport"},
     )
-    assert status == 404 and json.loads(body) == {"code": 102, "message": "unknown channel"}
+    assert status == 404 and json.loads(body) == {
+        "code": 102,
+        "message": "unknown channel",
+        "detail": "channel: unknown namespace 'nowhere'; "
+        "configure it as [channels.namespaces.nowhere]",
+    }
+
+
+BAD_REQUESTS = [
+    ("publish", {"channel": "open:x"}, "data: missing (send data, or b64data)"),
+    (
+        "publish",
+        {"channel": "open:x", "dat": {"text": "hi"}},
+        "data: missing (send data, or b64data); unknown field 'dat' (did you mean 'data'?)",
+    ),
+    (
+        "publish",
+        {"chanel": "open:x", "data": 1},
+        "channel: missing; unknown field 'chanel' (did you mean 'channel'?)",
+    ),
+    ("publish", {"channel": 5, "data": 1}, "channel: expected str, got int"),
+    (
+        "publish",
+        {"channel": "open:" + "x" * 300, "data": 1},
+        "channel: 305 bytes, longer than channel_max_length (255)",
+    ),
+    (
+        "publish",
+        {"channel": "open:", "data": 1},
+        "channel: not a valid name (no control characters; a namespace and a name on both "
+        'sides of ":")',
+    ),
+    (
+        "publish",
+        {"channel": "open:x", "b64data": "%%"},
+        "b64data: expected base64 of a JSON document",
+    ),
+    ("broadcast", {"data": 1}, "channels: missing"),
+    ("history", {}, "channel: missing"),
+    ("subscribe", {"channel": "chat:x"}, "user: missing"),
+    (
+        "disconnect",
+        {"user": "u", "disconnect": {"code": 200}},
+        "disconnect.code: expected 3000-4999, got 200",
+    ),
+]
+
+
+@pytest.mark.parametrize(("method", "params", "detail"), BAD_REQUESTS)
+async def test_bad_request_detail_names_the_field(
+    server: RunningServer,
+    caplog: pytest.LogCaptureFixture,
+    method: str,
+    params: dict[str, Any],
+    detail: str,
+) -> None:
+    """The message stays the protocol's fixed text; ``detail`` and the log say what was wrong."""
+    caplog.set_level("INFO", logger="tidings.api")
+    status, answer = await api(server.port, method, params)
+    assert status == 200
+    assert answer == {"error": {"code": 107, "message": "bad request", "detail": detail}}
+    assert f"API {method} refused: 107 bad request ({detail})" in caplog.messages
+
+
+async def test_unknown_namespace_is_named_in_the_log(
+    server: RunningServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", logger="tidings.api")
+    await api(server.port, "publish", {"channel": "nowhere:x", "data": 1})
+    (record,) = [r for r in caplog.records if r.name == "tidings.api"]
+    assert "unknown namespace 'nowhere'" in record.getMessage()
+    assert (record.code, record.channel) == (102, "nowhere:x")  # type: ignore[attr-defined]
+
+
+async def test_batch_and_broadcast_errors_carry_details(server: RunningServer) -> None:
+    _, answer = await api(
+        server.port,
+        "batch",
+        {"commands": [{"publish": {"channel": "open:x"}}, {"a": {}, "b": {}}]},
+    )
+    details = [reply["error"]["detail"] for reply in answer["replies"]]
+    assert details == [
+        "data: missing (send data, or b64data)",
+        "commands: each command is an object with exactly one method",
+    ]
+    _, answer = await api(
+        server.port, "broadcast", {"channels": ["open:a", "nowhere:b"], "data": 1}
+    )
+    assert answer["result"]["responses"][1]["error"]["detail"].startswith(
+        "channel: unknown namespace 'nowhere'"
+    )
+
+
+async def test_malformed_body_is_a_json_error(server: RunningServer) -> None:
+    status, headers, body = await http(
+        server.port, "POST", "/api/publish", b"{not json", {"X-API-Key": API_KEY}
+    )
+    assert status == 400 and headers["content-type"] == "application/json"
+    assert json.loads(body) == {
+        "error": {"code": 107, "message": "bad request", "detail": "the body is not a JSON object"}
+    }
 
 
 async def test_history_presence_and_channels(
@@ -138,7 +258,8 @@ async def test_broadcast_and_batch(server: RunningServer) -> None:
     )
     responses = broadcast["result"]["responses"]
     assert responses[0]["result"]["offset"] == 1
-    assert responses[1] == {"error": {"code": 102, "message": "unknown channel"}}
+    assert responses[1]["error"]["code"] == 102
+    assert responses[1]["error"]["message"] == "unknown channel"
     assert responses[2] == {"result": {}}
     assert (await api(server.port, "broadcast", {"channels": [], "data": 1}))[1]["error"][
         "code"
@@ -157,7 +278,7 @@ async def test_broadcast_and_batch(server: RunningServer) -> None:
     )
     replies = batch["replies"]
     assert replies[0] == {"publish": {"offset": 2, "epoch": responses[0]["result"]["epoch"]}}
-    assert replies[1] == {"error": {"code": 104, "message": "not found"}}
+    assert (replies[1]["error"]["code"], replies[1]["error"]["message"]) == (104, "not found")
     assert len(replies[2]["history"]["publications"]) == 2
 
 

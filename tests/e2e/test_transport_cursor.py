@@ -114,7 +114,7 @@ async def test_one_cursor_from_websocket_to_sse_to_long_polling_and_back(
     for n in (4, 5):
         await server.node.publish(CHANNEL, {"n": n})
     cursor = encode_cursor({CHANNEL: StreamPosition(received[-1], epoch)})
-    assert cursor == f"chat%3Asame:{epoch}:3"  # what the documented JS helper builds
+    assert cursor == f"chat@3Asame:{epoch}:3"  # what the documented JS helper builds
     sse = await open_sse(http, sse_url(server), headers={"Last-Event-ID": cursor})
     events = await sse.events(2)
     received += [e.json()["data"]["n"] for e in events]

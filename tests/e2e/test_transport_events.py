@@ -59,7 +59,7 @@ async def test_publications_arrive_as_events_with_cursor_ids(
     events = await stream.events(3)
     assert payloads(events) == [("chat:a", 1, 0), ("chat:a", 2, 1), ("chat:a", 3, 2)]
     epoch = parse_cursor(events[0].id or "")["chat:a"].epoch
-    assert [e.id for e in events] == [f"chat%3Aa:{epoch}:{n}" for n in (1, 2, 3)]
+    assert [e.id for e in events] == [f"chat@3Aa:{epoch}:{n}" for n in (1, 2, 3)]
     assert stream.retry == 1000
     stream.close()
 

@@ -195,7 +195,7 @@ async def test_oversized_post_body_is_413(
     body = b'{"channel":"open:a","data":"' + b"x" * 70_000 + b'"}'
     async with http.post(f"{server.http_url}/longpoll?token={token()}", data=body) as response:
         assert response.status == 413
-        assert await response.text() == "request body too large"
+        assert await response.text() == "request body over max_message_size (65536 bytes)"
     await assert_still_serving(server, control)
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from urllib.parse import quote
+from urllib.parse import parse_qs, quote
 
 import pytest
 from hypothesis import given
@@ -26,8 +26,25 @@ def test_encodes_sorted_entries_with_escaped_separators() -> None:
         "news": StreamPosition(3, "XyZ"),
         "chat:room#1,2": StreamPosition(18, "ABCDEFGH"),
     }
-    assert encode_cursor(positions) == "chat%3Aroom%231%2C2:ABCDEFGH:18,news:XyZ:3"
+    assert encode_cursor(positions) == "chat@3Aroom@231@2C2:ABCDEFGH:18,news:XyZ:3"
     assert parse_cursor(encode_cursor(positions)) == positions
+
+
+def test_legacy_percent_escapes_are_still_read() -> None:
+    """Cursors of tidings 0.1 (and encodeURIComponent alone) used "%XX"."""
+    legacy = "chat%3Aroom%231%2C2:ABCDEFGH:18,news:XyZ:3"
+    assert parse_cursor(legacy) == parse_cursor("chat@3Aroom@231@2C2:ABCDEFGH:18,news:XyZ:3")
+    assert parse_cursor("a%40b:E:1") == {"a@b": StreamPosition(1, "E")}
+
+
+@given(
+    st.dictionaries(st.text(min_size=1, max_size=20), st.integers(0, 99), min_size=1, max_size=5)
+)
+def test_survives_a_url_query_unchanged(value: dict[str, int]) -> None:
+    """A cursor pasted into ``?cursor=`` as it is comes out of the query parser intact."""
+    text = encode_cursor({c: StreamPosition(o, "Ep0ch") for c, o in value.items()})
+    parsed = parse_qs(f"channel=x&cursor={text}", keep_blank_values=True)
+    assert parsed["cursor"] == [text]
 
 
 def test_empty_cursor_is_no_position() -> None:
@@ -40,11 +57,12 @@ def test_escapes_like_encode_uri_component() -> None:
     text = "a-_.!~*'()b :,/?#[]@$&+;=%é€"
     assert (
         encode_component(text)
-        == "a-_.!~*'()b%20%3A%2C%2F%3F%23%5B%5D%40%24%26%2B%3B%3D%25%C3%A9%E2%82%AC"
+        == "a-_.!~*'()b@20@3A@2C@2F@3F@23@5B@5D@40@24@26@2B@3B@3D@25@C3@A9@E2@82@AC"
     )
 
 
 def test_accepts_lower_case_escapes_and_empty_epoch() -> None:
+    assert parse_cursor("chat@3aroom::7") == {"chat:room": StreamPosition(7, "")}
     assert parse_cursor("chat%3aroom::7") == {"chat:room": StreamPosition(7, "")}
 
 
@@ -66,6 +84,9 @@ def test_accepts_lower_case_escapes_and_empty_epoch() -> None:
         "chat%3:E:1",  # truncated escape
         "chat%zz:E:1",
         "chat%ff:E:1",  # not UTF-8
+        "chat@3:E:1",
+        "chat@zz:E:1",
+        "chat@ff:E:1",
         "chat room:E:1",  # space outside the alphabet
         "chat:E:1\n",  # a newline would end an SSE id line
         "chat:E\x00:1",
@@ -110,13 +131,20 @@ def test_round_trip(value: dict[str, StreamPosition]) -> None:
 
 @given(positions)
 def test_matches_the_documented_javascript_helper(value: dict[str, StreamPosition]) -> None:
-    """docs/transports.md: entries joined by ',' of encodeURIComponent(channel):epoch:offset."""
+    """docs/transports.md: entries joined by ',' of esc(channel):esc(epoch):offset, where
+    esc(x) is encodeURIComponent(x).replaceAll("%", "@"); plain encodeURIComponent still reads."""
     safe = "-_.!~*'()"
-    js = ",".join(
+
+    def esc(text: str) -> str:
+        return quote(text, safe=safe).replace("%", "@")
+
+    js = ",".join(f"{esc(c)}:{esc(p.epoch)}:{p.offset}" for c, p in sorted(value.items()))
+    assert js == encode_cursor(value)
+    legacy = ",".join(
         f"{quote(c, safe=safe)}:{quote(p.epoch, safe=safe)}:{p.offset}"
         for c, p in sorted(value.items())
     )
-    assert parse_cursor(js) == value
+    assert parse_cursor(legacy) == value
 
 
 @given(st.text(max_size=200))

@@ -229,7 +229,7 @@ def _run(
     options: dict[str, Any], console: Console
 ) -> tuple[list[ScenarioResult], dict[str, Any], dict[str, Any]]:
     from tidings.bench.progress import Progress
-    from tidings.bench.suite import SuiteOptions, run_suite
+    from tidings.bench.suite import DEFAULT_URLS, SuiteOptions, run_suite
     from tidings.bench.system import environment, pin_to_cpus, raise_open_files_limit
 
     targets = list(dict.fromkeys(options["targets"] or ("tidings",)))
@@ -281,6 +281,7 @@ def _run(
         "targets": targets,
         "scenarios": scenarios,
         "spawn": options["spawn"],
+        "url": None if options["spawn"] else options["url"] or DEFAULT_URLS[targets[0]],
         "server_cpus": suite.server_cpus if options["spawn"] else None,
         "generator_cpus": generator_cpus,
         "open_files": {"soft": soft, "hard": hard},

@@ -53,6 +53,16 @@ _CLOSE_FRAME = wsframe.encode_close(wsframe.CLOSE_NORMAL, "bench done")
 _decode_json = msgspec.json.decode
 
 
+BENCH_CONFIG_HINT = (
+    "the server lacks the bench configuration (anonymous clients in a 'bench' namespace "
+    "with history): start it with `tidings serve --config benchmarks/tidings-bench.toml`, "
+    "or pass --spawn to let tidings bench start its own"
+)
+SETUP_REFUSALS = frozenset({101, 102, 103, 3500, 3501})
+"""Refusals of the set-up that the bench configuration prevents: unauthorized, unknown
+channel, permission denied, and the disconnects for a missing or invalid token."""
+
+
 class ClientFailed(Exception):
     """A connection could not be set up; the message says which step failed."""
 
@@ -341,7 +351,12 @@ class BenchClient(asyncio.Protocol):
             elif opcode == wsframe.OP_CLOSE:
                 code, reason = wsframe.parse_close(body)
                 if not self.closing:
-                    self._fail(f"server closed the connection: {code} {reason}".rstrip(), code)
+                    text = f"server closed the connection: {code} {reason}".rstrip()
+                    self._fail(text + self._setup_hint(code), code)
+
+    def _setup_hint(self, code: int) -> str:
+        """What to change when the server refuses the set-up with ``code`` (none by default)."""
+        return ""
 
     def _messages(self, messages: list[bytes], now: int) -> None:
         raise NotImplementedError
@@ -538,12 +553,23 @@ class TidingsClient(BenchClient):
         else:
             self._fail(f"expected the connect or subscribe reply, got {document!r:.80}")
 
+    def _setup_hint(self, code: int) -> str:
+        """A refused connect or subscribe almost always means a server without the bench's
+        configuration (no anonymous access, no ``bench`` namespace): say what to pass."""
+        if self.state is SETUP and code in SETUP_REFUSALS:
+            return f"; {BENCH_CONFIG_HINT}"
+        return ""
+
     def _error_reply(self, document: dict[str, Any]) -> None:
         command_id = document.get("id")
         error = document.get("error")
         if self.state is SETUP:
             step = "connect" if command_id == wire.CONNECT_ID else "subscribe"
-            self._fail(f"{step} refused: {error}")
+            code = error.get("code", 0) if isinstance(error, dict) else 0
+            text = (
+                f"error {code}: {error.get('message')}" if isinstance(error, dict) else str(error)
+            )
+            self._fail(f"{step} refused: {text}{self._setup_hint(code)}")
         else:
             self.tally.publish_errors += 1
             self.tally.problem(f"error reply: {error}")

@@ -5,20 +5,30 @@ A cursor is a position in several channels at once: for each channel, the
 state a plain-HTTP client keeps, so the server keeps none (docs/protocol.md section 7
 defines epochs and offsets; a cursor is just a list of them).
 
-Format (one line of printable ASCII, safe in an SSE ``id:`` field and in a URL
-query once percent-encoded again)::
+Format (one line of printable ASCII that survives a URL query as it is: a
+cursor copied from a JSON answer or an SSE id works in ``?cursor=`` unchanged)::
 
     cursor  = "" | entry *( "," entry )
     entry   = channel ":" epoch ":" offset
-    channel = 1*pchar        ; the channel name, percent-encoded as JavaScript's
-    epoch   = *pchar         ; encodeURIComponent does (UTF-8, "%XX")
+    channel = 1*pchar        ; the channel name, escaped as JavaScript's
+    epoch   = *pchar         ; encodeURIComponent does, but with "@XX" for "%XX"
     offset  = "0" | [1-9] *DIGIT   ; at most 2**63 - 1
 
 The encoder sorts entries by channel and escapes every byte outside
-``A-Z a-z 0-9 - _ . ! ~ * ' ( )``, so ``:`` and ``,`` inside a name never
-clash with the separators. The parser is strict: any other character, a bad
-escape, invalid UTF-8, a duplicate channel, an empty channel, an offset with a
-sign or leading zeros, or a cursor over its size limit is a :class:`CursorError`.
+``A-Z a-z 0-9 - _ . ! ~ * ' ( )`` as ``@XX`` (UTF-8), so ``:`` and ``,``
+inside a name never clash with the separators, and nothing in a cursor is
+changed by a URL query's percent-decoding (``@``, ``:`` and ``,`` are legal
+in a query and mean nothing to it). The escape is ``@`` rather than ``%``
+because ``%`` would be decoded once by the query parser, which made a cursor
+need encoding twice.
+
+Cursors written with ``%XX`` escapes (tidings 0.1, or
+``encodeURIComponent`` alone) are still accepted: ``encodeURIComponent``
+escapes both ``%`` and ``@``, so neither appears literally in a name of
+either form, and each is unambiguous. The parser is strict otherwise: any
+other character, a bad escape, invalid UTF-8, a duplicate channel, an empty
+channel, an offset with a sign or leading zeros, or a cursor over its size
+limit is a :class:`CursorError`.
 
 A WebSocket client already holds ``(epoch, offset)`` per channel (subscribe
 replies and ``pub.offset``), so it can build the same string and continue on
@@ -42,8 +52,13 @@ MAX_OFFSET = 2**63 - 1
 _SAFE = "-_.!~*'()"
 """Characters encodeURIComponent leaves alone (besides letters and digits)."""
 
-_CURSOR_CHARS = re.compile(r"[A-Za-z0-9\-_.!~*'()%:,]*")
-_ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
+ESCAPE = "@"
+"""Starts a two-hex-digit escape in cursors this version writes."""
+LEGACY_ESCAPE = "%"
+"""Starts an escape in cursors of tidings 0.1 (still read)."""
+
+_CURSOR_CHARS = re.compile(r"[A-Za-z0-9\-_.!~*'()%@:,]*")
+_ESCAPE = re.compile(r"[%@]([0-9A-Fa-f]{2})")
 _OFFSET = re.compile(r"0|[1-9][0-9]{0,18}")
 
 
@@ -52,8 +67,11 @@ class CursorError(ValueError):
 
 
 def encode_component(text: str) -> str:
-    """Percent-encode a channel or epoch exactly as JavaScript's ``encodeURIComponent``."""
-    return quote(text, safe=_SAFE)
+    """Escape a channel or epoch as ``encodeURIComponent`` does, with ``@`` for ``%``.
+
+    In JavaScript: ``encodeURIComponent(text).replaceAll("%", "@")``.
+    """
+    return quote(text, safe=_SAFE).replace(LEGACY_ESCAPE, ESCAPE)
 
 
 def encode_entry(channel: str, position: StreamPosition) -> str:
@@ -67,16 +85,17 @@ def encode_cursor(positions: Mapping[str, StreamPosition]) -> str:
 
 
 def _decode_component(text: str, what: str) -> str:
-    if "%" not in text:
+    escapes = text.count(ESCAPE) + text.count(LEGACY_ESCAPE)
+    if not escapes:
         return text
-    # Every "%" must start a two-digit escape; the rest are literal ASCII.
-    if text.count("%") != len(_ESCAPE.findall(text)):
-        raise CursorError(f"bad percent-escape in {what}")
+    # Every "@" (or legacy "%") must start a two-digit escape; the rest are literal ASCII.
+    if escapes != len(_ESCAPE.findall(text)):
+        raise CursorError(f"bad escape in {what}")
     raw = bytearray()
     index = 0
     while index < len(text):
         char = text[index]
-        if char == "%":
+        if char in (ESCAPE, LEGACY_ESCAPE):
             raw.append(int(text[index + 1 : index + 3], 16))
             index += 3
         else:

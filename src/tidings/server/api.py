@@ -1,10 +1,16 @@
 """The server HTTP API (``POST /api/<method>``), shaped so PyPI ``cent`` works unchanged.
 
 docs/protocol.md section 9: key in ``X-API-Key``, ``Authorization: apikey <key>`` or
-``?api_key=``; 401 with an empty body otherwise. Answers are HTTP 200 with
-``{"result":...}`` or ``{"error":{...}}``, unless the request asks for the
-transport error mode. Channel permissions do not apply: this is the backend
-speaking. Malformed input gets a JSON error, never a traceback.
+``?api_key=``; otherwise 401 with a JSON error that says which setting to check
+(never the key). Answers are HTTP 200 with ``{"result":...}`` or
+``{"error":{...}}``, unless the request asks for the transport error mode.
+Channel permissions do not apply: this is the backend speaking. Malformed input
+gets a JSON error, never a traceback.
+
+An error's ``code`` and ``message`` are the protocol's fixed catalog; a refused
+request may add ``detail``, one line naming the field and what was wrong with
+it (``"data: missing (send data or b64data)"``), built only from the request
+and the configuration. The log line of the refusal says the same.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import difflib
 import hmac
 import logging
 from collections.abc import Awaitable, Callable
@@ -20,11 +27,12 @@ from typing import Any
 import msgspec
 from msgspec import Raw, Struct
 
+from tidings.channels import NAMESPACE_BOUNDARY, PRIVATE_PREFIX, check_channel_name
 from tidings.errors import ApiErrorCode, BrokerUnavailable, Disconnect, Error, ErrorCode, ReplyError
 from tidings.node import Node
 from tidings.protocol.codec import JSON_INPUT_ERRORS, compact_raw
 from tidings.protocol.messages import NO_DATA, StreamPosition
-from tidings.server.http import Request, Response, json_response, text_response
+from tidings.server.http import Request, Response, json_response
 
 log = logging.getLogger("tidings.api")
 
@@ -125,13 +133,20 @@ class LegacyCommand(Struct):
 
 
 class ApiError(Exception):
-    def __init__(self, error: Error) -> None:
+    """An error answer: the catalog's code and message, plus an optional ``detail`` line."""
+
+    def __init__(self, error: Error, detail: str = "") -> None:
         super().__init__(error.message)
         self.error = error
+        self.detail = detail
 
 
-def _bad_request() -> ApiError:
-    return ApiError(ApiErrorCode.BAD_REQUEST)
+def _bad_request(detail: str = "") -> ApiError:
+    return ApiError(ApiErrorCode.BAD_REQUEST, detail)
+
+
+def _required(name: str) -> ApiError:
+    return _bad_request(f"{name}: missing")
 
 
 # --------------------------------------------------------------------------- methods
@@ -142,15 +157,15 @@ def _payload(data: Raw, b64data: str) -> Raw:
         try:
             return Raw(compact_raw(bytes(data)))
         except RecursionError:
-            raise _bad_request() from None
+            raise _bad_request("data: nested too deeply") from None
     if b64data:
         try:
             decoded = base64.b64decode(b64data, validate=True)
             msgspec.json.decode(decoded)
         except (binascii.Error, ValueError, *JSON_INPUT_ERRORS):
-            raise _bad_request() from None
+            raise _bad_request("b64data: expected base64 of a JSON document") from None
         return Raw(compact_raw(decoded))
-    raise _bad_request()
+    raise _bad_request("data: missing (send data, or b64data)")
 
 
 _BROKER_UNAVAILABLE = ErrorCode.INTERNAL
@@ -177,6 +192,10 @@ class ServerApi:
             "info": (EmptyRequest, self.info),
         }
 
+    @property
+    def method_names(self) -> list[str]:
+        return [*self._methods, "batch"]
+
     async def call(self, method: str, params: bytes) -> Any:
         """Run one method on its JSON params (bytes, decoded once); raises :class:`ApiError`.
 
@@ -187,23 +206,79 @@ class ServerApi:
             return await self.batch(params)
         entry = self._methods.get(method)
         if entry is None:
-            raise ApiError(ApiErrorCode.NOT_FOUND)
+            raise self._refused(
+                method,
+                ApiError(
+                    ApiErrorCode.NOT_FOUND,
+                    f"no API method {method[:64]!r}; methods: {', '.join(self.method_names)}",
+                ),
+            )
         request_type, handler = entry
+        params = params.strip() or b"{}"
         try:
-            request = msgspec.json.decode(params.strip() or b"{}", type=request_type)
+            request = msgspec.json.decode(params, type=request_type)
+        except msgspec.ValidationError as exc:
+            raise self._refused(method, _bad_request(_validation_detail(exc))) from None
         except JSON_INPUT_ERRORS:
-            raise _bad_request() from None
+            raise self._refused(method, _bad_request("params: expected a JSON object")) from None
         try:
             return await handler(request)
+        except ApiError as exc:
+            if exc.error.code == ApiErrorCode.BAD_REQUEST.code:
+                exc.detail = _with_unknown_fields(exc.detail, params, request_type)
+            raise self._refused(method, exc, channel=getattr(request, "channel", "")) from None
         except ReplyError as exc:
-            raise ApiError(_api_error(exc.error)) from None
+            channel = getattr(request, "channel", "")
+            error = ApiError(_api_error(exc.error), self.channel_detail(channel, exc.error))
+            raise self._refused(method, error, channel=channel) from None
         except BrokerUnavailable as exc:
-            log.warning("API %s failed: %s", method, exc)
+            log.warning("API %s failed: %s", method, exc, extra={"code": 100})
             raise ApiError(_BROKER_UNAVAILABLE) from None
+
+    def _refused(self, method: str, error: ApiError, *, channel: str = "") -> ApiError:
+        """Log a refused call with its detail (the field and what was wrong); return it."""
+        fields: dict[str, Any] = {"code": error.error.code}
+        if channel:
+            fields["channel"] = channel[:255]
+        log.info(
+            "API %s refused: %d %s%s",
+            method[:64],
+            error.error.code,
+            error.error.message,
+            f" ({error.detail})" if error.detail else "",
+            extra=fields,
+        )
+        return error
+
+    def channel_detail(self, channel: str, error: Error) -> str:
+        """Why ``channel`` was refused with ``error``: its length, its form or its namespace."""
+        if error.code == ErrorCode.UNKNOWN_CHANNEL.code:
+            bare = channel[1:] if channel.startswith(PRIVATE_PREFIX) else channel
+            namespace = bare.partition(NAMESPACE_BOUNDARY)[0]
+            return (
+                f"channel: unknown namespace {namespace!r}; "
+                f"configure it as [channels.namespaces.{namespace}]"
+            )
+        if error.code != ErrorCode.BAD_REQUEST.code:
+            return ""
+        if not channel:
+            return "channel: missing"
+        limit = self.node.config.channel_max_length
+        size = len(channel.encode("utf-8", "surrogatepass"))
+        if size > limit:
+            return f"channel: {size} bytes, longer than channel_max_length ({limit})"
+        try:
+            check_channel_name(channel, limit)
+        except ReplyError:
+            return (
+                "channel: not a valid name (no control characters; a namespace and a name "
+                'on both sides of ":")'
+            )
+        return ""
 
     async def publish(self, request: PublishRequest) -> dict[str, Any]:
         if not request.channel:
-            raise _bad_request()
+            raise _required("channel")
         result = await self.node.publish(
             request.channel,
             _payload(request.data, request.b64data),
@@ -217,7 +292,7 @@ class ServerApi:
 
     async def broadcast(self, request: BroadcastRequest) -> dict[str, Any]:
         if not request.channels:
-            raise _bad_request()
+            raise _required("channels")
         data = _payload(request.data, request.b64data)
         responses: list[dict[str, Any]] = []
         for channel in request.channels:
@@ -233,16 +308,17 @@ class ServerApi:
                 )
                 responses.append({"result": result})
             except ReplyError as exc:
-                responses.append({"error": _error_dict(_api_error(exc.error))})
+                detail = self.channel_detail(channel, exc.error)
+                responses.append({"error": _error_dict(_api_error(exc.error), detail)})
             except ApiError as exc:
-                responses.append({"error": _error_dict(exc.error)})
+                responses.append({"error": _error_dict(exc.error, exc.detail)})
             except BrokerUnavailable:
                 responses.append({"error": _error_dict(_BROKER_UNAVAILABLE)})
         return {"responses": responses}
 
     async def subscribe(self, request: SubscribeRequest) -> dict[str, Any]:
         if not request.user or not request.channel:
-            raise _bad_request()
+            raise _required("user" if not request.user else "channel")
         since = request.recover_since
         await self.node.subscribe_user(
             request.user,
@@ -257,7 +333,7 @@ class ServerApi:
 
     async def unsubscribe(self, request: UnsubscribeRequest) -> dict[str, Any]:
         if not request.user or not request.channel:
-            raise _bad_request()
+            raise _required("user" if not request.user else "channel")
         await self.node.unsubscribe_user(
             request.user, request.channel, client=request.client, session=request.session
         )
@@ -265,10 +341,12 @@ class ServerApi:
 
     async def disconnect(self, request: DisconnectRequest) -> dict[str, Any]:
         if not request.user:
-            raise _bad_request()
+            raise _required("user")
         disconnect = request.disconnect or _DisconnectObject()
-        if not 3000 <= disconnect.code <= 4999 or len(disconnect.reason.encode()) > 123:
-            raise _bad_request()
+        if not 3000 <= disconnect.code <= 4999:
+            raise _bad_request(f"disconnect.code: expected 3000-4999, got {disconnect.code}")
+        if len(disconnect.reason.encode()) > 123:
+            raise _bad_request("disconnect.reason: longer than 123 bytes")
         await self.node.disconnect_user(
             request.user,
             Disconnect(disconnect.code, disconnect.reason),
@@ -280,7 +358,7 @@ class ServerApi:
 
     async def refresh(self, request: RefreshRequest) -> dict[str, Any]:
         if not request.user:
-            raise _bad_request()
+            raise _required("user")
         await self.node.refresh_user(
             request.user,
             client=request.client,
@@ -334,19 +412,23 @@ class ServerApi:
     async def batch(self, params: bytes) -> list[dict[str, Any]]:
         try:
             request = msgspec.json.decode(params, type=BatchRequest)
+        except msgspec.ValidationError as exc:
+            raise self._refused("batch", _bad_request(_validation_detail(exc))) from None
         except JSON_INPUT_ERRORS:
-            raise _bad_request() from None
+            raise self._refused("batch", _bad_request("params: expected a JSON object")) from None
 
         async def one(command: dict[str, Raw]) -> dict[str, Any]:
             if len(command) != 1:
-                return {"error": _error_dict(ApiErrorCode.BAD_REQUEST)}
+                detail = "commands: each command is an object with exactly one method"
+                return {"error": _error_dict(ApiErrorCode.BAD_REQUEST, detail)}
             ((method, method_params),) = command.items()
             if method == "batch":
-                return {"error": _error_dict(ApiErrorCode.BAD_REQUEST)}
+                detail = "commands: a batch cannot contain a batch"
+                return {"error": _error_dict(ApiErrorCode.BAD_REQUEST, detail)}
             try:
                 return {method: await self.call(method, bytes(method_params))}
             except ApiError as exc:
-                return {"error": _error_dict(exc.error)}
+                return {"error": _error_dict(exc.error, exc.detail)}
 
         if request.parallel:
             return list(await asyncio.gather(*(one(command) for command in request.commands)))
@@ -354,11 +436,11 @@ class ServerApi:
 
     def _channel_options(self, channel: str) -> Any:
         if not channel:
-            raise _bad_request()
+            raise _required("channel")
         try:
             return self.node.rules.options(channel)
         except ReplyError as exc:
-            raise ApiError(_api_error(exc.error)) from None
+            raise ApiError(_api_error(exc.error), self.channel_detail(channel, exc.error)) from None
 
 
 def _api_error(error: Error) -> Error:
@@ -374,14 +456,46 @@ def _api_error(error: Error) -> Error:
     return error
 
 
-def _error_dict(error: Error) -> dict[str, Any]:
+def _error_dict(error: Error, detail: str = "") -> dict[str, Any]:
     result: dict[str, Any] = {"code": error.code, "message": error.message}
     if error.temporary:
         result["temporary"] = True
+    if detail:
+        result["detail"] = detail
     return result
 
 
+def _validation_detail(exc: msgspec.ValidationError) -> str:
+    """``Expected `str`, got `int` - at `$.channel``` -> ``channel: expected str, got int``."""
+    text, _, where = str(exc).partition(" - at `$")
+    where = where.rstrip("`").lstrip(".") or "params"
+    text = text.replace("`", "")
+    return f"{where}: {text[:1].lower()}{text[1:]}"
+
+
+def _with_unknown_fields(detail: str, params: bytes, request_type: type[Struct]) -> str:
+    """Add the fields the method does not know, with the closest known name (a misspelling)."""
+    try:
+        document = msgspec.json.decode(params)
+    except JSON_INPUT_ERRORS:
+        return detail
+    if not isinstance(document, dict):
+        return detail
+    known = request_type.__struct_fields__
+    notes = []
+    for name in document:
+        if name in known:
+            continue
+        close = difflib.get_close_matches(str(name), known, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        notes.append(f"unknown field {str(name)[:64]!r}{hint}")
+    return "; ".join([detail, *notes] if detail else notes)
+
+
 _TRANSPORT_ERROR_STATUS = {100: 500, 102: 404, 104: 404, 107: 400, 108: 400, 112: 416, 113: 409}
+
+
+_UNAUTHORIZED = Error(101, "unauthorized")
 
 
 class ApiEndpoint:
@@ -393,10 +507,26 @@ class ApiEndpoint:
         self._insecure = insecure
 
     def authorized(self, request: Request) -> bool:
+        return self._refusal(request) is None
+
+    def _refusal(self, request: Request) -> str | None:
+        """None when the request may use the API; otherwise what to check, for the 401."""
         if self._insecure:
-            return True
+            return None
         if not self._key:
-            return False
+            return (
+                "the server API is closed: the server has no api_key "
+                "(set TIDINGS_API_KEY or api_key where it runs)"
+            )
+        supplied = self._supplied_key(request)
+        if supplied is None:
+            return "no API key: send it in X-API-Key (or Authorization: apikey KEY)"
+        if not hmac.compare_digest(supplied.encode(), self._key):
+            return "wrong API key: check the key against the server's api_key (TIDINGS_API_KEY)"
+        return None
+
+    @staticmethod
+    def _supplied_key(request: Request) -> str | None:
         supplied = request.header("x-api-key")
         if supplied is None:
             authorization = request.header("authorization")
@@ -406,16 +536,22 @@ class ApiEndpoint:
                     supplied = value.strip()
         if supplied is None:
             supplied = request.query_value("api_key")
-        return supplied is not None and hmac.compare_digest(supplied.encode(), self._key)
+        return supplied
 
     async def handle(self, request: Request) -> Response:
         if request.method == "OPTIONS":
             return Response(204, b"", "text/plain", [("allow", "POST, OPTIONS")])
         if request.method != "POST":
             return Response(405, b"", "text/plain", [("allow", "POST")])
-        if not self.authorized(request):
-            log.info("API call from %s refused: bad or missing key", request.client)
-            return Response(401, b"", "text/plain")
+        refusal = self._refusal(request)
+        if refusal is not None:
+            log.info(
+                "API call from %s refused: %s",
+                request.client,
+                refusal,
+                extra={"client": request.client, "status": 401},
+            )
+            return json_response(_encode({"error": _error_dict(_UNAUTHORIZED, refusal)}), 401)
         method = request.path[len("/api") :].strip("/")
         if not method:
             return await self._legacy(request)
@@ -423,15 +559,16 @@ class ApiEndpoint:
         try:
             msgspec.json.decode(body, type=dict)
         except JSON_INPUT_ERRORS:
-            return text_response("malformed JSON body", 400)
+            return _malformed_body()
         transport_mode = (request.header("x-centrifugo-error-mode") or "").lower() == "transport"
         try:
             result = await self.api.call(method, body)
         except ApiError as exc:
+            error = _error_dict(exc.error, exc.detail)
             if transport_mode:
                 status = _TRANSPORT_ERROR_STATUS.get(exc.error.code, 400)
-                return json_response(_encode(_error_dict(exc.error)), status)
-            return json_response(_encode({"error": _error_dict(exc.error)}))
+                return json_response(_encode(error), status)
+            return json_response(_encode({"error": error}))
         except Exception:
             log.exception("API method %s failed", method)
             return json_response(_encode({"error": _error_dict(ApiErrorCode.INTERNAL)}))
@@ -443,20 +580,26 @@ class ApiEndpoint:
         """``POST /api`` with ``{"method":..,"params":..}`` lines, answered line by line."""
         lines = [line for line in request.body.split(b"\n") if line.strip()]
         if not lines:
-            return text_response("empty body", 400)
+            return _malformed_body("the body is empty")
         answers = []
         for line in lines:
             try:
                 command = msgspec.json.decode(line, type=LegacyCommand)
             except (msgspec.DecodeError, RecursionError):
-                return text_response("malformed JSON body", 400)
-            except msgspec.ValidationError:
-                answers.append(_encode({"error": _error_dict(ApiErrorCode.BAD_REQUEST)}))
+                return _malformed_body()
+            except msgspec.ValidationError as exc:
+                error = _error_dict(ApiErrorCode.BAD_REQUEST, _validation_detail(exc))
+                answers.append(_encode({"error": error}))
                 continue
             try:
                 result = await self.api.call(command.method, bytes(command.params) or b"{}")
             except ApiError as exc:
-                answers.append(_encode({"error": _error_dict(exc.error)}))
+                answers.append(_encode({"error": _error_dict(exc.error, exc.detail)}))
                 continue
             answers.append(_encode({"result": result}))
         return json_response(b"\n".join(answers))
+
+
+def _malformed_body(detail: str = "the body is not a JSON object") -> Response:
+    """400 for a body that is not JSON at all: a JSON error like every other answer."""
+    return json_response(_encode({"error": _error_dict(ApiErrorCode.BAD_REQUEST, detail)}), 400)

@@ -37,14 +37,15 @@ log = logging.getLogger("tidings.server")
 
 
 def find_centrifuge_js() -> Path | None:
-    """centrifuge-js is installed from npm by the setup step, never copied into the repo."""
-    here = Path(__file__).resolve()
-    candidates = [Path.cwd(), *here.parents]
-    for base in candidates:
-        path = base / "node_modules" / "centrifuge" / "dist" / "centrifuge.js"
-        if path.is_file():
-            return path
-    return None
+    """The browser bundle of centrifuge-js, shipped inside the package (demo/vendor).
+
+    Vendored from npm unchanged, with its licence and a VERSION note, so Python
+    alone serves the demo and the admin page; a test checks it against the npm
+    package of the version package-lock.json pins.
+    """
+    resource = resources.files("tidings") / "demo" / "vendor" / "centrifuge.js"
+    path = Path(str(resource))
+    return path if path.is_file() else None
 
 
 class TidingsServer:
@@ -80,6 +81,10 @@ class TidingsServer:
         router.route("/demo/*", self._demo_asset)
         router.route("/vendor/centrifuge.js", self._centrifuge_js)
         self.transports.install(router)
+        if self.config.admin:  # off by default; see tidings.server.admin
+            from tidings.server.admin import install as install_admin
+
+            install_admin(self)
 
     async def _health(self, request: Request) -> Response:
         return json_response(b'{"status":"ok"}')
@@ -117,12 +122,8 @@ class TidingsServer:
 
     async def _centrifuge_js(self, request: Request) -> Response:
         path = find_centrifuge_js()
-        if path is None:
-            return text_response(
-                "centrifuge-js is not installed: run `npm ci` in the tidings checkout "
-                "(`make serve` does it)\n",
-                404,
-            )
+        if path is None:  # pragma: no cover - only a broken installation lacks it
+            return text_response("centrifuge.js is missing from this installation\n", 404)
         return Response(
             200,
             path.read_bytes(),
@@ -138,9 +139,10 @@ class TidingsServer:
         upgrades = self.upgrades
         if not upgrades.origin_allowed(request):
             log.info(
-                "websocket from %s refused: origin %r not allowed",
+                "websocket from %s refused: origin %r not allowed (see allowed_origins)",
                 request.client,
                 request.header("origin"),
+                extra={"client": request.client, "status": 403},
             )
             refuse(transport, 403, HttpErrorCode.ORIGIN_NOT_ALLOWED)
             return

@@ -140,7 +140,14 @@ class RefusalLog:
         self._last[key] = now
         suppressed = self._suppressed.pop(key, 0)
         more = f" (and {suppressed} more since the last report)" if suppressed else ""
-        log.info("refused %s: %d %s%s", client or "-", status, reason, more)
+        log.info(
+            "refused %s: %d %s%s",
+            client or "-",
+            status,
+            reason,
+            more,
+            extra={"client": client, "status": status},
+        )
 
 
 class ConnectionGate(Protocol):
@@ -230,6 +237,11 @@ class HttpStream:
 
     def write_buffer_size(self) -> int:
         return self.transport.get_write_buffer_size()
+
+
+def _too_large(max_body: int) -> str:
+    """The 413 text names the setting, so whoever sent the body knows what to raise."""
+    return f"request body over max_message_size ({max_body} bytes)"
 
 
 def _status_line(status: int) -> bytes:
@@ -359,14 +371,14 @@ class HttpProtocol(asyncio.Protocol):
         request.keep_alive = bool(self._parser.should_keep_alive())
         length = request.header("content-length")
         if length is not None and length.isdigit() and int(length) > self._max_body:
-            self._reply_and_close(413, "request body too large")
+            self._reply_and_close(413, _too_large(self._max_body))
         if self._parser.should_upgrade():
             self._upgrade = request
 
     def on_body(self, body: bytes) -> None:
         self._body_size += len(body)
         if self._body_size > self._max_body:
-            self._reply_and_close(413, "request body too large")
+            self._reply_and_close(413, _too_large(self._max_body))
             return
         self._body.append(body)
 

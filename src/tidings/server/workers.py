@@ -52,8 +52,6 @@ __all__ = ["run_workers"]
 
 log = logging.getLogger("tidings.workers")
 
-LOG_FORMAT = "%(asctime)s %(levelname)-7s {label} %(name)s: %(message)s"
-
 RESTART_PAUSE_MIN = 0.5
 RESTART_PAUSE_MAX = 10.0
 """Seconds before a dead worker is started again: doubling while it dies young."""
@@ -77,7 +75,7 @@ def run_workers(config: Config) -> int:
     not start (or one had to be killed), 2 for a configuration that cannot
     work with several processes.
     """
-    _label_logs("[supervisor]", config.log_level)
+    _label_logs("[supervisor]", config)
     if config.broker == "memory":
         log.error(
             "--workers %d needs a shared broker (--broker redis://...): the memory broker "
@@ -120,13 +118,12 @@ def _reserve_port(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _label_logs(label: str, level: str) -> None:
-    """Log with ``label`` after the level, so interleaved lines say which process wrote them."""
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format=LOG_FORMAT.format(label=label),
-        force=True,
-    )
+def _label_logs(label: str, config: Config) -> None:
+    """Log with ``label`` after the level (``process`` in JSON), so interleaved lines say
+    which process wrote them; in the configured log format (:mod:`tidings.logs`)."""
+    from tidings.logs import configure_for
+
+    configure_for(config, label=label)
 
 
 @dataclasses.dataclass(eq=False)
@@ -322,7 +319,7 @@ def worker_main(config: Config, index: int, ready: Connection, supervisor_pid: i
     """Entry point of a worker process (``multiprocessing`` spawn target)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with(supervisor_pid)
-    _label_logs(f"[worker {index}]", config.log_level)
+    _label_logs(f"[worker {index}]", config)
     sys.exit(_run_loop(_serve(config, ready)))
 
 

@@ -205,9 +205,10 @@ async def connect(session: Session, command_id: int, request: ConnectRequest) ->
             raise DisconnectError(DisconnectCode.CHANNEL_LIMIT)
         recovery = request.subs.get(channel, SubscribeRequest(channel=channel))
         try:
-            subscription = subscriptions.plan(
-                session, channel, recovery, server_side=True, token_sub=token_sub
+            grant = await subscriptions.authorize(
+                session, channel, server_side=True, token_sub=token_sub
             )
+            subscription = subscriptions.plan(session, channel, recovery, grant, server_side=True)
             result, position = await subscriptions.open_subscription(
                 session, subscription, recovery
             )
@@ -216,8 +217,8 @@ async def connect(session: Session, command_id: int, request: ConnectRequest) ->
             continue
         if session.closed:
             return None
-        if token_sub.data:
-            result.data = Raw(token_sub.data)
+        if grant.data:
+            result.data = Raw(grant.data)
         results[channel] = result
         opened.append((subscription, position))
 
@@ -285,14 +286,13 @@ async def subscribe(session: Session, command_id: int, request: SubscribeRequest
     sub_token: SubscriptionToken | None = None
     if request.token:
         sub_token = await _subscription_token(session, request.token, channel, "subscribe")
-    subscription = subscriptions.plan(
-        session, channel, request, server_side=False, sub_token=sub_token
-    )
+    grant = await subscriptions.authorize(session, channel, server_side=False, sub_token=sub_token)
+    subscription = subscriptions.plan(session, channel, request, grant, server_side=False)
     result, position = await subscriptions.open_subscription(session, subscription, request)
     if session.closed:
         return
-    if sub_token is not None and sub_token.data:
-        result.data = Raw(sub_token.data)
+    if grant.data:
+        result.data = Raw(grant.data)
     session.send(encode_reply(command_id, "subscribe", result))
     await subscriptions.go_live(session, subscription, position)
 

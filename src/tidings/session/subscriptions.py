@@ -2,9 +2,9 @@
 
 A subscribe runs in three steps (docs/protocol.md sections 2, 4 and 7):
 
-1. :func:`plan` decides, without I/O, whether the client may subscribe and
-   what the subscription promises (recovery, positioning, join/leave pushes),
-   with the namespace's options after a token's ``override``: the
+1. :func:`authorize` decides whether the client may subscribe, and
+   :func:`plan` what the subscription promises (recovery, positioning,
+   join/leave pushes), with the namespace's options after a token's ``override``: the
    :class:`Subscription` keeps those **effective** options for its whole life,
    so presence, join/leave and recovery follow the override both ways.
 2. :func:`open_subscription` joins the channel on this node (pushes are
@@ -22,6 +22,7 @@ reply yet, is told after the reply (see :func:`unsubscribe`).
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -112,16 +113,30 @@ def effective_options(options: ChannelOptions, override: SubscriptionOverride) -
 # --------------------------------------------------------------------------- subscribe
 
 
-def plan(
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """What allowed a subscribe, and what it gives the subscription.
+
+    ``options`` are the namespace's after a token's ``override``; ``chan_info``
+    and ``expire_at`` come from a subscription token (or the connection token's
+    ``subs`` claim); ``data`` goes into the subscribe reply (or push).
+    """
+
+    options: ChannelOptions
+    chan_info: bytes = b""
+    expire_at: int | None = None
+    data: bytes = b""
+
+
+async def authorize(
     session: Session,
     channel: str,
-    request: SubscribeRequest,
     *,
     server_side: bool,
     sub_token: SubscriptionToken | None = None,
     token_sub: TokenSubscription | None = None,
-) -> Subscription:
-    """Check the subscribe and decide what the subscription promises. No I/O.
+) -> Grant:
+    """May the client subscribe, and with what? Every subscription type asks here.
 
     Raises :class:`ReplyError` (102, 103, 107) when the channel is unknown or the
     client may not subscribe. A valid subscription token, or the server's own
@@ -132,15 +147,34 @@ def plan(
         options = rules.options(channel)
     else:
         options = rules.check_subscribe(channel, session.user, has_token=False)
-    override = sub_token.override if sub_token else token_sub.override if token_sub else None
-    if override is not None:
-        options = effective_options(options, override)
-    subscription = Subscription(channel, options, server_side=server_side)
     if sub_token is not None:
-        subscription.chan_info = sub_token.info
-        subscription.expire_at = sub_token.expire_at
-    elif token_sub is not None:
-        subscription.chan_info = token_sub.info
+        return Grant(
+            effective_options(options, sub_token.override),
+            sub_token.info,
+            sub_token.expire_at,
+            sub_token.data,
+        )
+    if token_sub is not None:
+        return Grant(
+            effective_options(options, token_sub.override), token_sub.info, None, token_sub.data
+        )
+    return Grant(options)
+
+
+def plan(
+    session: Session,
+    channel: str,
+    request: SubscribeRequest,
+    grant: Grant,
+    *,
+    server_side: bool,
+) -> Subscription:
+    """Decide what a granted stream subscription promises (recovery, positioning,
+    join/leave pushes), from its options and what the client asked. No I/O."""
+    options = grant.options
+    subscription = Subscription(channel, options, server_side=server_side)
+    subscription.chan_info = grant.chan_info
+    subscription.expire_at = grant.expire_at
     history_on = options.history_enabled
     may_read_history = server_side or ChannelRules.may_read_history(
         options, session.user, subscribed=True
@@ -280,7 +314,8 @@ async def server_subscribe(
         )
     token_sub = TokenSubscription(info=info, data=data)
     try:
-        subscription = plan(session, channel, request, server_side=True, token_sub=token_sub)
+        grant = await authorize(session, channel, server_side=True, token_sub=token_sub)
+        subscription = plan(session, channel, request, grant, server_side=True)
         result, position = await open_subscription(session, subscription, request)
     except (ReplyError, BrokerUnavailable) as exc:
         log.info("server subscribe of %s to %r failed: %s", session.client_id, channel, exc)

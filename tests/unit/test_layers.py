@@ -39,6 +39,7 @@ LAYERS: dict[str, int] = {
     "tidings.jwks": 2,
     "tidings.logs": 2,
     "tidings.hub": 3,
+    "tidings.hooks": 3,
     "tidings.node": 4,
     "tidings.session": 5,
     "tidings.transports": 6,

@@ -206,7 +206,8 @@ def run_server(config: Config, application: Tidings | None = None) -> int:
 
     async def serve_forever() -> int:
         node = application.node if application is not None else Node(config)
-        server = TidingsServer(node)
+        static = application.static_routes if application is not None else ()
+        server = TidingsServer(node, static=static)
         try:
             port = await server.start()
         except BrokerUnavailable as exc:

@@ -368,9 +368,11 @@ async def _serve(config: Config, ready: Connection, app: AppSpec | None = None) 
         application = load_app(*app)
         application.use_config(config)
         node = application.node
+        static = application.static_routes
     else:
         node = Node(config)
-    server = TidingsServer(node)
+        static = []
+    server = TidingsServer(node, static=static)
     try:
         port = await server.start()
     except BrokerUnavailable as exc:

@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: help install serve test lint typecheck bench conformance clean
+.PHONY: help install serve test lint typecheck bench conformance clean game
 
 help:
 	@echo "make serve   install what serving needs (Python packages only), then run the server"
@@ -50,9 +50,13 @@ system-deps:
 serve: $(VENV)/.serve-installed
 	$(BIN)/tidings serve
 
+# The example applications (examples/*/README.md), on http://127.0.0.1:8000.
+game: $(VENV)/.serve-installed
+	$(BIN)/tidings serve examples.game.app:rt
+
 lint: install
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks examples
+	$(BIN)/ruff format --check src tests benchmarks examples
 
 typecheck: install
 	$(BIN)/mypy

@@ -277,7 +277,14 @@ class Book:
     def random_partial(self) -> bool:
         return self.market.random.random() < 0.5
 
-    def _fill(self, order: Resting, quantity: int, price: float, status: str, now: float) -> Fill:
+    def _fill(
+        self,
+        order: Resting,
+        quantity: int,
+        price: float,
+        status: Literal["partial", "filled", "expired"],
+        now: float,
+    ) -> Fill:
         placed = order.placed
         return Fill(
             order=placed.id,
@@ -287,6 +294,6 @@ class Book:
             price=price,
             filled=order.filled,
             remaining=placed.quantity - order.filled,
-            status=status,  # type: ignore[arg-type]
+            status=status,
             time=int(now * 1000),
         )

@@ -13,9 +13,9 @@ from typing import Any
 
 import msgspec
 import pytest
-
 from examples.game.app import STATE, create_app
 from examples.game.arena import LEAVE_AFTER, WIDTH, Snapshot
+
 from tests.conftest import StartApp
 from tests.scale.conftest import NodeProcess, spawn_tidings
 from tests.support.polling import eventually
@@ -173,16 +173,9 @@ async def test_two_processes_on_redis_one_loop_and_a_takeover(
     prefix = unique_prefix("tgame")
     nodes: list[NodeProcess] = []
     try:
+        args = ["--broker", shared_redis, "--broker-prefix", prefix, "--shutdown-timeout", "1s"]
         for name in ("node1", "node2"):
-            nodes.append(
-                await spawn_tidings(
-                    "examples.game.app:rt",
-                    "--broker", shared_redis,
-                    "--broker-prefix", prefix,
-                    "--shutdown-timeout", "1s",
-                    name=name,
-                )  # fmt: skip
-            )
+            nodes.append(await spawn_tidings("examples.game.app:rt", *args, name=name))
         first, second = nodes
         _, ann = await open_player(browser, f"http://127.0.0.1:{first.port}", "ann")
         await first.wait_for_line("leader lock: this process runs the loop")

@@ -56,6 +56,7 @@
     // on_subscribe put every symbol's latest quote in the reply: the whole table at once.
     if (ctx.data && ctx.data.quotes) ctx.data.quotes.forEach(take);
     drawPending();
+    document.body.dataset.symbols = String(quotes.size); // how many the reply brought at once
     document.body.dataset.subscribed = "true";
   });
   board.on("subscribing", () => { document.body.dataset.subscribed = "false"; });

@@ -94,12 +94,22 @@
       tr.append(td);
     }
     tr.addEventListener("click", () => choose(symbol));
+    visibility.observe(tr);
     const row = { tr, cells };
     rows.set(symbol, row);
     tbody.append(tr);
     sortDirty = true;
     return row;
   }
+
+  // Only rows on screen flash: animating cells nobody sees would keep the page busy.
+  const onScreen = new Set();
+  const visibility = new IntersectionObserver((entries) => {
+    for (const entry of entries) {
+      if (entry.isIntersecting) onScreen.add(entry.target.dataset.symbol);
+      else onScreen.delete(entry.target.dataset.symbol);
+    }
+  });
 
   function flash(cell, up) {
     cell.animate(
@@ -111,10 +121,11 @@
   function drawPending() {
     for (const quote of pending.values()) {
       const row = rows.get(quote.symbol) || addRow(quote.symbol);
-      const before = quotes.get(quote.symbol);
+      const before = onScreen.has(quote.symbol) && quotes.get(quote.symbol);
+      const previous = quotes.get(quote.symbol);
       quotes.set(quote.symbol, quote);
       for (const column of COLUMNS) {
-        if (before && before[column] === quote[column]) continue;
+        if (previous && previous[column] === quote[column]) continue;
         const cell = row.cells[column];
         cell.textContent = formats[column](quote[column]);
         if (before) flash(cell, quote[column] > before[column]);
@@ -167,10 +178,12 @@
       autoSize: true,
       layout: { background: { color: "#171e2e" }, textColor: "#8d96a8" },
       grid: { vertLines: { color: "#20283a" }, horzLines: { color: "#20283a" } },
+      rightPriceScale: { minimumWidth: 64 },
       timeScale: { timeVisible: true, secondsVisible: true, rightOffset: 2, tickMarkFormatter: localTime },
       localization: { timeFormatter: localTime },
     });
     candles = chart.addSeries(charts.CandlestickSeries, {
+      priceFormat: { type: "price", precision: 2, minMove: 0.01 },
       upColor: "#3ecf8e", downColor: "#f25f5c", borderVisible: false,
       wickUpColor: "#3ecf8e", wickDownColor: "#f25f5c",
     });

@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: help install serve test lint typecheck bench conformance clean game
+.PHONY: help install serve test lint typecheck bench conformance clean game ticker
 
 help:
 	@echo "make serve   install what serving needs (Python packages only), then run the server"
@@ -34,7 +34,11 @@ node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
-install: $(VENV)/.installed node_modules/.installed
+# The examples' browser bundles (npm run build), into gitignored static/build directories.
+examples/ticker/static/build/chart.js: node_modules/.installed examples/ticker/chart-lib.mjs
+	npm run --silent build:ticker
+
+install: $(VENV)/.installed node_modules/.installed examples/ticker/static/build/chart.js
 
 # Debian packages the tests drive: chromium for the browser tests (Playwright drives it and
 # never downloads its own) and slowhttptest for the slow-header flood.
@@ -53,6 +57,11 @@ serve: $(VENV)/.serve-installed
 # The example applications (examples/*/README.md), on http://127.0.0.1:8000.
 game: $(VENV)/.serve-installed
 	$(BIN)/tidings serve examples.game.app:rt
+
+ticker: $(VENV)/.serve-installed
+	@if command -v npm >/dev/null 2>&1; then $(MAKE) --no-print-directory examples/ticker/static/build/chart.js; \
+	else echo "note: no npm here: the ticker runs without its chart (npm ci && npm run build)"; fi
+	$(BIN)/tidings serve examples.ticker.app:rt
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks examples

@@ -145,7 +145,10 @@ class MarketLoop:
         while True:
             now = time.time()
             if self.trading:
-                published = await rt.publish(BOARD, Batch(market.step(TICK, now)))
+                # The opening batch is the whole board: pages that subscribed before the
+                # market ran learn every symbol from it, not just the ones that trade.
+                trades = market.step(TICK, now) if ticks else market.board(now)
+                published = await rt.publish(BOARD, Batch(trades))
                 ticks += 1
                 if ticks % 20 == 1:
                     board = Board(published.offset, published.epoch, market.board(now))

@@ -3,12 +3,16 @@
 Each page joins with a name, steers with the keyboard and draws what the server
 publishes; ``window.game`` exposes what it drew (the latest snapshot, its
 player id, the ticks in order). The server's truth is the latest snapshot in
-``game:arena``'s history. Waits poll conditions with deadlines.
+``game:arena``'s history. Waits poll conditions with deadlines. With
+``TIDINGS_EXAMPLE_SCREENSHOTS=docs`` the first test writes the screenshots of
+docs/examples.md.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -66,6 +70,15 @@ def away_from_wall(x: int) -> tuple[str, int]:
     return ("ArrowRight", 1) if x < WIDTH / 2 else ("ArrowLeft", -1)
 
 
+@pytest.fixture
+def screenshots(tmp_path: Path) -> Path:
+    """Where screenshots go: the test's own directory, or ``docs/`` (for docs/examples.md)
+    when ``TIDINGS_EXAMPLE_SCREENSHOTS=docs``."""
+    if os.environ.get("TIDINGS_EXAMPLE_SCREENSHOTS") == "docs":
+        return Path(__file__).resolve().parents[2] / "docs"
+    return tmp_path
+
+
 async def steer_a_while(page: Any, rt: Tidings, player: str) -> None:
     """Hold an arrow key until the server has moved ``player`` 80 units, then let go and
     wait for the server to stop it."""
@@ -90,7 +103,7 @@ async def sees_the_truth(page: Any, rt: Tidings) -> bool:
 
 
 async def test_two_players_see_each_other_move_and_a_reload_sees_the_current_state(
-    browser: Any, start_app: StartApp
+    browser: Any, start_app: StartApp, screenshots: Path
 ) -> None:
     rt = create_app(port=0)
     server = await start_app(rt)
@@ -109,6 +122,8 @@ async def test_two_players_see_each_other_move_and_a_reload_sees_the_current_sta
     await eventually(lambda: sees_the_truth(ann, rt), "ann's page to show bob's move", WAIT)
     await ann.locator("#scores li", has_text="bob").wait_for()
     await bob.locator("#scores li", has_text="ann").wait_for()
+    await ann.screenshot(path=str(screenshots / "example-game-desktop.png"))
+    await bob.screenshot(path=str(screenshots / "example-game-phone.png"), full_page=True)
 
     # ann reloads while bob moves: the same player comes back, drawn at once from the
     # snapshot in the subscribe reply, then follows the game.

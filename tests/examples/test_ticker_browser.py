@@ -3,12 +3,16 @@
 Pages expose what they hold in ``window.ticker``; the tests read what the table
 *shows* from the DOM. To compare a page with the server, a test stops the market
 (``market.halt()``) and reads the server's latest quote of every symbol
-(``latest_quotes``). Waits poll conditions with deadlines.
+(``latest_quotes``). Waits poll conditions with deadlines. With
+``TIDINGS_EXAMPLE_SCREENSHOTS=docs`` the first test writes the screenshots of
+docs/examples.md.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -36,12 +40,20 @@ SHOWN = """() => Object.fromEntries([...document.querySelectorAll('#board tbody 
 """What the table shows: symbol -> the price text."""
 
 
+@pytest.fixture
+def screenshots(tmp_path: Path) -> Path:
+    """Where screenshots go: the test's own directory, or ``docs/`` (for docs/examples.md)
+    when ``TIDINGS_EXAMPLE_SCREENSHOTS=docs``."""
+    if os.environ.get("TIDINGS_EXAMPLE_SCREENSHOTS") == "docs":
+        return Path(__file__).resolve().parents[2] / "docs"
+    return tmp_path
+
+
 @pytest.fixture(scope="module", autouse=True)
 def chart_bundle() -> None:
     """The chart's bundle (``npm run build``), built once if missing; without npm, a skip."""
     import shutil
     import subprocess
-    from pathlib import Path
 
     bundle = Path(__file__).resolve().parents[2] / "examples/ticker/static/build/chart.js"
     if bundle.exists():
@@ -96,7 +108,7 @@ async def ends_on_the_latest_prices(app: Ticker, *pages: Any) -> None:
 
 
 async def test_board_and_chart_update_and_a_late_page_sees_every_symbol_at_once(
-    browser: Any, start_app: StartApp
+    browser: Any, start_app: StartApp, screenshots: Path
 ) -> None:
     app = build(port=0)
     server = await start_app(app.rt)
@@ -128,6 +140,10 @@ async def test_board_and_chart_update_and_a_late_page_sees_every_symbol_at_once(
         f"document.body.dataset.chart === {chosen!r} && window.ticker.bars >= 2"
     )
     assert await late.input_value("#order-symbol") == chosen
+    await late.click("#order button")  # an order, so the screenshots show a fill
+    await late.locator("#orders li[data-status=filled]").wait_for()
+    await first.screenshot(path=str(screenshots / "example-ticker-desktop.png"))
+    await late.screenshot(path=str(screenshots / "example-ticker-phone.png"), full_page=True)
 
     await ends_on_the_latest_prices(app, first, late)
 

@@ -8,8 +8,8 @@ PYTEST_ARGS ?=
 .PHONY: help install serve test lint typecheck bench conformance clean
 
 help:
-	@echo "make serve   install what serving needs (Python packages only), then run the server"
-	@echo "             with the demo on http://127.0.0.1:8000"
+	@echo "make serve   install what serving needs (Python packages only), then run the chat"
+	@echo "             example (examples/chat) on http://127.0.0.1:8000"
 	@echo "make test    install everything (Python, npm, chromium), then run the whole test suite"
 	@echo "make bench   run the benchmarks against the Node.js reference and write docs/benchmarks.md"
 
@@ -18,8 +18,8 @@ $(BIN)/python:
 		{ echo "tidings needs Python >= 3.11 (set PYTHON=python3.11)"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 
-# Serving needs the package alone: no test or benchmark tools, no Node.js (the demo's
-# centrifuge-js bundle ships inside the package).
+# Serving needs the package alone: no test or benchmark tools, no Node.js (the chat
+# example's page loads the centrifuge-js bundle that ships inside the package).
 $(VENV)/.serve-installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e .
 	touch $@
@@ -48,11 +48,11 @@ system-deps:
 	fi
 
 serve: $(VENV)/.serve-installed
-	$(BIN)/tidings serve
+	$(BIN)/tidings serve examples.chat.app:rt
 
 lint: install
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks examples
+	$(BIN)/ruff format --check src tests benchmarks examples
 
 typecheck: install
 	$(BIN)/mypy

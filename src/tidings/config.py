@@ -188,8 +188,8 @@ OPTIONS: tuple[Option, ...] = (
         "demo",
         "str",
         "auto",
-        'The chat demo at /: "auto" (on while no token secret is configured), "on" or "off". '
-        'While on, anonymous clients may connect and use the "demo" namespace only.',
+        'Demo mode: "auto" (on while no token secret is configured), "on" or "off". While on, '
+        'anonymous clients may connect and use the "demo" namespace only, and / says so.',
     ),
     Option("ping_interval", "duration", 25.0, "Server ping period; 0 disables pings."),
     Option("pong_timeout", "duration", 8.0, "Time for a client's pong before disconnect 3012."),

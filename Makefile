@@ -5,11 +5,12 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: help install serve test lint typecheck bench conformance clean
+.PHONY: help install serve editor test lint typecheck bench conformance clean
 
 help:
 	@echo "make serve   install what serving needs (Python packages only), then run the chat"
 	@echo "             example (examples/chat) on http://127.0.0.1:8000"
+	@echo "make editor  the same for the collaborative editor (examples/editor; needs npm)"
 	@echo "make test    install everything (Python, npm, chromium), then run the whole test suite"
 	@echo "make bench   run the benchmarks against the Node.js reference and write docs/benchmarks.md"
 
@@ -24,17 +25,28 @@ $(VENV)/.serve-installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e .
 	touch $@
 
-# Everything else: the test suite, the Redis broker and the load generator.
+# The editor example also needs pycrdt (the examples extra) and its page's bundle from npm.
+$(VENV)/.examples-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[examples]'
+	touch $@ $(VENV)/.serve-installed
+
+# Everything else: the test suite, the Redis broker, the load generator and the examples.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test,redis,bench]'
-	touch $@ $(VENV)/.serve-installed
+	$(BIN)/pip install --quiet -e '.[test,redis,bench,examples]'
+	touch $@ $(VENV)/.serve-installed $(VENV)/.examples-installed
 
 node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
-install: $(VENV)/.installed node_modules/.installed
+# The example applications' browser bundles (esbuild, from npm), gitignored.
+EDITOR_BUNDLE := examples/editor/static/dist/editor.js
+
+$(EDITOR_BUNDLE): node_modules/.installed $(wildcard examples/editor/src/*.js)
+	npm run --silent build
+
+install: $(VENV)/.installed node_modules/.installed $(EDITOR_BUNDLE)
 
 # Debian packages the tests drive: chromium for the browser tests (Playwright drives it and
 # never downloads its own) and slowhttptest for the slow-header flood.
@@ -49,6 +61,9 @@ system-deps:
 
 serve: $(VENV)/.serve-installed
 	$(BIN)/tidings serve examples.chat.app:rt
+
+editor: $(VENV)/.examples-installed $(EDITOR_BUNDLE)
+	$(BIN)/tidings serve examples.editor.app:rt
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks examples

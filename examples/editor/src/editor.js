@@ -254,6 +254,7 @@ async function publishUpdate(doc, update) {
   try {
     await doc.docSub.publish({ update: toBase64(update) });
     if (current === doc) $("notice").textContent = "";
+    loadDocumentsSoon(); // the list shows each document's first line
   } catch (err) {
     if (err && err.code === 107 && current === doc) {
       $("notice").textContent = "not saved: that change is too large to send at once";
@@ -292,6 +293,12 @@ function renderPeople(doc) {
 }
 
 // ------------------------------------------------------------------ the documents list
+
+let documentsTimer = 0;
+function loadDocumentsSoon() {
+  clearTimeout(documentsTimer);
+  documentsTimer = setTimeout(loadDocuments, 2000);
+}
 
 async function loadDocuments() {
   if (!centrifuge || centrifuge.state !== "connected") return;

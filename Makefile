@@ -71,6 +71,7 @@ lint: install
 
 typecheck: install
 	$(BIN)/mypy
+	$(BIN)/mypy --strict --explicit-package-bases examples
 
 test: install system-deps lint typecheck
 	$(BIN)/pytest $(PYTEST_ARGS)

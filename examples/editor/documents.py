@@ -15,7 +15,7 @@ ordering and no de-duplication.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, cast
 
 from pycrdt import Doc, Text, get_state, get_update, merge_updates
 
@@ -64,7 +64,7 @@ def compact(updates: list[bytes]) -> bytes:
     if not updates:
         return EMPTY
     merged = updates[0] if len(updates) == 1 else merge_updates(*updates)
-    doc = Doc()
+    doc: Doc[Text] = Doc()
     doc.apply_update(merged)
     left_out = get_update(merged, doc.get_state())
     return doc.get_update() if left_out[0] == 0 else merged  # 0: no items left out
@@ -72,7 +72,7 @@ def compact(updates: list[bytes]) -> bytes:
 
 def first_line(state: bytes, width: int = 60) -> str:
     """The document's first non-empty line: its title in the document list."""
-    doc = Doc()
+    doc: Doc[Text] = Doc()
     doc.apply_update(state)
     text = str(doc.get(TEXT, type=Text))
     line = next((line.strip() for line in text.splitlines() if line.strip()), "")
@@ -162,7 +162,7 @@ class RedisDocuments:
 
     async def recent(self, limit: int) -> list[str]:
         names = await self.redis.zrevrange(f"{self.prefix}:documents", 0, limit - 1)
-        return [name.decode() for name in names]
+        return [name.decode() for name in cast(list[bytes], names)]
 
     async def close(self) -> None:
         await self.redis.aclose()

@@ -401,3 +401,72 @@ def _add_bench() -> None:
 
 
 _add_bench()
+
+
+def _websocket_url(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is not None and not value.startswith(("ws://", "wss://")):
+        raise click.BadParameter(f"expected a ws:// or wss:// URL, got {value!r}")
+    return value
+
+
+@main.command()
+@click.argument("app", metavar="MODULE:ATTRIBUTE")
+@click.option(
+    "--app-dir",
+    default=None,
+    help="Directory to import the module from, put first on sys.path "
+    "[default: the current directory].",
+)
+@click.option(
+    "--format",
+    "output_format",
+    type=click.Choice(["json", "yaml"]),
+    default="json",
+    show_default=True,
+    help="Output format.",
+)
+@click.option(
+    "--title", default=None, help="info.title [default: the application's title, or the module]."
+)
+@click.option(
+    "--api-version", default=None, help="info.version [default: the application's version, 1.0.0]."
+)
+@click.option(
+    "--url",
+    default=None,
+    callback=_websocket_url,
+    help="The WebSocket URL clients connect to "
+    "[default: ws://HOST:PORT/connection/websocket from the configuration].",
+)
+def asyncapi(
+    app: str,
+    app_dir: str | None,
+    output_format: str,
+    title: str | None,
+    api_version: str | None,
+    url: str | None,
+) -> None:
+    """Print the AsyncAPI 3.0 document of an application (like myapp:rt) on stdout.
+
+    Channels (namespaces, typed channels, handler patterns, with their options),
+    publication schemas, and each RPC method's params and result; docs/asyncapi.md.
+    """
+    import contextlib
+
+    from tidings.asyncapi import build_document, to_json, to_yaml
+    from tidings.loading import AppLoadError, load_app
+
+    try:
+        # Whatever the module prints while it loads must not land in the document.
+        with contextlib.redirect_stdout(sys.stderr):
+            application = load_app(app, app_dir)
+    except AppLoadError as error:
+        click.echo(f"tidings: {error}", err=True)
+        sys.exit(CONFIG_ERROR_EXIT)
+    except ConfigError as error:
+        _fail_config(error)
+        return
+    if title is None and getattr(application, "title", None) is None:
+        title = app.partition(":")[0]
+    document = build_document(application, title=title, version=api_version, url=url)
+    sys.stdout.write(to_yaml(document) if output_format == "yaml" else to_json(document))

@@ -774,7 +774,9 @@ def to_yaml(document: Any) -> str:
     return "\n".join(_yaml_lines(document, 0)) + "\n"
 
 
-_PLAIN = re.compile(r"^[A-Za-z_$][A-Za-z0-9_.$/\-]*$")
+_PLAIN = re.compile(r"[A-Za-z_$/][A-Za-z0-9_.$/\-()*,:' ]*(?<![: ])")
+"""Plain scalars: a first character no reader takes for a number, an indicator or a
+quote, then characters that mean nothing inside one (a ``: `` excepted, below)."""
 _YAML_WORDS = frozenset(["y", "n", "yes", "no", "on", "off", "true", "false", "null"])
 """Words YAML 1.1 or 1.2 read as booleans or null, in any case."""
 _UNPRINTABLE = re.compile(
@@ -832,7 +834,7 @@ def _scalar(value: Any) -> str:
         return "[]"
     if not isinstance(value, str):
         raise TypeError(f"cannot write {type(value).__name__} as YAML")
-    if _PLAIN.match(value) and value.lower() not in _YAML_WORDS:
+    if _PLAIN.fullmatch(value) and ": " not in value and value.lower() not in _YAML_WORDS:
         return value
     quoted = json.dumps(value, ensure_ascii=False)
     return _UNPRINTABLE.sub(lambda match: f"\\u{ord(match.group()):04x}", quoted)

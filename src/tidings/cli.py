@@ -409,7 +409,7 @@ def _websocket_url(ctx: click.Context, param: click.Parameter, value: str | None
     return value
 
 
-@main.command()
+@main.command(short_help="Print an application's AsyncAPI 3.0 document.")
 @click.argument("app", metavar="MODULE:ATTRIBUTE")
 @click.option(
     "--app-dir",

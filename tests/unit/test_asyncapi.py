@@ -658,6 +658,21 @@ def test_yaml_reads_back_as_the_document(document: dict[str, Any]) -> None:
         "é and 日本 and 🎉",
         "$ref",
         "chat.publication",
+        "/connection/websocket",
+        "#/components/schemas/X",
+        "chat:*",
+        "chat: x",
+        "ends:",
+        "ends with space ",
+        "a  b",
+        "x, y",
+        "it's (here)",
+        "yes please",
+        "Null thing",
+        "a:b:c",
+        "a :b",
+        "trailing newline\n",
+        "/N\n",
     ],
 )
 def test_yaml_strings_read_back_unchanged(text: str) -> None:
@@ -691,4 +706,10 @@ json_values = st.recursive(
 
 @given(json_values)
 def test_yaml_round_trips_any_json_value(value: Any) -> None:
+    assert yaml.safe_load(to_yaml(value)) == value
+
+
+@given(st.lists(st.text(alphabet="aNy0:# -,'*()/$.\n\t\"\\", max_size=12), max_size=6))
+def test_yaml_round_trips_strings_of_tricky_characters(texts: list[str]) -> None:
+    value = {text: texts for text in texts}
     assert yaml.safe_load(to_yaml(value)) == value

@@ -413,9 +413,9 @@ def _websocket_url(ctx: click.Context, param: click.Parameter, value: str | None
 @click.argument("app", metavar="MODULE:ATTRIBUTE")
 @click.option(
     "--app-dir",
-    default=None,
-    help="Directory to import the module from, put first on sys.path "
-    "[default: the current directory].",
+    default=".",
+    show_default=True,
+    help="Directory to import the module from (put first on the module path).",
 )
 @click.option(
     "--format",
@@ -440,7 +440,7 @@ def _websocket_url(ctx: click.Context, param: click.Parameter, value: str | None
 )
 def asyncapi(
     app: str,
-    app_dir: str | None,
+    app_dir: str,
     output_format: str,
     title: str | None,
     api_version: str | None,
@@ -454,15 +454,15 @@ def asyncapi(
     import contextlib
 
     from tidings.asyncapi import build_document, to_json, to_yaml
-    from tidings.loading import AppLoadError, load_app
+    from tidings.loading import AppNotFound, load_app
 
     try:
         # Whatever the module prints while it loads must not land in the document.
         with contextlib.redirect_stdout(sys.stderr):
             application = load_app(app, app_dir)
-    except AppLoadError as error:
-        click.echo(f"tidings: {error}", err=True)
-        sys.exit(CONFIG_ERROR_EXIT)
+    except AppNotFound as error:
+        click.echo(f"tidings: cannot load the application: {error}", err=True)
+        sys.exit(1)
     except ConfigError as error:
         _fail_config(error)
         return

@@ -231,22 +231,30 @@ async def test_a_url_that_is_not_websocket_is_a_usage_error(app_dir: Path) -> No
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
-        ("nosuchmodule:rt", "cannot import module 'nosuchmodule'"),
+        ("nosuchmodule:rt", "no module 'nosuchmodule'"),
         ("sampleapp:nope", "module 'sampleapp' has no attribute 'nope'"),
-        ("sampleapp:Quote", "sampleapp:Quote is the class Quote, not a tidings.Tidings"),
-        ("sampleapp", 'expected "module:attribute"'),
+        ("sampleapp:Quote", "not a Tidings application"),
+        ("sampleapp", "expected MODULE:ATTRIBUTE"),
     ],
 )
 async def test_what_cannot_be_loaded_is_one_line_on_stderr(
     app_dir: Path, spec: str, message: str
 ) -> None:
     code, out, err = await run_cli("asyncapi", spec, "--app-dir", str(app_dir))
-    assert code == 2
+    assert code == 1
     assert out == ""
     # after what the module itself printed to stderr while it loaded, one line
     assert err.endswith("\n") and "Traceback" not in err
     last = err.splitlines()[-1]
-    assert last.startswith("tidings: ") and message in last
+    assert last.startswith("tidings: cannot load the application: ") and message in last
+
+
+async def test_an_error_inside_the_module_shows_its_traceback(tmp_path: Path) -> None:
+    (tmp_path / "brokenapp.py").write_text("raise RuntimeError('the app is broken')\n")
+    code, out, err = await run_cli("asyncapi", "brokenapp:rt", "--app-dir", str(tmp_path))
+    assert code == 1
+    assert out == ""
+    assert "Traceback" in err and "RuntimeError: the app is broken" in err
 
 
 async def test_a_configuration_error_in_the_module(tmp_path: Path) -> None:

@@ -206,8 +206,7 @@ class _Builder:
             self._add_channel(channel)
 
     def _pattern_handlers(self, event: str) -> list[tuple[str, Registered]]:
-        # Handlers keeps its channel handlers private; this module only reads them.
-        return self.handlers._patterns[event]
+        return self.handlers.patterns(event)
 
     def _handler_patterns(self) -> Iterator[str]:
         """Patterns of typed channels, then of channel handlers, in registration order."""

@@ -1,4 +1,4 @@
-"""The ``tidings`` command: serve, token, publish, bench."""
+"""The ``tidings`` command: serve, token, publish, bench, asyncapi."""
 
 from __future__ import annotations
 

@@ -269,7 +269,7 @@ def run_js_suite(source: Path, exclusions: Exclusions, work: Path) -> list[Outco
 # --------------------------------------------------------------------------- report
 
 
-def summarise(outcomes: list[Outcome], ran: set[str]) -> int:
+def summarise(outcomes: list[Outcome], ran: set[str], exclusions: Exclusions) -> int:
     for outcome in outcomes:
         if outcome.status == "failed":
             print(f"\nFAILED [{outcome.suite}] {outcome.test}\n{outcome.detail}")
@@ -282,10 +282,13 @@ def summarise(outcomes: list[Outcome], ran: set[str]) -> int:
             continue
         counts = {s: sum(o.status == s for o in mine) for s in ("passed", "failed", "excluded")}
         skipped = sum(o.status == "skipped" for o in mine)
+        subtests = sum(s == suite and " (" in t for s, t in exclusions.reasons)
+        excluded = f"{counts['excluded']} excluded"
+        if subtests:
+            excluded += f" (and {subtests} subtests of counted tests)"
         print(
             f"{suite + ':':7} {counts['passed']} passed, {counts['failed']} failed, "
-            f"{counts['excluded']} excluded (tests/sdk/excluded.txt), "
-            f"{skipped} skipped by the suite"
+            f"{excluded} by tests/sdk/excluded.txt, {skipped} skipped by the suite"
         )
     passed = sum(o.status == "passed" for o in outcomes)
     failed = sum(o.status == "failed" for o in outcomes)
@@ -312,7 +315,7 @@ def main() -> int:
         if args.only in (None, "js") and args.js_src is not None:
             outcomes += run_js_suite(args.js_src.resolve(), exclusions, work)
             ran.add("js")
-    return summarise(outcomes, ran)
+    return summarise(outcomes, ran, exclusions)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,11 @@ applies the same structural rules (:func:`tidings.protocol.codec.command_method`
 so the session cannot tell the two wire formats apart. ``data`` and ``info``
 bytes fields become :class:`msgspec.Raw` holding the bytes as they came.
 Anything malformed raises :class:`ProtocolViolation` (disconnect 3501), never
-another exception.
+another exception. Fields tidings does not read (unknown ones, and known ones
+such as ``SubscribeRequest.tf``) are stepped over by their wire type without
+looking inside, where the reference parsers would also validate a known
+message; groups (wire types 3 and 4), which ``client.proto`` never uses, are
+refused where those parsers would skip them.
 
 The wire format is written and read here by hand rather than through the
 ``protobuf`` package, by measurement (``benchmarks/protobuf_codec.py``, protobuf

@@ -1,6 +1,6 @@
 """Run the SDKs' own test suites against ``tidings serve`` (``make sdk-suites``).
 
-    .venv/bin/python tests/sdk/run.py [--only python|js] [--js-src DIR] [--timeout 60]
+    .venv/bin/python tests/sdk/run.py [--only python|js] [--js-src DIR] [--timeout 30]
 
 What it does:
 
@@ -300,7 +300,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", choices=("python", "js"))
     parser.add_argument("--js-src", type=Path, help="centrifuge-js checkout with its node_modules")
-    parser.add_argument("--timeout", type=float, default=60.0, help="seconds per Python test")
+    parser.add_argument("--timeout", type=float, default=30.0, help="seconds per Python test")
     args = parser.parse_args()
     exclusions = Exclusions.load(EXCLUDED)
     work = CACHE / "run"

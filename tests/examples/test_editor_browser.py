@@ -115,11 +115,13 @@ async def test_two_pages_edit_one_document(
     await shows(ada, expected + "- bread\n")
     await expect_text(ada.locator("#documents a[aria-current=true] strong"), "notes")
 
+    # Nothing sticks out sideways at phone width.
+    assert await bob.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+
     # Leaving takes the name and the cursor away.
     await bob.context.close()
     await expect_text(ada.locator("#people li"), ["Ada (you)", "Cy"])
     await expect_text(ada.locator(".cm-ySelectionInfo"), "Cy")
-    assert await ada.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
 
 
 async def test_page_offline_edits_both_ways_then_converges(

@@ -495,6 +495,18 @@ class Config:
     admin_token: str = ""
     channels: ChannelsConfig = field(default_factory=ChannelsConfig)
 
+    def with_namespace(self, name: str, options: Mapping[str, Any]) -> Config:
+        """A copy with the namespace ``name`` set to ``options`` (as its TOML table would
+        say them: durations like ``"300s"`` allowed), validated."""
+        table = _channel_options_from_toml(
+            dict(options), f"channels.namespaces.{name}", ChannelOptions
+        )
+        namespaces = {**self.channels.namespaces, name: table}
+        channels = msgspec.structs.replace(self.channels, namespaces=namespaces)
+        config = dataclasses.replace(self, channels=channels)
+        config.validate()
+        return config
+
     def with_overrides(self, overrides: Mapping[str, Any]) -> Config:
         """A copy with some options replaced (``None`` values are ignored), validated."""
         config = dataclasses.replace(self, **_converted_overrides(overrides))

@@ -373,9 +373,19 @@ class Handlers:
         if not isinstance(result, SubscribeResult):
             log.error("%s returned %s, not a SubscribeResult or None", what, type(result).__name__)
             raise ReplyError(ErrorCode.INTERNAL, logged=True)
+        snapshot = None
+        data = result.data
+        if callable(data):
+            producer = data
+
+            async def snapshot() -> bytes:
+                return self._encode(what, await self._call("subscribe", producer))
+
+            data = None
         return SubscribeAnswer(
             info=b"" if result.info is None else self._encode(what, result.info),
-            data=b"" if result.data is None else self._encode(what, result.data),
+            data=b"" if data is None else self._encode(what, data),
             expire_at=result.expire_at,
             override=result.override,
+            snapshot=snapshot,
         )

@@ -322,7 +322,9 @@ async def subscribe(session: Session, command_id: int, request: SubscribeRequest
         session, channel, server_side=False, sub_token=sub_token, data=bytes(request.data)
     )
     subscription = subscriptions.plan(session, channel, request, grant, server_side=False)
-    result, position = await subscriptions.open_subscription(session, subscription, request)
+    result, position = await subscriptions.open_subscription(
+        session, subscription, request, grant.snapshot
+    )
     if session.closed:
         return
     if grant.data:

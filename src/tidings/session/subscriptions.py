@@ -22,6 +22,7 @@ reply yet, is told after the reply (see :func:`unsubscribe`).
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -138,6 +139,8 @@ class Grant:
     data: bytes = b""
     server_refresh: bool = False
     """The expiry came from the application, whose ``on_sub_refresh`` extends it."""
+    snapshot: Callable[[], Awaitable[bytes]] | None = None
+    """Produces ``data`` once the subscription has joined the channel (see open_subscription)."""
 
 
 async def authorize(
@@ -173,7 +176,9 @@ async def authorize(
         if answer.override is not None:
             options = effective_options(options, answer.override)
         server_refresh = answer.expire_at is not None and node.hooks.handles("sub_refresh", channel)
-        return Grant(options, answer.info, answer.expire_at, answer.data, server_refresh)
+        return Grant(
+            options, answer.info, answer.expire_at, answer.data, server_refresh, answer.snapshot
+        )
     else:
         options = rules.check_subscribe(channel, session.user, has_token=False)
     if sub_token is not None:
@@ -229,10 +234,17 @@ def plan(
 
 
 async def open_subscription(
-    session: Session, subscription: Subscription, request: SubscribeRequest
+    session: Session,
+    subscription: Subscription,
+    request: SubscribeRequest,
+    snapshot: Callable[[], Awaitable[bytes]] | None = None,
 ) -> tuple[SubscribeResult, StreamPosition | None]:
     """Join the channel on this node and read what the reply needs; returns the reply
-    and the position it leaves the client at (``None`` when not positioned)."""
+    and the position it leaves the client at (``None`` when not positioned).
+
+    ``snapshot`` (the application's) runs after the join, while live pushes are
+    buffered: what it reads and what follows leave no gap.
+    """
     node = session.node
     channel = subscription.channel
     session.subscriptions[channel] = subscription
@@ -242,6 +254,8 @@ async def open_subscription(
         position: StreamPosition | None = None
         if subscription.positioned:
             position = await _read_position(session, subscription, request, result)
+        if snapshot is not None:
+            result.data = Raw(await snapshot())
         if subscription.options.presence and _current(session, subscription):
             info = session.channel_info(subscription)
             await node.add_presence(channel, session, info)

@@ -72,10 +72,10 @@ def away_from_wall(x: int) -> tuple[str, int]:
 
 @pytest.fixture
 def screenshots(tmp_path: Path) -> Path:
-    """Where screenshots go: the test's own directory, or ``docs/`` (for docs/examples.md)
+    """Where screenshots go: the test's own directory, or ``docs/examples/`` (for docs/examples.md)
     when ``TIDINGS_EXAMPLE_SCREENSHOTS=docs``."""
     if os.environ.get("TIDINGS_EXAMPLE_SCREENSHOTS") == "docs":
-        return Path(__file__).resolve().parents[2] / "docs"
+        return Path(__file__).resolve().parents[2] / "docs" / "examples"
     return tmp_path
 
 
@@ -122,8 +122,8 @@ async def test_two_players_see_each_other_move_and_a_reload_sees_the_current_sta
     await eventually(lambda: sees_the_truth(ann, rt), "ann's page to show bob's move", WAIT)
     await ann.locator("#scores li", has_text="bob").wait_for()
     await bob.locator("#scores li", has_text="ann").wait_for()
-    await ann.screenshot(path=str(screenshots / "example-game-desktop.png"))
-    await bob.screenshot(path=str(screenshots / "example-game-phone.png"), full_page=True)
+    await ann.screenshot(path=str(screenshots / "game-desktop.png"))
+    await bob.screenshot(path=str(screenshots / "game-phone.png"), full_page=True)
 
     # ann reloads while bob moves: the same player comes back, drawn at once from the
     # snapshot in the subscribe reply, then follows the game.

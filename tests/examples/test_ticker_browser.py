@@ -42,10 +42,10 @@ SHOWN = """() => Object.fromEntries([...document.querySelectorAll('#board tbody 
 
 @pytest.fixture
 def screenshots(tmp_path: Path) -> Path:
-    """Where screenshots go: the test's own directory, or ``docs/`` (for docs/examples.md)
+    """Where screenshots go: the test's own directory, or ``docs/examples/`` (for docs/examples.md)
     when ``TIDINGS_EXAMPLE_SCREENSHOTS=docs``."""
     if os.environ.get("TIDINGS_EXAMPLE_SCREENSHOTS") == "docs":
-        return Path(__file__).resolve().parents[2] / "docs"
+        return Path(__file__).resolve().parents[2] / "docs" / "examples"
     return tmp_path
 
 
@@ -55,7 +55,7 @@ def chart_bundle() -> None:
     import shutil
     import subprocess
 
-    bundle = Path(__file__).resolve().parents[2] / "examples/ticker/static/build/chart.js"
+    bundle = Path(__file__).resolve().parents[2] / "examples/ticker/static/dist/chart.js"
     if bundle.exists():
         return
     if shutil.which("npm") is None:
@@ -142,8 +142,8 @@ async def test_board_and_chart_update_and_a_late_page_sees_every_symbol_at_once(
     assert await late.input_value("#order-symbol") == chosen
     await late.click("#order button")  # an order, so the screenshots show a fill
     await late.locator("#orders li[data-status=filled]").wait_for()
-    await first.screenshot(path=str(screenshots / "example-ticker-desktop.png"))
-    await late.screenshot(path=str(screenshots / "example-ticker-phone.png"), full_page=True)
+    await first.screenshot(path=str(screenshots / "ticker-desktop.png"))
+    await late.screenshot(path=str(screenshots / "ticker-phone.png"), full_page=True)
 
     await ends_on_the_latest_prices(app, first, late)
 

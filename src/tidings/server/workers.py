@@ -374,6 +374,8 @@ async def _serve(config: Config, ready: Connection, app: AppSpec | None = None) 
         static = []
     server = TidingsServer(node, static=static)
     try:
+        if app is not None:
+            await application.start()  # the node, then the application's on_startup
         port = await server.start()
     except BrokerUnavailable as exc:
         log.error("cannot start: the broker is unreachable: %s", exc)
@@ -385,9 +387,7 @@ async def _serve(config: Config, ready: Connection, app: AppSpec | None = None) 
     ready.send(port)
     ready.close()
     await stop.wait()
-    log.info("shutting down: disconnecting clients with 3001")
-    try:
-        await asyncio.wait_for(server.stop(), timeout=config.shutdown_timeout + 2)
-    except TimeoutError:
-        log.warning("shutdown timed out; exiting anyway")
+    if app is not None:
+        await application.stop_within(config.shutdown_timeout)
+    await server.shut_down()
     return 0

@@ -75,19 +75,18 @@ class GameLoop:
         self.rt = rt
         self.period = 1 / tick_rate
         self.seed = seed
-        self.started = False
+        self.task: asyncio.Task[None] | None = None
 
-    def start(self) -> None:
-        """Start campaigning for the lock (once per process).
-
-        tidings has no start-up hook for an application's own tasks yet, so the
-        first connection starts it; the node cancels it when it stops.
-        """
-        if self.started:
-            return
-        self.started = True
+    async def start(self) -> None:
+        """Campaign for the lock from now on (``on_startup``: in every process)."""
         lock = lock_for(self.rt.config.broker, f"{self.rt.config.broker_prefix}:game:leader")
-        self.rt.node.spawn(run_as_leader(lock, self.run), daemon=True)
+        self.task = asyncio.create_task(run_as_leader(lock, self.run))
+
+    async def stop(self) -> None:
+        """Stop the loop and let go of the lock, so another process takes over at once."""
+        if self.task is not None:
+            self.task.cancel()
+            await asyncio.gather(self.task, return_exceptions=True)
 
     async def run(self) -> None:
         """The loop: inputs in, one step, the snapshot out, every ``period`` seconds."""
@@ -141,6 +140,8 @@ def create_app(config: str | Path | Any = HERE / "tidings.toml", **overrides: An
     rt.channel("game:*", schema=Snapshot)
     rt.channel("input:*", schema=Steer)
     game = GameLoop(rt)
+    rt.on_startup(game.start)
+    rt.on_shutdown(game.stop)
 
     @rt.on_connect
     async def connect(ctx: ConnectContext) -> ConnectResult:
@@ -151,7 +152,6 @@ def create_app(config: str | Path | Any = HERE / "tidings.toml", **overrides: An
         name = join.name.strip()
         if not name:
             raise ClientError(400, "cannot join: the name is empty")
-        game.start()
         player = player_id(join.key)
         return ConnectResult(player, info={"name": name}, data={"player": player})
 
@@ -159,8 +159,13 @@ def create_app(config: str | Path | Any = HERE / "tidings.toml", **overrides: An
     async def watch(ctx: SubscribeContext) -> SubscribeResult:
         if ctx.channel != STATE:
             raise ClientError(102, "unknown channel")
-        latest = await rt.history(STATE, limit=1, reverse=True)
-        return SubscribeResult(data=latest.publications[0].data if latest.publications else None)
+
+        async def latest() -> Any:
+            """Read once the subscription has joined: no tick between it and the live ones."""
+            read = await rt.history(STATE, limit=1, reverse=True)
+            return read.publications[0].data if read.publications else None
+
+        return SubscribeResult(data=latest)
 
     @rt.on_publish("input:*")
     async def steer(ctx: PublishContext, move: Move) -> Steer:

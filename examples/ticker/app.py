@@ -104,24 +104,23 @@ class MarketLoop:
     def __init__(self, rt: Tidings, *, seed: int | None = None) -> None:
         self.rt = rt
         self.seed = seed
-        self.started = False
+        self.task: asyncio.Task[None] | None = None
         self.trading = True
         """Off: the market stands still (the loop goes on matching orders)."""
         self._still = asyncio.Event()
         self._bars: asyncio.Task[None] | None = None
         self.symbols = frozenset(all_symbols())
 
-    def start(self) -> None:
-        """Start campaigning for the lock (once per process).
-
-        tidings has no start-up hook for an application's own tasks yet, so the
-        first connection starts it; the node cancels it when it stops.
-        """
-        if self.started:
-            return
-        self.started = True
+    async def start(self) -> None:
+        """Campaign for the lock from now on (``on_startup``: in every process)."""
         lock = lock_for(self.rt.config.broker, f"{self.rt.config.broker_prefix}:ticker:leader")
-        self.rt.node.spawn(run_as_leader(lock, self.run), daemon=True)
+        self.task = asyncio.create_task(run_as_leader(lock, self.run))
+
+    async def stop(self) -> None:
+        """Stop the market and let go of the lock, so another process takes over at once."""
+        if self.task is not None:
+            self.task.cancel()
+            await asyncio.gather(self.task, return_exceptions=True)
 
     async def halt(self) -> None:
         """Stop trading, and return once the last trade is published (a trading halt)."""
@@ -218,6 +217,8 @@ def build(config: str | Path | Any = HERE / "tidings.toml", **overrides: Any) ->
     rt.channel("chart:*", schema=Bar)
     rt.channel("orders:*", schema=Placed)
     market = MarketLoop(rt)
+    rt.on_startup(market.start)
+    rt.on_shutdown(market.stop)
 
     @rt.on_connect
     async def connect(ctx: ConnectContext) -> ConnectResult:
@@ -225,7 +226,6 @@ def build(config: str | Path | Any = HERE / "tidings.toml", **overrides: Any) ->
             trader = msgspec.convert(ctx.data, Trader)
         except msgspec.ValidationError as exc:
             raise ClientError(400, f"cannot connect: {exc}") from None
-        market.start()
         user = user_id(trader.key)
         return ConnectResult(user, data={"user": user}, channels=[fills_channel(user)])
 
@@ -233,7 +233,13 @@ def build(config: str | Path | Any = HERE / "tidings.toml", **overrides: Any) ->
     async def board(ctx: SubscribeContext) -> SubscribeResult:
         if ctx.channel != BOARD:
             raise ClientError(102, "unknown channel")
-        return SubscribeResult(data={"quotes": await latest_quotes(rt)})
+
+        async def whole_board() -> dict[str, list[Quote]]:
+            """Read once the subscription has joined: no batch between it and the live ones
+            (one may be in both: the page keeps the newer quote of a symbol)."""
+            return {"quotes": await latest_quotes(rt)}
+
+        return SubscribeResult(data=whole_board)
 
     @rt.on_subscribe("chart:*")
     async def chart(ctx: SubscribeContext) -> None:

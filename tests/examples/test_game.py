@@ -13,6 +13,7 @@ from typing import Any
 
 import msgspec
 import pytest
+
 from examples.game.app import INPUTS, STATE, create_app, player_id
 from examples.game.arena import (
     GEM_RADIUS,
@@ -26,7 +27,6 @@ from examples.game.arena import (
     Steer,
 )
 from examples.game.leader import RedisLock, lock_for, run_as_leader
-
 from tests.support.polling import eventually
 from tests.support.redis import delete_keys, unique_prefix
 from tidings import ClientError, Tidings

@@ -17,9 +17,9 @@ from typing import Any
 
 import msgspec
 import pytest
+
 from examples.game.app import STATE, create_app
 from examples.game.arena import LEAVE_AFTER, WIDTH, Snapshot
-
 from tests.conftest import StartApp
 from tests.scale.conftest import NodeProcess, spawn_tidings
 from tests.support.polling import eventually

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 
 import msgspec
 import pytest
+
 from examples.ticker.app import BOARD, Ticker, build, fills_channel, latest_quotes, user_id
 from examples.ticker.market import (
     SYMBOLS,
@@ -21,7 +22,6 @@ from examples.ticker.market import (
     Placed,
     all_symbols,
 )
-
 from tests.support.polling import eventually
 from tidings import ClientError
 from tidings.testing import TestClient

@@ -17,9 +17,9 @@ from typing import Any
 
 import msgspec
 import pytest
+
 from examples.ticker.app import Ticker, build, fills_channel, latest_quotes, user_id
 from examples.ticker.market import SYMBOLS, Fill, all_symbols
-
 from tests.conftest import StartApp
 from tests.scale.conftest import NodeProcess, spawn_tidings
 from tests.support.polling import eventually

@@ -28,6 +28,7 @@ from tidings.server.http import (
     json_response,
     text_response,
 )
+from tidings.server.monitoring import Monitoring
 from tidings.server.origins import OriginPolicy
 from tidings.server.transport_routes import TransportRoutes, request_info
 from tidings.server.upgrades import WebSocketUpgrades, refuse
@@ -77,6 +78,7 @@ class TidingsServer:
         router.route("/api", self.api.handle)
         router.route("/api/*", self.api.handle)
         router.route("/health", self._health)
+        Monitoring(self.node).install(router)  # /ready, and /metrics with metrics = true
         router.route("/", self._index)
         router.route("/demo/*", self._demo_asset)
         router.route("/vendor/centrifuge.js", self._centrifuge_js)

@@ -84,9 +84,11 @@ def refuse_token(use: str, exc: TokenError) -> Exception:
 async def dispatch(session: Session, method: str, command: Command) -> None:
     """Run one command and send its reply (or error reply); raise to disconnect."""
     command_id = command.id
+    metrics = session.node.metrics
     try:
         reply = await _run(session, command)
     except ReplyError as exc:
+        metrics.command(method, exc.error.code)
         if session.closed:
             return
         if not exc.logged:
@@ -107,12 +109,17 @@ async def dispatch(session: Session, method: str, command: Command) -> None:
     except BrokerUnavailable as exc:
         # The engine did not answer within its bound: error 100 (temporary), so the
         # SDK retries; a connect (server-side subscriptions) reconnects (3004).
+        metrics.command(method, ErrorCode.INTERNAL.code)
         log.warning("client %s: %s failed: %s", session.client_id or "-", method, exc)
         if method == "connect":
             raise DisconnectError(DisconnectCode.SERVER_ERROR) from None
         if not session.closed:
             session.send(encode_error_reply(command_id, ErrorCode.INTERNAL))
         return
+    except DisconnectError as exc:
+        metrics.command(method, exc.disconnect.code)
+        raise
+    metrics.command(method, 0)
     if reply is not None and not session.closed:
         session.send(reply)
 

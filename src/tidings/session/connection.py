@@ -227,6 +227,7 @@ class Session:
                         log.info("client %s (%s): command flood", self.client_id, self.remote)
                         self.close(DisconnectCode.TOO_MANY_REQUESTS)
                         return
+                    self.node.metrics.command(method, ErrorCode.TOO_MANY_REQUESTS.code)
                     method = RATE_LIMITED
             queue.append((method, command))
         if queue and self._worker is None:
@@ -292,7 +293,9 @@ class Session:
         slow it queues behind them instead of overtaking them.
         """
         if self.state != CLOSED:
-            self.writer(self.wire.frame((document,)))
+            frame = self.wire.frame((document,))
+            self.writer(frame)
+            self.node.metrics.sent(self.wire, len(frame))
 
     def send_push(self, channel: str, kind: str, body: object) -> None:
         self.send(prepare_push(channel, kind, body).document(self.wire.envelope))
@@ -365,6 +368,7 @@ class Session:
             return
         self._release()
         self.transport.close(disconnect)
+        self.node.metrics.disconnect(disconnect.code)
 
     def transport_closed(self) -> None:
         """The connection ended under us (client left, network dropped, frame-level failure)."""

@@ -88,7 +88,13 @@ async def test_a_scrape_sums_every_worker(scale_redis: str, prefix: str, tmp_pat
         for client in clients:
             await client.publications(CHANNEL, 1, timeout=10)
 
-        # Whichever worker answers, the scrape holds both: each has fewer than `total`.
+        # Each worker writes what it counted every second; then whichever worker answers,
+        # the scrape holds both (each alone has fewer than `total`).
+        async def both_counted() -> bool:
+            samples = await scrape(server.port)
+            return samples[("tidings_publications_received_total", ())] == 2  # once per worker
+
+        await eventually(both_counted, "both workers' counts in a scrape", 10)
         for _ in range(6):
             samples = await scrape(server.port)
             websocket = (("transport", "websocket"),)

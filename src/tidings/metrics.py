@@ -49,6 +49,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CONTENT_TYPE",
     "HANDLER_EVENTS",
+    "HANDLER_OUTCOMES",
     "TRANSPORTS",
     "FanOutMeter",
     "Metrics",
@@ -80,6 +81,10 @@ HANDLER_EVENTS = frozenset(
     {"connect", "refresh", "subscribe", "sub_refresh", "publish", "rpc", "message", "disconnect"}
 )
 """Values of ``tidings_handler_duration_seconds``' ``event`` label (else ``other``)."""
+
+HANDLER_OUTCOMES = frozenset({"ok", "client_error", "disconnect", "timeout", "error"})
+"""Values of its ``outcome`` label: returned, refused (``ClientError``), disconnected, ran past
+``handler_timeout``, raised anything else (else ``other``)."""
 
 BROKER_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
 """Seconds: a Redis round trip on a LAN takes 0.1-1 ms; calls give up after 1 s."""
@@ -190,8 +195,12 @@ class Metrics:
         """One server API method ran (``code`` 0, or its error code). ``method`` is one the
         API knows, or ``unknown``: never a name from the URL as it came."""
 
-    def handler_duration(self, event: str, seconds: float) -> None:
-        """One application handler call took ``seconds`` (see :meth:`time_handler`)."""
+    def handler_duration(self, event: str, seconds: float, outcome: str = "ok") -> None:
+        """One application handler call took ``seconds`` and ended with ``outcome``.
+
+        The signature of :data:`tidings.handlers.Observer`:
+        ``handlers.observers.append(node.metrics.handler_duration)`` feeds it.
+        """
 
     def time_handler(self, event: str) -> _NoTimer | _HandlerTimer:
         """``with node.metrics.time_handler("rpc"): ...`` times an application handler.
@@ -225,12 +234,14 @@ class _Sampled(Protocol):
 
 
 class _HandlerTimer:
-    """Times one handler call into ``tidings_handler_duration_seconds``."""
+    """Times one handler call into ``tidings_handler_duration_seconds`` (an exception that
+    leaves the block is outcome ``error``)."""
 
-    __slots__ = ("_histogram", "_started")
+    __slots__ = ("_event", "_metrics", "_started")
 
-    def __init__(self, histogram: Histogram) -> None:
-        self._histogram = histogram
+    def __init__(self, metrics: Metrics, event: str) -> None:
+        self._metrics = metrics
+        self._event = event
         self._started = 0.0
 
     def __enter__(self) -> None:
@@ -242,7 +253,8 @@ class _HandlerTimer:
         error: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        self._histogram.observe(time.perf_counter() - self._started)
+        outcome = "ok" if kind is None else "error"
+        self._metrics.handler_duration(self._event, time.perf_counter() - self._started, outcome)
 
 
 class PrometheusMetrics(Metrics):
@@ -352,8 +364,9 @@ class PrometheusMetrics(Metrics):
         )
         self.handlers = Histogram(
             "tidings_handler_duration_seconds",
-            "Time spent in application handlers, by event.",
-            ["event"],
+            "Time spent in application handlers, by event and outcome (ok, client_error, "
+            "disconnect, timeout, error).",
+            ["event", "outcome"],
             buckets=HANDLER_BUCKETS,
             registry=registry,
         )
@@ -429,12 +442,14 @@ class PrometheusMetrics(Metrics):
         self.api_calls.labels(method, str(code)).inc()
         self.api_latency.labels(method).observe(seconds)
 
-    def handler_duration(self, event: str, seconds: float) -> None:
-        self.handlers.labels(event if event in HANDLER_EVENTS else "other").observe(seconds)
+    def handler_duration(self, event: str, seconds: float, outcome: str = "ok") -> None:
+        self.handlers.labels(
+            event if event in HANDLER_EVENTS else "other",
+            outcome if outcome in HANDLER_OUTCOMES else "other",
+        ).observe(seconds)
 
     def time_handler(self, event: str) -> _HandlerTimer:
-        histogram = self.handlers.labels(event if event in HANDLER_EVENTS else "other")
-        return _HandlerTimer(histogram)
+        return _HandlerTimer(self, event if event in HANDLER_EVENTS else "other")
 
     # ------------------------------------------------------------------ sampling and scrapes
 

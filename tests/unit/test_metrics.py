@@ -100,10 +100,16 @@ def test_handler_events_are_bounded() -> None:
     metrics = PrometheusMetrics()
     with metrics.time_handler("rpc"):
         pass
-    metrics.handler_duration("an-unheard-of-event", 0.002)
+    with pytest.raises(ValueError), metrics.time_handler("connect"):
+        raise ValueError("the handler failed")
+    metrics.handler_duration("an-unheard-of-event", 0.002, "timeout")
+    metrics.handler_duration("rpc", 0.002, "an-unheard-of-outcome")
     found = samples(metrics)
-    assert found[("tidings_handler_duration_seconds_count", (("event", "rpc"),))] == 1
-    assert found[("tidings_handler_duration_seconds_count", (("event", "other"),))] == 1
+    count = "tidings_handler_duration_seconds_count"
+    assert found[(count, (("event", "rpc"), ("outcome", "ok")))] == 1
+    assert found[(count, (("event", "connect"), ("outcome", "error")))] == 1
+    assert found[(count, (("event", "other"), ("outcome", "timeout")))] == 1
+    assert found[(count, (("event", "rpc"), ("outcome", "other")))] == 1
 
 
 def test_metrics_off_do_nothing() -> None:

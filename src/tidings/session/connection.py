@@ -196,6 +196,12 @@ class Session:
         self.node.register(self)
         self.schedule_expiry()
 
+    def log_fields(self, **fields: object) -> dict[str, object]:
+        """Structured fields of a log line about this connection (``extra=``, see
+        :mod:`tidings.logs`): its client id, user and peer address, plus ``fields``
+        (``channel``, ``code``...). Never a token."""
+        return {"client": self.client_id, "user": self.user, "remote": self.remote, **fields}
+
     @property
     def info(self) -> ClientInfo:
         return ClientInfo(self.user, self.client_id, raw(self.conn_info))
@@ -250,7 +256,12 @@ class Session:
                 else:
                     self._rate_strikes += 1
                     if self._rate_strikes > RATE_STRIKES_BEFORE_DISCONNECT:
-                        log.info("client %s (%s): command flood", self.client_id, self.remote)
+                        log.info(
+                            "client %s (%s): command flood",
+                            self.client_id,
+                            self.remote,
+                            extra=self.log_fields(code=DisconnectCode.TOO_MANY_REQUESTS.code),
+                        )
                         self.close(DisconnectCode.TOO_MANY_REQUESTS)
                         return
                     self.node.metrics.command(method, ErrorCode.TOO_MANY_REQUESTS.code)
@@ -268,7 +279,13 @@ class Session:
         self._tokens_at = now
 
     def _violation(self, violation: ProtocolViolation) -> None:
-        log.info("client %s (%s): %s", self.client_id or "-", self.remote, violation)
+        log.info(
+            "client %s (%s): %s",
+            self.client_id or "-",
+            self.remote,
+            violation,
+            extra=self.log_fields(code=violation.disconnect.code),
+        )
         self.close(violation.disconnect)
 
     def _on_pong(self) -> None:
@@ -302,7 +319,9 @@ class Session:
             else:
                 self.close(exc.disconnect)
         except Exception:
-            log.exception("client %s: command failed", self.client_id or "-")
+            log.exception(
+                "client %s: command failed", self.client_id or "-", extra=self.log_fields()
+            )
             self.close(DisconnectCode.SERVER_ERROR)
         finally:
             self._worker = None
@@ -324,7 +343,9 @@ class Session:
         except DisconnectError as exc:
             self.close(exc.disconnect)
         except Exception:
-            log.exception("client %s: command failed", self.client_id or "-")
+            log.exception(
+                "client %s: command failed", self.client_id or "-", extra=self.log_fields()
+            )
             self.close(DisconnectCode.SERVER_ERROR)
 
     async def idle(self) -> None:
@@ -400,7 +421,12 @@ class Session:
     def _on_slow(self) -> None:
         self._slow_handle = self._slow_disconnect = None
         if self.state != CLOSED:
-            log.info("client %s (%s): too slow, disconnecting", self.client_id, self.remote)
+            log.info(
+                "client %s (%s): too slow, disconnecting",
+                self.client_id,
+                self.remote,
+                extra=self.log_fields(code=DisconnectCode.SLOW.code),
+            )
             self.close(DisconnectCode.SLOW)
 
     # ------------------------------------------------------------------ lifecycle
@@ -483,7 +509,11 @@ class Session:
         if self.server_refresh and self.node.hooks.handles("refresh"):
             self.node.spawn(self._refresh_by_application())
             return
-        log.info("client %s: connection expired", self.client_id)
+        log.info(
+            "client %s: connection expired",
+            self.client_id,
+            extra=self.log_fields(code=DisconnectCode.EXPIRED.code),
+        )
         self.close(DisconnectCode.EXPIRED)
 
     async def _refresh_by_application(self) -> None:
@@ -498,7 +528,11 @@ class Session:
         if self.state != CONNECTED:
             return
         if answer is None or answer.expire_at is None or answer.expire_at <= self.node.clock.time():
-            log.info("client %s: connection expired (not extended)", self.client_id)
+            log.info(
+                "client %s: connection expired (not extended)",
+                self.client_id,
+                extra=self.log_fields(code=DisconnectCode.EXPIRED.code),
+            )
             self.close(DisconnectCode.EXPIRED)
             return
         if answer.info:

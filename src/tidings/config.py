@@ -556,6 +556,10 @@ class Config:
         if self.log_format not in ("text", "json"):
             raise ConfigError(f'log_format: expected "text" or "json", got {self.log_format!r}')
         self._validate_admin()
+        if self.readiness_timeout <= 0:
+            raise ConfigError(
+                f"readiness_timeout: expected a duration above 0, got {self.readiness_timeout}"
+            )
         if self.opentelemetry and not _importable("opentelemetry.trace"):
             raise ConfigError(
                 "opentelemetry: needs the opentelemetry-api package "

@@ -214,6 +214,9 @@ class Metrics:
     def sample(self, clients: Iterable[_Sampled]) -> None:
         """Set the sampled gauges from the node's connected clients."""
 
+    def sync(self) -> None:
+        """Move what was counted since the last call into the Prometheus metrics."""
+
     def tick(self, clients: Iterable[_Sampled]) -> None:
         """Called by the node every second: while workers share, what was counted since the
         last tick is written where the others' scrapes read it."""

@@ -271,6 +271,7 @@ class Node:
             task.cancel()
         await self.broker.close()
         await self.presence.close()
+        self.metrics.sync()  # a worker's last second of counts, before its process ends
 
     def spawn(self, coroutine: Coroutine[Any, Any, Any], *, daemon: bool = False) -> None:
         """Run a fire-and-forget coroutine that the node keeps a reference to.

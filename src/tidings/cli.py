@@ -206,7 +206,8 @@ def run_server(config: Config, application: Tidings | None = None) -> int:
 
     async def serve_forever() -> int:
         node = application.node if application is not None else Node(config)
-        server = TidingsServer(node)
+        static = application.static_routes if application is not None else ()
+        server = TidingsServer(node, static=static)
         try:
             port = await server.start()
         except BrokerUnavailable as exc:
@@ -222,11 +223,7 @@ def run_server(config: Config, application: Tidings | None = None) -> int:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
         await stop.wait()
-        log.info("shutting down: disconnecting clients with 3001")
-        try:
-            await asyncio.wait_for(server.stop(), timeout=config.shutdown_timeout + 2)
-        except TimeoutError:
-            log.warning("shutdown timed out; exiting anyway")
+        await server.shut_down()
         return 0
 
     result: int = _loop_runner()(serve_forever())

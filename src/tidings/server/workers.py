@@ -418,9 +418,11 @@ async def _serve(config: Config, ready: Connection, app: AppSpec | None = None) 
         application = load_app(*app)
         application.use_config(config)
         node = application.node
+        static = application.static_routes
     else:
         node = Node(config)
-    server = TidingsServer(node)
+        static = []
+    server = TidingsServer(node, static=static)
     try:
         port = await server.start()
     except BrokerUnavailable as exc:
@@ -433,9 +435,5 @@ async def _serve(config: Config, ready: Connection, app: AppSpec | None = None) 
     ready.send(port)
     ready.close()
     await stop.wait()
-    log.info("shutting down: disconnecting clients with 3001")
-    try:
-        await asyncio.wait_for(server.stop(), timeout=config.shutdown_timeout + 2)
-    except TimeoutError:
-        log.warning("shutdown timed out; exiting anyway")
+    await server.shut_down()
     return 0

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.timeout(60)
 
 DEADLINE = 0.5
 """The test's ``readiness_timeout``."""
-MARGIN = 0.5
+MARGIN = 1.0
 """What an answer may take beyond it on a loaded 2-core machine."""
 
 
@@ -59,7 +59,7 @@ async def test_ready_follows_a_private_redis(start_server: StartServer) -> None:
         try:
             status, body, took = await ready(running.port)
             assert (status, body) == (503, {"status": "not ready", "reason": "broker unavailable"})
-            assert DEADLINE <= took < DEADLINE + MARGIN, took
+            assert DEADLINE - 0.01 <= took < DEADLINE + MARGIN, took
         finally:
             redis.resume()
         await eventually(lambda: _is_ready(running.port), "ready again after SIGCONT", within=15)

@@ -210,7 +210,7 @@ class Metrics:
         """
         return _NO_TIMER
 
-    # gauges sampled from the node's state
+    # sampled gauges, syncing, scrapes
     def sample(self, clients: Iterable[_Sampled]) -> None:
         """Set the sampled gauges from the node's connected clients."""
 

@@ -215,8 +215,8 @@ OPTIONS: tuple[Option, ...] = (
         "demo",
         "str",
         "auto",
-        'The chat demo at /: "auto" (on while no token secret is configured), "on" or "off". '
-        'While on, anonymous clients may connect and use the "demo" namespace only.',
+        'Demo mode: "auto" (on while no token secret is configured), "on" or "off". While on, '
+        'anonymous clients may connect and use the "demo" namespace only, and / says so.',
     ),
     Option("ping_interval", "duration", 25.0, "Server ping period; 0 disables pings."),
     Option("pong_timeout", "duration", 8.0, "Time for a client's pong before disconnect 3012."),
@@ -365,6 +365,19 @@ OPTIONS: tuple[Option, ...] = (
         "Let cross-origin pages send cookies to those endpoints (needs explicit origins).",
     ),
     Option(
+        "subscribe_to_user_personal_channel",
+        "bool",
+        False,
+        "Subscribe every authenticated connection, on the server's initiative, to its user's "
+        "personal channel #USER (in personal_channel_namespace), as Centrifugo does.",
+    ),
+    Option(
+        "personal_channel_namespace",
+        "str",
+        "",
+        "Namespace of the users' personal channels (NAMESPACE:#USER); empty: #USER.",
+    ),
+    Option(
         "handler_timeout",
         "duration",
         5.0,
@@ -502,6 +515,8 @@ class Config:
     http_header_timeout: float = 10.0
     cors_allowed_origins: list[str] = field(default_factory=list)
     cors_allow_credentials: bool = False
+    subscribe_to_user_personal_channel: bool = False
+    personal_channel_namespace: str = ""
     handler_timeout: float = 5.0
     longpoll_timeout: float = 25.0
     sse_heartbeat_interval: float = 15.0
@@ -510,6 +525,18 @@ class Config:
     admin_password: str = ""
     admin_token: str = ""
     channels: ChannelsConfig = field(default_factory=ChannelsConfig)
+
+    def with_namespace(self, name: str, options: Mapping[str, Any]) -> Config:
+        """A copy with the namespace ``name`` set to ``options`` (as its TOML table would
+        say them: durations like ``"300s"`` allowed), validated."""
+        table = _channel_options_from_toml(
+            dict(options), f"channels.namespaces.{name}", ChannelOptions
+        )
+        namespaces = {**self.channels.namespaces, name: table}
+        channels = msgspec.structs.replace(self.channels, namespaces=namespaces)
+        config = dataclasses.replace(self, channels=channels)
+        config.validate()
+        return config
 
     def with_overrides(self, overrides: Mapping[str, Any]) -> Config:
         """A copy with some options replaced (``None`` values are ignored), validated."""

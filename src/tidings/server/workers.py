@@ -424,6 +424,8 @@ async def _serve(config: Config, ready: Connection, app: AppSpec | None = None) 
         static = []
     server = TidingsServer(node, static=static)
     try:
+        if app is not None:
+            await application.start()  # the node, then the application's on_startup
         port = await server.start()
     except BrokerUnavailable as exc:
         log.error("cannot start: the broker is unreachable: %s", exc)
@@ -435,5 +437,7 @@ async def _serve(config: Config, ready: Connection, app: AppSpec | None = None) 
     ready.send(port)
     ready.close()
     await stop.wait()
+    if app is not None:
+        await application.stop_within(config.shutdown_timeout)
     await server.shut_down()
     return 0

@@ -247,6 +247,8 @@ class Tidings:
         if self._node is None:
             self._node = Node(self.config)
             self._node.hooks = self.handlers
+            self.handlers.observers.append(self._node.metrics.handler_duration)
+            self.handlers.tracing = self._node.tracing
         return self._node
 
     def use_config(self, config: Config) -> None:

@@ -374,7 +374,7 @@ class PrometheusMetrics(Metrics):
             registry=registry,
         )
         self._connections: dict[str, Gauge] = {}
-        for name in TRANSPORTS:  # every transport shows, at 0, from the first scrape
+        for name in (*sorted(TRANSPORTS), "other"):  # every one shows, at 0, from the start
             self._connections[name] = self.connections.labels(name)
             self.connects.labels(name)
             self.subscriptions.labels(name)

@@ -173,7 +173,7 @@ async def start_app() -> AsyncIterator[StartApp]:
     running: list[RunningServer] = []
 
     async def start(app: Tidings) -> RunningServer:
-        server = TidingsServer(app.node)
+        server = TidingsServer(app.node, static=app.static_routes)
         await app.start()
         port = await server.start()
         result = RunningServer(server, app.node, port)

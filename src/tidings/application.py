@@ -122,6 +122,7 @@ class Tidings:
         else:
             self.config = load_config(config, overrides=overrides)
         self.handlers = Handlers(lambda: self.config.handler_timeout)
+        self.static_routes: list[tuple[str, Path]] = []
         self._node: Node | None = None
         self._started = False
 
@@ -194,6 +195,15 @@ class Tidings:
         """A typed channel: every publication into channels matching ``pattern``, from any
         source (clients, the HTTP API, ``rt.publish``), must fit ``schema``."""
         self.handlers.add_channel(pattern, schema)
+
+    def static(self, prefix: str, directory: str | Path) -> None:
+        """Serve the files under ``directory`` at the URL ``prefix`` on the standalone server
+        (``rt.static("/", Path(__file__).parent / "static")``: the application's pages).
+        Mounted in an ASGI framework, serve them with the framework's own static files."""
+        path = Path(directory)
+        if not path.is_dir():
+            raise ValueError(f"static files: {str(path)!r} is not a directory")
+        self.static_routes.append((prefix, path))
 
     # ------------------------------------------------------------------ the node
 

@@ -48,6 +48,8 @@ LAYERS: dict[str, int] = {
     "tidings.application": 8,
     "tidings.handlers": 8,
     "tidings.testing": 8,
+    "tidings.loading": 8,
+    "tidings.server.workers": 8,
     "tidings.cli": 8,
     "tidings.bench": 8,
     "tidings.__main__": 8,

@@ -7,7 +7,8 @@ its own (``uvicorn module:app``), it answers, relative to where it is mounted
 * ``/connection/websocket`` and ``/connection/uni_websocket`` (WebSocket scopes);
 * ``/connection/http_stream``, ``/connection/sse``, ``/emulation``,
   ``/connection/uni_sse``, ``/connection/uni_http_stream``, ``/events``,
-  ``/longpoll``, ``/api`` and ``/health`` (HTTP scopes);
+  ``/longpoll``, ``/api``, ``/health`` and ``/vendor/centrifuge.js`` (HTTP scopes; the
+  demo page is not served);
 * ``lifespan``, when it is the top-level application: it starts and stops the node.
 
 What is shared with the standalone edge, and what is not:
@@ -42,7 +43,7 @@ from tidings.errors import DisconnectCode, HttpErrorCode
 from tidings.node import Node
 from tidings.protocol.wire import UNI_WEBSOCKET_WIRE
 from tidings.server.api import ApiEndpoint
-from tidings.server.app import AdmissionGate
+from tidings.server.app import AdmissionGate, find_centrifuge_js
 from tidings.server.http import (
     RefusalLog,
     Request,
@@ -222,6 +223,7 @@ class AsgiMount:
         self.router.route("/api", self.api.handle)
         self.router.route("/api/*", self.api.handle)
         self.router.route("/health", self._health)
+        self.router.route("/vendor/centrifuge.js", self._centrifuge_js)
         self.high_water = transport_high_water(config.write_buffer_limit)
         self.text_messages = SharedMessages(text_messages)
         self.bodies = SharedMessages(body_messages)
@@ -277,6 +279,19 @@ class AsgiMount:
 
     async def _health(self, request: object) -> Response:
         return json_response(b'{"status":"ok"}')
+
+    async def _centrifuge_js(self, request: object) -> Response:
+        """The vendored centrifuge-js bundle, as the standalone server serves it, so a page
+        of the application can load the SDK from the mount (``/rt/vendor/centrifuge.js``)."""
+        path = find_centrifuge_js()
+        if path is None:  # pragma: no cover - only a broken installation lacks it
+            return text_response("centrifuge.js is missing from this installation\n", 404)
+        return Response(
+            200,
+            path.read_bytes(),
+            "text/javascript; charset=utf-8",
+            [("cache-control", "max-age=3600")],
+        )
 
     async def _websocket_without_upgrade(self, request: object) -> Response:
         return error_response(400, HttpErrorCode.EXPECTED_UPGRADE)

@@ -227,7 +227,7 @@ class AsgiMount:
         self.high_water = transport_high_water(config.write_buffer_limit)
         self.text_messages = SharedMessages(text_messages)
         self.bodies = SharedMessages(body_messages)
-        self._running = False
+        self._started: asyncio.Future[None] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -241,14 +241,22 @@ class AsgiMount:
     # ------------------------------------------------------------------ the node
 
     async def _serving(self) -> bool:
-        """Start the node on first use if no lifespan did (idempotent); False once it stops."""
+        """Start the node on first use if no lifespan did (idempotent); False once it stops.
+
+        Requests arriving while it starts wait for the same start.
+        """
         if self.node.closing:
             return False
-        if not self._running:
-            self._running = True
-            await self._start()
-            self.node.spawn(self._close_with_node(), daemon=True)
+        if self._started is None:
+            self._started = asyncio.ensure_future(self._start_once())
+        if not self._started.done():
+            await asyncio.shield(self._started)
+        self._started.result()
         return True
+
+    async def _start_once(self) -> None:
+        await self._start()
+        self.node.spawn(self._close_with_node(), daemon=True)
 
     async def _close_with_node(self) -> None:
         """End the mount's ``/events`` streams and waiting polls when the node stops

@@ -330,3 +330,18 @@ async def test_the_mount_alone_runs_the_node_through_its_lifespan(
         assert [p["data"] for p in await client.publications("chat:alone", 1)] == [{"n": 1}]
         assert not rt.node.closing
     assert rt.node.closing
+
+
+async def test_stopping_the_node_ends_the_mounts_streams(http: aiohttp.ClientSession) -> None:
+    async with mounted("uvicorn") as mount:
+        auth = {"Authorization": f"Bearer {token('alice')}"}
+        events = await open_sse(http, f"{mount.base}/events?channel=chat:end", headers=auth)
+        poll = asyncio.ensure_future(
+            http.get(f"{mount.base}/longpoll?channel=chat:end", headers=auth)
+        )
+        await eventually(lambda: mount.asgi.routes.waiters, what="the poll to wait")
+        await mount.rt.stop()  # what the lifespan does at shutdown
+        assert await events.ended() == []
+        answered = await asyncio.wait_for(poll, 5)
+        assert answered.status == 200
+        assert (await answered.json())["publications"] == []

@@ -25,11 +25,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 MARKER = "<!-- asgi-mount -->"
 FIGURES = [
-    ("A", "deliveries_per_s", "deliveries/s, 1,000 subscribers", "{:,.0f}/s"),
-    ("B", "p50_ms", "latency p50 at 200 publications/s", "{:,.1f} ms"),
-    ("B", "p99_ms", "latency p99 at 200 publications/s", "{:,.1f} ms"),
-    ("C", "rss_per_connection_kib", "RSS per idle connection", "{:,.2f} KiB"),
+    ("A", "deliveries_per_s", "deliveries/s, 1,000 subscribers", "{:,.0f}/s", max),
+    ("B", "p50_ms", "latency p50 at 200 publications/s", "{:,.1f} ms", min),
+    ("B", "p99_ms", "latency p99 at 200 publications/s", "{:,.1f} ms", min),
+    ("C", "rss_per_connection_kib", "RSS per idle connection", "{:,.2f} KiB", min),
 ]
+"""Scenario, metric, label, format, and which of several runs is the best."""
 
 
 def run(duration: float, size: int, output: Path) -> dict[str, Any]:
@@ -46,35 +47,48 @@ def run(duration: float, size: int, output: Path) -> dict[str, Any]:
     return document
 
 
-def figures(document: dict[str, Any]) -> list[tuple[str, str, str, str, list[str]]]:
-    """(figure, standalone, mount, mount / standalone, notes) rows."""
-    results = {(r["target"], r["scenario"]): r for r in document["results"]}
+def figures(documents: list[dict[str, Any]]) -> list[tuple[str, str, str, str]]:
+    """(figure, standalone, mount, mount / standalone) rows: the best of the runs."""
     rows = []
-    for scenario, key, label, shape in FIGURES:
-        values = []
+    for scenario, key, label, shape, best in FIGURES:
+        values: list[float | None] = []
         for target in ("tidings", "mount"):
-            result = results.get((target, scenario), {})
-            value = (result.get("metrics") or {}).get(key)
-            values.append(value)
+            found = [
+                float(result["metrics"][key])
+                for document in documents
+                for result in document["results"]
+                if result["target"] == target
+                and result["scenario"] == scenario
+                and not result.get("error")
+                and (result.get("metrics") or {}).get(key) is not None
+            ]
+            values.append(best(found) if found else None)
         cells = [shape.format(v) if v is not None else "-" for v in values]
         standalone, mount = values
         ratio = f"{mount / standalone:.2f}x" if standalone and mount is not None else "-"
-        notes = [
-            f"{target}: {note}"
-            for target in ("tidings", "mount")
-            for note in results.get((target, scenario), {}).get("notes", [])
-        ]
-        rows.append((label, cells[0], cells[1], ratio, notes))
+        rows.append((label, cells[0], cells[1], ratio))
     return rows
 
 
-def markdown(document: dict[str, Any], load: str) -> str:
+def busy_notes(documents: list[dict[str, Any]]) -> list[str]:
+    """What the runs said about other processes on the machine."""
+    return [
+        f"run {index}, {result['target']} {result['label']}: {note}"
+        for index, document in enumerate(documents, 1)
+        for result in document["results"]
+        for note in result.get("notes", [])
+        if note.startswith("busy machine")
+    ]
+
+
+def markdown(documents: list[dict[str, Any]], loads: list[str]) -> str:
     lines = [
         MARKER,
         "## The ASGI mount against the standalone server",
         "",
         "`benchmarks/asgi_mount.py`: `tidings bench --spawn --target tidings --target mount`,",
-        "scenarios A, B and C at 1,000 subscribers, both servers in the same run, each fresh",
+        f"scenarios A, B and C at 1,000 subscribers, best of {len(documents)} runs; in each run",
+        "both servers are measured one after the other, each fresh",
         "and pinned to CPU 1, the generator to CPU 0. *mount* is `rt.asgi()` at `/rt` in a",
         "FastAPI app under uvicorn (uvloop, httptools, websockets' sans-I/O protocol), with the",
         "same configuration. The trade-off is explained in",
@@ -83,14 +97,13 @@ def markdown(document: dict[str, Any], load: str) -> str:
         "| figure | standalone | mount | mount / standalone |",
         "|---|---:|---:|---:|",
     ]
-    notes: list[str] = []
-    for label, standalone, mount, ratio, row_notes in figures(document):
+    for label, standalone, mount, ratio in figures(documents):
         lines.append(f"| {label} | {standalone} | {mount} | {ratio} |")
-        notes += row_notes
-    lines += ["", f"Machine load when the run started: {load}."]
+    lines += ["", "Machine load when each run started: " + "; ".join(loads) + "."]
+    notes = busy_notes(documents)
     if notes:
-        lines += ["", "Notes from the run:", ""]
-        lines += [f"- {note}" for note in dict.fromkeys(notes)]
+        lines += ["", "Other processes ran meanwhile (the machine is shared):", ""]
+        lines += [f"- {note}" for note in notes]
     return "\n".join(lines) + "\n"
 
 
@@ -98,13 +111,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--subscribers", type=int, default=1000)
-    parser.add_argument("--json-out", type=Path, default=ROOT / "bench-results" / "asgi.json")
+    parser.add_argument("--runs", type=int, default=3, help="take the best of this many runs")
+    parser.add_argument(
+        "--json-out",
+        type=Path,
+        default=ROOT / "bench-results" / "asgi.json",
+        help="each run's figures go to NAME.1.json, NAME.2.json, ...",
+    )
     parser.add_argument("--markdown", type=Path, help="replace this script's section there")
     options = parser.parse_args()
-    load = "load average " + ", ".join(f"{x:.2f}" for x in os.getloadavg())
     options.json_out.parent.mkdir(parents=True, exist_ok=True)
-    document = run(options.duration, options.subscribers, options.json_out)
-    section = markdown(document, load)
+    documents, loads = [], []
+    for index in range(options.runs):
+        loads.append(", ".join(f"{x:.2f}" for x in os.getloadavg()))
+        output = options.json_out.with_suffix(f".{index + 1}.json")
+        documents.append(run(options.duration, options.subscribers, output))
+    section = markdown(documents, loads)
     print(section)
     if options.markdown is not None:
         text = options.markdown.read_text() if options.markdown.exists() else ""

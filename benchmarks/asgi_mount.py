@@ -119,19 +119,42 @@ def main() -> None:
         help="each run's figures go to NAME.1.json, NAME.2.json, ...",
     )
     parser.add_argument("--markdown", type=Path, help="replace this script's section there")
+    parser.add_argument(
+        "--from-json",
+        type=Path,
+        nargs="+",
+        help="measure nothing: write the section from earlier runs' JSON files",
+    )
     options = parser.parse_args()
     options.json_out.parent.mkdir(parents=True, exist_ok=True)
     documents, loads = [], []
-    for index in range(options.runs):
+    for path in options.from_json or ():
+        documents.append(json.loads(path.read_text()))
+        loads.append(str(documents[-1].get("setup", {}).get("load", "not recorded")))
+    for index in range(0 if options.from_json else options.runs):
         loads.append(", ".join(f"{x:.2f}" for x in os.getloadavg()))
         output = options.json_out.with_suffix(f".{index + 1}.json")
-        documents.append(run(options.duration, options.subscribers, output))
+        document = run(options.duration, options.subscribers, output)
+        document.setdefault("setup", {})["load"] = loads[-1]
+        output.write_text(json.dumps(document, indent=2) + "\n")
+        documents.append(document)
     section = markdown(documents, loads)
     print(section)
     if options.markdown is not None:
         text = options.markdown.read_text() if options.markdown.exists() else ""
-        text = text.split(MARKER)[0].rstrip() + "\n\n" + section
-        options.markdown.write_text(text)
+        options.markdown.write_text(replace_section(text, section))
+
+
+def replace_section(page: str, section: str) -> str:
+    """``page`` with this script's section replaced (or appended): from its marker to the
+    next section marker of another script, or to the end."""
+    before, found, after = page.partition(MARKER)
+    rest = ""
+    if found:
+        end = after.find("\n<!-- ")
+        rest = after[end:] if end >= 0 else ""
+    text = before.rstrip() + "\n\n" + section
+    return text + ("\n" + rest.lstrip("\n") if rest else "")
 
 
 if __name__ == "__main__":

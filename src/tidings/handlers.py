@@ -219,6 +219,10 @@ class Handlers:
         """A typed channel: every publication into ``pattern`` must fit ``schema``."""
         self.channels.append((pattern, Validator(schema)))
 
+    def patterns(self, event: str) -> list[tuple[str, Registered]]:
+        """The ``(pattern, handler)`` pairs of a per-channel event, in registration order."""
+        return list(self._patterns[event])
+
     def _match(self, event: str, channel: str) -> Registered | None:
         for pattern, entry in self._patterns[event]:
             if fnmatch.fnmatchcase(channel, pattern):
@@ -369,9 +373,19 @@ class Handlers:
         if not isinstance(result, SubscribeResult):
             log.error("%s returned %s, not a SubscribeResult or None", what, type(result).__name__)
             raise ReplyError(ErrorCode.INTERNAL, logged=True)
+        snapshot = None
+        data = result.data
+        if callable(data):
+            producer = data
+
+            async def snapshot() -> bytes:
+                return self._encode(what, await self._call("subscribe", producer))
+
+            data = None
         return SubscribeAnswer(
             info=b"" if result.info is None else self._encode(what, result.info),
-            data=b"" if result.data is None else self._encode(what, result.data),
+            data=b"" if data is None else self._encode(what, data),
             expire_at=result.expire_at,
             override=result.override,
+            snapshot=snapshot,
         )

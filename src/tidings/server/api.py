@@ -21,7 +21,8 @@ import binascii
 import difflib
 import hmac
 import logging
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import msgspec
@@ -197,12 +198,38 @@ class ServerApi:
     def method_names(self) -> list[str]:
         return [*self._methods, "batch"]
 
-    async def call(self, method: str, params: bytes) -> Any:
+    async def call(
+        self, method: str, params: bytes, *, headers: Iterable[tuple[bytes, bytes]] | None = None
+    ) -> Any:
         """Run one method on its JSON params (bytes, decoded once); raises :class:`ApiError`.
 
         Params are decoded straight into the method's typed request, so a
-        publication's ``data`` stays the raw JSON text it arrived as.
+        publication's ``data`` stays the raw JSON text it arrived as. Each call
+        is counted (``tidings_api_requests_total``) and, with OpenTelemetry on,
+        traced as ``tidings.api.<method>``: a child of the caller's trace when
+        the request's ``headers`` carry a ``traceparent``.
         """
+        node = self.node
+        name = method if method in self._methods or method == "batch" else "unknown"
+        started = time.perf_counter()
+        code = 0
+        with node.tracing.span(
+            f"tidings.api.{name}", server=headers is not None, headers=headers
+        ) as span:
+            try:
+                return await self._run(method, params)
+            except ApiError as exc:
+                code = exc.error.code
+                span.fail(code, exc.error.message)
+                raise
+            except Exception:
+                code = ApiErrorCode.INTERNAL.code
+                span.fail(code, ApiErrorCode.INTERNAL.message)
+                raise
+            finally:
+                node.metrics.api_call(name, code, time.perf_counter() - started)
+
+    async def _run(self, method: str, params: bytes) -> Any:
         if method == "batch":
             return await self.batch(params)
         entry = self._methods.get(method)
@@ -563,7 +590,7 @@ class ApiEndpoint:
             return _malformed_body()
         transport_mode = (request.header("x-centrifugo-error-mode") or "").lower() == "transport"
         try:
-            result = await self.api.call(method, body)
+            result = await self.api.call(method, body, headers=request.headers)
         except ApiError as exc:
             error = _error_dict(exc.error, exc.detail)
             if transport_mode:
@@ -593,7 +620,9 @@ class ApiEndpoint:
                 answers.append(_encode({"error": error}))
                 continue
             try:
-                result = await self.api.call(command.method, bytes(command.params) or b"{}")
+                result = await self.api.call(
+                    command.method, bytes(command.params) or b"{}", headers=request.headers
+                )
             except ApiError as exc:
                 answers.append(_encode({"error": _error_dict(exc.error, exc.detail)}))
                 continue

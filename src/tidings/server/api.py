@@ -33,7 +33,8 @@ from tidings.errors import ApiErrorCode, BrokerUnavailable, Disconnect, Error, E
 from tidings.node import Node
 from tidings.protocol.codec import JSON_INPUT_ERRORS, compact_raw
 from tidings.protocol.messages import NO_DATA, StreamPosition
-from tidings.server.http import Request, Response, json_response
+from tidings.server.exchange import HttpRequest
+from tidings.server.http import Response, json_response
 
 log = logging.getLogger("tidings.api")
 
@@ -533,10 +534,10 @@ class ApiEndpoint:
         self._key = api_key.encode()
         self._insecure = insecure
 
-    def authorized(self, request: Request) -> bool:
+    def authorized(self, request: HttpRequest) -> bool:
         return self._refusal(request) is None
 
-    def _refusal(self, request: Request) -> str | None:
+    def _refusal(self, request: HttpRequest) -> str | None:
         """None when the request may use the API; otherwise what to check, for the 401."""
         if self._insecure:
             return None
@@ -553,7 +554,7 @@ class ApiEndpoint:
         return None
 
     @staticmethod
-    def _supplied_key(request: Request) -> str | None:
+    def _supplied_key(request: HttpRequest) -> str | None:
         supplied = request.header("x-api-key")
         if supplied is None:
             authorization = request.header("authorization")
@@ -565,7 +566,7 @@ class ApiEndpoint:
             supplied = request.query_value("api_key")
         return supplied
 
-    async def handle(self, request: Request) -> Response:
+    async def handle(self, request: HttpRequest) -> Response:
         if request.method == "OPTIONS":
             return Response(204, b"", "text/plain", [("allow", "POST, OPTIONS")])
         if request.method != "POST":
@@ -603,7 +604,7 @@ class ApiEndpoint:
             return json_response(_encode({"replies": result}))
         return json_response(_encode({"result": result}))
 
-    async def _legacy(self, request: Request) -> Response:
+    async def _legacy(self, request: HttpRequest) -> Response:
         """``POST /api`` with ``{"method":..,"params":..}`` lines, answered line by line."""
         lines = [line for line in request.body.split(b"\n") if line.strip()]
         if not lines:

@@ -238,6 +238,9 @@ class HttpStream:
     def write_buffer_size(self) -> int:
         return self.transport.get_write_buffer_size()
 
+    def set_high_water(self, high: int) -> None:
+        self.transport.set_write_buffer_limits(high=high)
+
 
 def _too_large(max_body: int) -> str:
     """The 413 text names the setting, so whoever sent the body knows what to raise."""

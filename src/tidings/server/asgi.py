@@ -49,7 +49,7 @@ from tidings.server.http import (
     Request,
     Response,
     Router,
-    _too_large,
+    body_too_large,
     json_response,
     text_response,
 )
@@ -319,8 +319,8 @@ class AsgiMount:
             body = await self._read_body(scope, receive)
             if body is None:
                 limit = self.config.max_message_size
-                self.refusals.note(413, _too_large(limit), client)
-                await _respond(send, text_response(_too_large(limit), 413), head=head)
+                self.refusals.note(413, body_too_large(limit), client)
+                await _respond(send, text_response(body_too_large(limit), 413), head=head)
                 return
             path = route_path(scope)
             request = AsgiRequest(self, scope, path, body, receive, send)

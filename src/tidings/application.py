@@ -17,7 +17,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 
@@ -30,6 +30,9 @@ from tidings.protocol.codec import compact_raw
 from tidings.protocol.messages import ClientInfo as WireClientInfo
 from tidings.protocol.messages import Publication as WirePublication
 from tidings.protocol.messages import StreamPosition
+
+if TYPE_CHECKING:
+    from tidings.server.asgi import AsgiMount
 
 H = TypeVar("H", bound=Handler)
 
@@ -247,6 +250,8 @@ class Tidings:
         if self._node is None:
             self._node = Node(self.config)
             self._node.hooks = self.handlers
+            self.handlers.observers.append(self._node.metrics.handler_duration)
+            self.handlers.tracing = self._node.tracing
         return self._node
 
     def use_config(self, config: Config) -> None:
@@ -292,6 +297,19 @@ class Tidings:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+    def asgi(self) -> AsgiMount:
+        """An ASGI 3 application serving this node's endpoints where it is mounted:
+        ``app.mount("/rt", rt.asgi())`` in FastAPI or Starlette, with
+        ``FastAPI(lifespan=rt.lifespan)``; or on its own (``uvicorn module:app``
+        with ``app = rt.asgi()``), where it answers the lifespan itself.
+
+        Each call makes a new mount; every mount and a standalone listener of the
+        same process share the node, so ``await rt.publish(...)`` reaches them all.
+        """
+        from tidings.server.asgi import AsgiMount
+
+        return AsgiMount(self.node, start=self.start, stop=self.stop)
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app: object = None) -> AsyncIterator[None]:

@@ -132,6 +132,33 @@ OPTIONS: tuple[Option, ...] = (
         "line: time, level, logger, message and fields such as client, user, channel, code).",
     ),
     Option(
+        "metrics",
+        "bool",
+        False,
+        "Count Prometheus metrics and serve them at GET /metrics (with --workers, every "
+        "worker's, summed).",
+    ),
+    Option(
+        "metrics_token",
+        "str",
+        "",
+        "When set, GET /metrics needs it in an Authorization: Bearer header. Empty: anyone who "
+        "reaches the port may read the metrics.",
+    ),
+    Option(
+        "readiness_timeout",
+        "duration",
+        1.0,
+        "How long GET /ready waits for the broker to answer before it says 503 (not ready).",
+    ),
+    Option(
+        "opentelemetry",
+        "bool",
+        False,
+        "OpenTelemetry spans of server API and application handler calls (needs the "
+        "opentelemetry-api package; spans go to the process's tracer provider).",
+    ),
+    Option(
         "token_hmac_secret",
         "str",
         "",
@@ -431,6 +458,10 @@ class Config:
     workers: int = 1
     log_level: str = "info"
     log_format: str = "text"
+    metrics: bool = False
+    metrics_token: str = ""
+    readiness_timeout: float = 1.0
+    opentelemetry: bool = False
     token_hmac_secret: str = ""
     token_algorithms: list[str] = field(
         default_factory=lambda: [
@@ -552,6 +583,15 @@ class Config:
         if self.log_format not in ("text", "json"):
             raise ConfigError(f'log_format: expected "text" or "json", got {self.log_format!r}')
         self._validate_admin()
+        if self.readiness_timeout <= 0:
+            raise ConfigError(
+                f"readiness_timeout: expected a duration above 0, got {self.readiness_timeout}"
+            )
+        if self.opentelemetry and not _importable("opentelemetry.trace"):
+            raise ConfigError(
+                "opentelemetry: needs the opentelemetry-api package "
+                "(pip install 'tidings[tracing]'), and an SDK to send the spans somewhere"
+            )
         for name in ("max_message_size", "channel_max_length", "client_channel_limit"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: expected a number >= 1, got {getattr(self, name)}")
@@ -629,6 +669,16 @@ class Config:
             )
 
 
+def _importable(module: str) -> bool:
+    """Whether ``module`` can be imported, without importing it (its parents excepted)."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
 ADMIN_PASSWORD_MIN = 12
 ADMIN_TOKEN_MIN = 32
 
@@ -656,6 +706,13 @@ def announce(config: Config, port: int, *, workers: int = 1) -> None:
     )
     if config.admin:
         log.info("admin page on http://%s:%d/admin", config.host, port)
+    if config.metrics:
+        log.info(
+            "Prometheus metrics on http://%s:%d/metrics%s",
+            config.host,
+            port,
+            "" if config.metrics_token else " (no metrics_token: open to whoever reaches the port)",
+        )
 
 
 def _validate_channel_options(key: str, options: ChannelOptions) -> None:

@@ -29,11 +29,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Hashable, Iterator
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from tidings.protocol.codec import PreparedPush
 from tidings.protocol.messages import StreamPosition
 from tidings.protocol.wire import WireFormat, Writer
+
+if TYPE_CHECKING:
+    from tidings.metrics import FanOutMeter
 
 
 class Subscriber(Hashable, Protocol):
@@ -113,7 +116,10 @@ class Hub:
         *,
         coalesce_delay: float = 0.0,
         coalesce_max_bytes: int = 64 * 1024,
+        meter: FanOutMeter | None = None,
     ) -> None:
+        self._meter = meter
+        """Told once per batch and wire format what was written (metrics); never per recipient."""
         self._channels: dict[str, _Channel] = {}
         self._dirty: list[_Channel] = []
         self._flush_handle: asyncio.Handle | None = None
@@ -197,7 +203,10 @@ class Hub:
                 return
             documents.append(push)
         if documents:
-            subscriber.writer(subscriber.wire.frame_pushes(documents))
+            frame = subscriber.wire.frame_pushes(documents)
+            subscriber.writer(frame)
+            if self._meter is not None:
+                self._meter.delivered(subscriber.wire, len(documents), 1, len(frame))
         position = pending.position
         if (
             position is None
@@ -318,7 +327,10 @@ class Hub:
                 continue
             if is_join_leave:
                 if pending.join_leave:
-                    subscriber.writer(subscriber.wire.frame_pushes([push]))
+                    frame = subscriber.wire.frame_pushes([push])
+                    subscriber.writer(frame)
+                    if self._meter is not None:
+                        self._meter.delivered(subscriber.wire, 1, 1, len(frame))
                 continue
             verdict = self._advance(pending, push)
             if verdict is None:
@@ -382,13 +394,22 @@ class Hub:
             else everything
         )
         frames: dict[WireFormat, bytes] = {}
+        meter = self._meter
         if publications:
             for wire, members in state.plain.items():
                 data = frames[wire] = wire.frame_pushes(publications)
+                if meter is not None:  # once per wire group: a len, never per recipient
+                    meter.delivered(wire, len(publications), len(members), len(data))
                 _write_all(members, data)
         for wire, members in state.join_leave.items():
             shared = frames.get(wire) if not has_join_leave else None
-            _write_all(members, shared if shared is not None else wire.frame_pushes(everything))
+            data = shared if shared is not None else wire.frame_pushes(everything)
+            if meter is not None:
+                pushes = len(everything) if shared is None else len(publications)
+                meter.delivered(wire, pushes, len(members), len(data))
+            _write_all(members, data)
+        if meter is not None:
+            meter.flushed(len(batch))
 
 
 def _write_all(members: dict[Subscriber, Writer], data: bytes) -> None:

@@ -28,6 +28,7 @@ from tidings.server.http import (
     json_response,
     text_response,
 )
+from tidings.server.monitoring import Monitoring
 from tidings.server.origins import OriginPolicy
 from tidings.server.static import StaticFiles
 from tidings.server.transport_routes import TransportRoutes, request_info
@@ -84,6 +85,7 @@ class TidingsServer:
         router.route("/api", self.api.handle)
         router.route("/api/*", self.api.handle)
         router.route("/health", self._health)
+        Monitoring(self.node).install(router)  # /ready, and /metrics with metrics = true
         router.route("/", self._index)
         router.route("/vendor/centrifuge.js", self._centrifuge_js)
         self.transports.install(router)

@@ -338,7 +338,11 @@ async def go_live(
             )
         except BrokerUnavailable as exc:  # the subscribe is answered: join is best effort
             log.warning(
-                "join of %s in %r not announced: %s", session.client_id, subscription.channel, exc
+                "join of %s in %r not announced: %s",
+                session.client_id,
+                subscription.channel,
+                exc,
+                extra=session.log_fields(channel=subscription.channel),
             )
 
 
@@ -364,7 +368,13 @@ async def server_subscribe(
         subscription = plan(session, channel, request, grant, server_side=True)
         result, position = await open_subscription(session, subscription, request)
     except (ReplyError, BrokerUnavailable) as exc:
-        log.info("server subscribe of %s to %r failed: %s", session.client_id, channel, exc)
+        log.info(
+            "server subscribe of %s to %r failed: %s",
+            session.client_id,
+            channel,
+            exc,
+            extra=session.log_fields(channel=channel),
+        )
         return
     if session.closed:
         return
@@ -413,7 +423,12 @@ def insufficient_state(session: Session, channel: str) -> None:
     subscription = session.subscriptions.get(channel)
     if subscription is None:
         return
-    log.info("client %s lost publications in %r: asking it to recover", session.client_id, channel)
+    log.info(
+        "client %s lost publications in %r: asking it to recover",
+        session.client_id,
+        channel,
+        extra=session.log_fields(channel=channel),
+    )
     if subscription.server_side:
         session.close(DisconnectCode.INSUFFICIENT_STATE)
     else:
@@ -431,7 +446,13 @@ async def announce_leave(session: Session, subscription: Subscription) -> None:
         if options.join_leave and subscription.live:
             await node.announce_leave(channel, session.channel_info(subscription))
     except Exception as exc:  # the client is gone; nobody to answer
-        log.warning("leave of %s in %r not announced: %s", session.client_id, channel, exc)
+        log.warning(
+            "leave of %s in %r not announced: %s",
+            session.client_id,
+            channel,
+            exc,
+            extra=session.log_fields(channel=channel),
+        )
 
 
 # --------------------------------------------------------------------------- expiry

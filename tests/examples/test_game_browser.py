@@ -116,6 +116,7 @@ async def test_two_players_see_each_other_move_and_a_reload_sees_the_current_sta
         return set(await seen(ann)) == set(await seen(bob)) == {ann_id, bob_id}
 
     await eventually(both_in_both, "each page to show both players", within=WAIT)
+    assert await bob.evaluate("document.documentElement.scrollWidth") <= 360  # fits a phone
     await steer_a_while(ann, rt, ann_id)
     await eventually(lambda: sees_the_truth(bob, rt), "bob's page to show ann's move", WAIT)
     await steer_a_while(bob, rt, bob_id)
@@ -160,6 +161,7 @@ async def test_a_page_offline_for_seconds_comes_back_to_the_current_state(
 
     await bob_context.set_offline(True)
     await bob.wait_for_function("document.body.dataset.state !== 'connected'")
+    assert await bob.text_content("#status") != "connected"  # the page says so
     offline_at = asyncio.get_running_loop().time()
     await steer_a_while(ann, rt, ann_id)
     assert (await seen(bob))[ann_id] != positions(await truth(rt))[ann_id], "bob saw it offline?"

@@ -117,6 +117,7 @@ async def test_board_and_chart_update_and_a_late_page_sees_every_symbol_at_once(
     await first.wait_for_function("window.ticker.bars >= 2")  # two seconds of bars
 
     late = await open_trader(browser, server.http_url, PHONE)
+    assert await late.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
     assert await late.evaluate("document.body.dataset.symbols") == str(SYMBOLS)
     assert sorted(await shown(late)) == all_symbols()
 
@@ -224,6 +225,7 @@ async def test_a_page_offline_gets_every_fill_once_and_the_latest_prices(
 
     await page.context.set_offline(True)
     await page.wait_for_function("document.body.dataset.state !== 'connected'")
+    assert await page.text_content("#status") != "connected"  # the page says so
     async with TestClient(app.rt, data={"key": key}) as device:
         for symbol in all_symbols()[:3]:
             await device.rpc("order", {"symbol": symbol, "side": "buy", "quantity": 700})

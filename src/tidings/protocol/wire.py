@@ -34,11 +34,12 @@ class WireFormat:
     docs/protocol.md section 8).
     """
 
-    __slots__ = ("envelope", "name")
+    __slots__ = ("_variants", "envelope", "name")
 
     def __init__(self, name: str, *, envelope: bool) -> None:
         self.name = name
         self.envelope = envelope
+        self._variants: tuple[WireFormat, WireFormat] | None = None
 
     def frame(self, documents: Sequence[bytes]) -> bytes:
         """Frame already encoded documents (replies, personal pushes)."""
@@ -55,8 +56,49 @@ class WireFormat:
             return self.frame([push.envelope for push in pushes])
         return self.frame([push.bare for push in pushes])
 
+    def for_delta(self, *, first: bool) -> WireFormat:
+        """This format for subscribers that negotiated delta compression.
+
+        ``first``: every publication's data as a full JSON string (what a delta
+        subscriber gets until it holds the channel's previous publication);
+        otherwise a fossil delta against the previous publication where it is
+        smaller. The hub groups such subscribers under these formats like under
+        any other, so each variant of a batch is framed once for all of them.
+        """
+        variants = self._variants
+        if variants is None:
+            variants = self._variants = (
+                DeltaVariant(self, deltas=False),
+                DeltaVariant(self, deltas=True),
+            )
+        return variants[0] if first else variants[1]
+
     def __repr__(self) -> str:
         return f"<WireFormat {self.name}>"
+
+
+class DeltaVariant(WireFormat):
+    """Another wire format's frames, with publications rendered for delta subscribers
+    (docs/protocol.md, "Delta compression"): their data a JSON string, full or delta."""
+
+    __slots__ = ("base", "deltas")
+
+    def __init__(self, base: WireFormat, *, deltas: bool) -> None:
+        super().__init__(f"{base.name}+{'deltas' if deltas else 'strings'}", envelope=base.envelope)
+        self.base = base
+        self.deltas = deltas
+
+    def frame(self, documents: Sequence[bytes]) -> bytes:
+        return self.base.frame(documents)
+
+    def frame_pushes(self, pushes: Sequence[PreparedPush]) -> bytes:
+        envelope = self.envelope
+        if self.deltas:
+            return self.base.frame([push.delta_document(envelope) for push in pushes])
+        return self.base.frame([push.string_document(envelope) for push in pushes])
+
+    def for_delta(self, *, first: bool) -> WireFormat:
+        return self.base.for_delta(first=first)
 
 
 # --------------------------------------------------------------------------- WebSocket

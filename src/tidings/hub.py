@@ -30,9 +30,10 @@ per-recipient encoding:
   and its frame once per batch, like any wire format's. The hub hands each
   publication the payload of the previous one (``PreparedPush.base``) only when
   it saw the stream's previous offset itself; otherwise the publication goes out
-  whole. A delta subscriber gets full payloads until it holds the previous
-  publication: its first batch after going live (or after conflation) is the
-  "strings" variant, then it moves to the "deltas" variant.
+  whole. A delta subscriber that holds no previous publication yet (it just went
+  live, or conflation made it skip some) gets its next batch in the "start"
+  variant (the first publication whole, the rest deltas), then moves to the
+  "deltas" variant; conflated drains are "strings" (every publication whole).
 * **Conflated subscribers** (:meth:`Hub.conflate`) are not written publications
   at all: each has a :class:`~tidings.conflation.Conflator` that keeps the latest
   publication per key, drained when the subscriber's rate allows (a timer on the
@@ -82,7 +83,7 @@ _Group = dict[WireFormat, dict[Subscriber, Writer]]
 class _Pending:
     """A subscribe in progress (``buffer``) or waiting for the stream to pass ``position``."""
 
-    __slots__ = ("buffer", "conflator", "delta", "join_leave", "position", "positioned")
+    __slots__ = ("buffer", "conflator", "delta", "held", "join_leave", "position", "positioned")
 
     def __init__(self) -> None:
         self.buffer: list[tuple[PreparedPush, bool]] | None = []
@@ -91,6 +92,7 @@ class _Pending:
         self.positioned = False
         self.delta = False
         self.conflator: Conflator[PreparedPush] | None = None
+        self.held = False
 
 
 class _Conflated:
@@ -275,9 +277,12 @@ class Hub:
                 subscriber.insufficient_state(channel)
                 return
             documents.append(push)
+        holds_previous = False
         if documents:
-            wire = subscriber.wire.for_delta(first=True) if delta else subscriber.wire
+            wire = subscriber.wire.for_delta("start") if delta else subscriber.wire
             subscriber.writer(wire.frame_pushes(documents))
+            # The replay ended with the channel's last publication: deltas from the next on.
+            holds_previous = documents[-1].payload is state.previous is not None
         position = pending.position
         if (
             position is None
@@ -285,7 +290,7 @@ class Hub:
             or (state.epoch == position.epoch and state.last_offset >= position.offset)
         ):
             del state.pending[subscriber]
-            self._go_live(state, subscriber, pending)
+            self._go_live(state, subscriber, pending, holds_previous=holds_previous)
 
     @staticmethod
     def _advance(pending: _Pending, push: PreparedPush) -> bool | None:
@@ -306,23 +311,46 @@ class Hub:
         pending.position = StreamPosition(push.offset, push.epoch)
         return True
 
-    def _go_live(self, state: _Channel, subscriber: Subscriber, pending: _Pending) -> None:
+    def _go_live(
+        self,
+        state: _Channel,
+        subscriber: Subscriber,
+        pending: _Pending,
+        *,
+        holds_previous: bool = False,
+    ) -> None:
         if pending.positioned:
             state.positioned.add(subscriber)
         if pending.conflator is not None:
             state.conflated[subscriber] = _Conflated(
-                pending.conflator, join_leave=pending.join_leave, delta=pending.delta, held=False
+                pending.conflator,
+                join_leave=pending.join_leave,
+                delta=pending.delta,
+                held=pending.held,
             )
             return
-        self._join_group(state, subscriber, join_leave=pending.join_leave, delta=pending.delta)
+        self._join_group(
+            state,
+            subscriber,
+            join_leave=pending.join_leave,
+            delta=pending.delta,
+            holds_previous=holds_previous,
+        )
 
     @staticmethod
     def _join_group(
-        state: _Channel, subscriber: Subscriber, *, join_leave: bool, delta: bool
+        state: _Channel,
+        subscriber: Subscriber,
+        *,
+        join_leave: bool,
+        delta: bool,
+        holds_previous: bool = False,
     ) -> None:
         key = subscriber.wire
-        if delta:  # full payloads first: the subscriber holds no previous publication yet
-            key = state.variant[subscriber] = key.for_delta(first=True)
+        if delta and holds_previous:
+            key = state.variant[subscriber] = key.for_delta("deltas")
+        elif delta:  # a full payload first: the subscriber holds no previous publication yet
+            key = state.variant[subscriber] = key.for_delta("start")
             state.fresh.add(subscriber)
         group = state.join_leave if join_leave else state.plain
         members = group.get(key)
@@ -398,12 +426,22 @@ class Hub:
         ``held``: its connection cannot take more (it is slow); nothing is written
         until :meth:`release`. Otherwise the conflator is drained whenever its
         rate allows. A subscriber already conflated keeps its conflator (and
-        becomes held if asked). ``False`` when the subscriber is not live here.
+        becomes held if asked); one whose reply is out but that waits for the
+        stream to reach its position goes live conflated. ``False`` when the
+        subscriber's subscribe is still in progress, or it is not here.
         Join and leave pushes it asked for still reach it one by one.
         """
         state = self._channels.get(channel)
         if state is None:
             return False
+        pending = state.pending.get(subscriber)
+        if pending is not None:
+            if pending.buffer is not None:
+                return False
+            if pending.conflator is None:
+                pending.conflator = conflator
+            pending.held = pending.held or held
+            return True
         entry = state.conflated.get(subscriber)
         if entry is not None:
             entry.held = entry.held or held
@@ -421,11 +459,17 @@ class Hub:
         """A held subscriber can take more: write what its conflator kept.
 
         One that asked for no rate then shares the channel's frames again (a
-        delta subscriber starting with full payloads); a rate-limited one stays
+        delta subscriber starting with a full payload); a rate-limited one stays
         conflated and is drained when its rate allows.
         """
         state = self._channels.get(channel)
         if state is None:
+            return
+        pending = state.pending.get(subscriber)
+        if pending is not None and pending.conflator is not None:
+            pending.held = False
+            if not pending.conflator.interval:
+                pending.conflator = None
             return
         entry = state.conflated.get(subscriber)
         if entry is None:
@@ -628,7 +672,7 @@ class Hub:
         publication now: from the next batch on they share the deltas' frames."""
         for subscriber in list(state.fresh):
             first = state.variant[subscriber]
-            key = state.variant[subscriber] = first.for_delta(first=False)
+            key = state.variant[subscriber] = first.for_delta("deltas")
             for group in (state.plain, state.join_leave):
                 members = group.get(first)
                 if members is not None and subscriber in members:
@@ -641,7 +685,7 @@ class Hub:
 
 def _conflated_wire(subscriber: Subscriber, entry: _Conflated) -> WireFormat:
     """Conflated publications skip others: a delta subscriber gets them whole."""
-    return subscriber.wire.for_delta(first=True) if entry.delta else subscriber.wire
+    return subscriber.wire.for_delta("strings") if entry.delta else subscriber.wire
 
 
 def _write_all(members: dict[Subscriber, Writer], data: bytes) -> None:

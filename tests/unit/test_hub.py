@@ -301,7 +301,9 @@ async def test_deltas_only_against_the_previous_offset_and_when_asked() -> None:
     assert [sdk.decode(p)["bid"] for p in pubs_of(s)] == [100, 101, 102, 103, 104]
 
 
-async def test_delta_subscriber_replay_is_full_strings() -> None:
+async def test_delta_subscriber_replay_starts_whole_then_stays_on_deltas() -> None:
+    """What was buffered during the subscribe is consecutive: one full payload, then deltas,
+    and live ones go on from the replay's last publication."""
     hub = Hub()
     s = FakeSubscriber("s")
     hub.begin_subscribe("c", s)
@@ -314,7 +316,7 @@ async def test_delta_subscriber_replay_is_full_strings() -> None:
     await next_turn()
     hub.broadcast_publication("c", quote(8, 103))
     await next_turn()
-    assert [p.get("delta", False) for p in pubs_of(s)] == [False, False, False, True]
+    assert [p.get("delta", False) for p in pubs_of(s)] == [False, True, True, True]
     sdk = SdkDecoder()
     assert [sdk.decode(p)["bid"] for p in pubs_of(s)] == [100, 101, 102, 103]
 

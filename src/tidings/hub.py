@@ -488,6 +488,23 @@ class Hub:
         if items:
             subscriber.writer(_conflated_wire(subscriber, entry).frame_pushes(items))
 
+    def conflation_backlog(self, channel: str, subscriber: Subscriber) -> int | None:
+        """Keys waiting in a conflated subscriber's conflator (``None``: not conflated).
+
+        Never more than the number of distinct keys published to the channel,
+        however fast they change: what a slow subscriber costs the server.
+        """
+        state = self._channels.get(channel)
+        if state is None:
+            return None
+        entry = state.conflated.get(subscriber)
+        if entry is not None:
+            return len(entry.conflator)
+        pending = state.pending.get(subscriber)
+        if pending is not None and pending.conflator is not None:
+            return len(pending.conflator)
+        return None
+
     def _offer_conflated(
         self,
         state: _Channel,

@@ -22,7 +22,7 @@ import socket
 import time
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine, Hashable, Iterable, Mapping
+from collections.abc import Coroutine, Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -60,6 +60,7 @@ from tidings.errors import (
     Unsubscribe,
     UnsubscribeCode,
 )
+from tidings.hooks import ApplicationHooks, NoHooks
 from tidings.hub import Hub, Subscriber
 from tidings.jwks import JwksClient
 from tidings.protocol.codec import (
@@ -124,10 +125,6 @@ class Client(Hashable, Protocol):
     def refresh_by_server(
         self, *, expire_at: int | None, expired: bool, info: bytes | None
     ) -> None: ...
-
-
-RPCHandler = Callable[[Client, bytes], Awaitable[Any]]
-SendHandler = Callable[[Client, bytes], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,8 +195,8 @@ class Node:
         self.history: HistoryReader = broker  # a broker reads the streams it owns
         self.presence: PresenceStore = presence or MemoryPresence()
         self.hub = Hub(coalesce_delay=config.coalesce_delay, clock=self.clock)
-        self.rpc_handlers: dict[str, RPCHandler] = {}
-        self.send_handler: SendHandler | None = None
+        self.hooks: ApplicationHooks = NoHooks()
+        """The application's handlers (``Tidings`` sets them); by default there are none."""
         self.clients: dict[str, Client] = {}
         """Connected clients by client id."""
         self.users: dict[str, set[Client]] = {}
@@ -602,6 +599,7 @@ class Node:
     ) -> StreamPosition | None:
         """Publish a prepared publication (``delta``: ``None`` means the namespace's
         ``delta_publish``)."""
+        self.hooks.check_publication(channel, bytes(publication.data))
         history = None if skip_history else options.history_options(self.config.history_meta_ttl)
         return await self.broker.publish(
             channel,

@@ -248,3 +248,13 @@ async def test_namespace_rate_and_what_a_client_may_ask(
     assert publications(harness.transport.take()) == []
     harness.clock.advance(0.01)
     assert [p["data"]["p"] for p in publications(harness.transport.take())] == [2]
+
+
+async def test_slow_client_without_subscriptions_is_still_timed_out(
+    harness: Harness, node: Node
+) -> None:
+    await harness.connect()
+    harness.session.on_write_paused()
+    harness.clock.advance(node.config.slow_timeout + 0.1)
+    assert harness.transport.closed_with is not None
+    assert harness.transport.closed_with.code == 3008

@@ -396,17 +396,19 @@ def new_conflator(session: Session, max_frequency: float) -> Conflator[PreparedP
 
 def hold_conflating(session: Session) -> bool:
     """The client stopped reading: its conflating subscriptions keep the latest value per
-    key instead of queueing every publication. ``True`` when every live subscription
-    conflates (nothing then grows without bound while the client is slow)."""
-    everything = True
+    key instead of queueing every publication. ``True`` when it has subscriptions and every
+    one conflates (nothing then grows without bound while the client is slow)."""
+    conflating = plain = 0
     node = session.node
     for subscription in list(session.subscriptions.values()):
         rate = subscription.max_frequency
         if rate is None:
-            everything = False
-        elif subscription.live:
+            plain += 1
+            continue
+        conflating += 1
+        if subscription.live:
             node.conflate(subscription.channel, session, new_conflator(session, rate), held=True)
-    return everything
+    return conflating > 0 and not plain
 
 
 def release_conflating(session: Session) -> None:

@@ -301,6 +301,22 @@ async def test_deltas_only_against_the_previous_offset_and_when_asked() -> None:
     assert [sdk.decode(p)["bid"] for p in pubs_of(s)] == [100, 101, 102, 103, 104]
 
 
+async def test_no_delta_across_a_gap() -> None:
+    """Offsets 1 then 3: the node missed 2, so 3 has no base (and positioned subscribers,
+    delta ones included, are told to recover)."""
+    lost: list[tuple[str, str]] = []
+    hub = Hub()
+    s = FakeSubscriber("s", lost)
+    delta_live(hub, s)
+    hub.broadcast_publication("c", quote(1, 100))
+    third = quote(3, 102)
+    hub.broadcast_publication("c", third)
+    assert third.base is None and lost == [("c", "s")]
+    fourth = quote(4, 103)
+    hub.broadcast_publication("c", fourth)
+    assert fourth.base is third.payload
+
+
 async def test_delta_subscriber_replay_starts_whole_then_stays_on_deltas() -> None:
     """What was buffered during the subscribe is consecutive: one full payload, then deltas,
     and live ones go on from the replay's last publication."""

@@ -155,17 +155,17 @@ class PreparedPush:
     ``kind`` and ``body`` (the typed push, a :class:`Publication` for ``pub``)
     let a wire format render the push its own way without decoding the JSON.
 
-    A publication also carries what conflation and delta compression need:
-    ``key`` (what it is the latest value of), ``delta`` (the publisher asked for
-    delta encoding) and ``base`` (the payload it may be encoded against, which
-    the hub sets when it holds the stream's previous publication). Subscribers
-    that negotiated delta get :meth:`string_document` or :meth:`delta_document`;
-    each is encoded on first use and then shared, like the plain documents.
+    A publication also carries what delta compression needs: ``delta`` (the
+    publisher asked for delta encoding) and ``base`` (the payload it may be
+    encoded against, which the hub sets when it holds the stream's previous
+    publication). Subscribers that negotiated delta get :meth:`string_document`
+    or :meth:`delta_document`; each is encoded on first use and then shared,
+    like the plain documents. Conflation reads the publication's ``key``
+    (:attr:`key`).
     """
 
     __slots__ = (
-        "_deltas",
-        "_strings",
+        "_variants",
         "bare",
         "base",
         "body",
@@ -173,10 +173,8 @@ class PreparedPush:
         "delta",
         "envelope",
         "epoch",
-        "key",
         "kind",
         "offset",
-        "payload",
     )
 
     def __init__(
@@ -187,9 +185,6 @@ class PreparedPush:
         encoded_body: bytes,
         offset: int = 0,
         epoch: str = "",
-        *,
-        payload: Raw | None = None,
-        key: str = "",
         delta: bool = False,
     ) -> None:
         self.channel = channel
@@ -199,13 +194,23 @@ class PreparedPush:
         self.envelope = b'{"push":{' + encoded_body + b"}}"
         self.offset = offset
         self.epoch = epoch
-        self.payload = payload
-        """A publication's ``data`` (``None`` for other pushes)."""
-        self.key = key
         self.delta = delta
         self.base: Raw | None = None
-        self._strings: tuple[bytes, bytes] | None = None
-        self._deltas: tuple[bytes, bytes] | None = None
+        # Per-publication costs matter (the hot path's only encoding step): the delta
+        # variants' cache is one slot, [strings pair, deltas pair], made on first use.
+        self._variants: list[tuple[bytes, bytes] | None] | None = None
+
+    @property
+    def key(self) -> str:
+        """A publication's key (what it is the latest value of); ``""`` for other pushes."""
+        body = self.body
+        return body.key if isinstance(body, Publication) else ""
+
+    @property
+    def payload(self) -> Raw | None:
+        """A publication's ``data``; ``None`` for other pushes."""
+        body = self.body
+        return body.data if isinstance(body, Publication) else None
 
     def document(self, envelope: bool) -> bytes:
         """The document a transport sends: wrapped (bidirectional) or bare."""
@@ -214,33 +219,43 @@ class PreparedPush:
     def string_document(self, envelope: bool) -> bytes:
         """The document for a delta subscriber owed the full payload: ``data`` as a JSON
         string (docs/protocol.md, "Delta compression"). Other pushes are unchanged."""
-        if self.payload is None:
+        body = self.body
+        if not isinstance(body, Publication):
             return self.document(envelope)
-        pair = self._strings or self._encode_strings(self.payload)
+        pair = self._strings(body)
         return pair[0] if envelope else pair[1]
 
     def delta_document(self, envelope: bool) -> bytes:
         """The document for a delta subscriber that holds ``base``: ``data`` a fossil delta
         against it when the publisher asked for one and it is smaller, else as
         :meth:`string_document`."""
-        payload = self.payload
-        if payload is None:
+        body = self.body
+        if not isinstance(body, Publication):
             return self.document(envelope)
-        pair = self._deltas
+        variants = self._variants
+        pair = variants[1] if variants is not None else None
         if pair is None:
             delta = None
             if self.delta and self.base is not None:
-                delta = fossil.create_for_json(bytes(self.base), bytes(payload))
+                delta = fossil.create_for_json(bytes(self.base), bytes(body.data))
             if delta is None:
-                pair = self._strings or self._encode_strings(payload)
+                pair = self._strings(body)
             else:
                 pair = _encode_variant(self, Raw(_encoder.encode(delta.decode())), True)
-            self._deltas = pair
+            variants = self._variants
+            if variants is None:
+                variants = self._variants = [None, None]
+            variants[1] = pair
             self.base = None  # encoded: the previous payload is no longer needed
         return pair[0] if envelope else pair[1]
 
-    def _encode_strings(self, payload: Raw) -> tuple[bytes, bytes]:
-        pair = self._strings = _encode_variant(self, string_payload(payload), False)
+    def _strings(self, body: Publication) -> tuple[bytes, bytes]:
+        variants = self._variants
+        if variants is None:
+            variants = self._variants = [None, None]
+        pair = variants[0]
+        if pair is None:
+            pair = variants[0] = _encode_variant(self, string_payload(body.data), False)
         return pair
 
 
@@ -284,17 +299,7 @@ def prepare_publication(
     namespace's ``delta_publish``).
     """
     encoded = _push_body(channel, b"pub", _encoder.encode(publication))
-    return PreparedPush(
-        channel,
-        "pub",
-        publication,
-        encoded,
-        publication.offset,
-        epoch,
-        payload=publication.data,
-        key=publication.key,
-        delta=delta,
-    )
+    return PreparedPush(channel, "pub", publication, encoded, publication.offset, epoch, delta)
 
 
 def prepare_join(channel: str, info: ClientInfo) -> PreparedPush:

@@ -105,7 +105,7 @@ class DeltaVariant(WireFormat):
         documents = []
         whole = True
         for push in pushes:
-            if push.payload is None:
+            if push.kind != "pub":
                 documents.append(push.document(envelope))
             elif whole:
                 documents.append(push.string_document(envelope))

@@ -655,7 +655,8 @@ def _validate_channel_options(key: str, options: ChannelOptions) -> None:
         )
     if options.conflate_by not in CONFLATE_BY:
         raise ConfigError(
-            f'{key}.conflate_by: expected "key" or "" (off), got {options.conflate_by!r}'
+            f'{key}.conflate_by: expected "key", "none" or "" (the default), '
+            f"got {options.conflate_by!r}"
         )
     if options.max_frequency < 0:
         raise ConfigError(

@@ -523,9 +523,6 @@ def _with_unknown_fields(detail: str, params: bytes, request_type: type[Struct])
 _TRANSPORT_ERROR_STATUS = {100: 500, 102: 404, 104: 404, 107: 400, 108: 400, 112: 416, 113: 409}
 
 
-_UNAUTHORIZED = Error(101, "unauthorized")
-
-
 class ApiEndpoint:
     """HTTP glue: authentication, body decoding, result shapes, error modes."""
 
@@ -579,7 +576,9 @@ class ApiEndpoint:
                 refusal,
                 extra={"client": request.client, "status": 401},
             )
-            return json_response(_encode({"error": _error_dict(_UNAUTHORIZED, refusal)}), 401)
+            return json_response(
+                _encode({"error": _error_dict(ApiErrorCode.UNAUTHORIZED, refusal)}), 401
+            )
         method = request.path[len("/api") :].strip("/")
         if not method:
             return await self._legacy(request)

@@ -22,6 +22,7 @@ reply yet, is told after the reply (see :func:`unsubscribe`).
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -64,6 +65,10 @@ log = logging.getLogger("tidings.session")
 
 MAX_TTL = 2**32 - 1
 """``ttl`` is a uint32 in the protocol."""
+
+FLAG_REJECT_UNRECOVERABLE = 2
+"""Subscribe ``flag`` bit: answer 112 instead of ``recovered: false`` when recovery fails
+(the SDKs set it when the app has a ``getState`` to reload from; docs/protocol.md section 7)."""
 
 
 class Subscription:
@@ -148,6 +153,8 @@ class Grant:
     data: bytes = b""
     server_refresh: bool = False
     """The expiry came from the application, whose ``on_sub_refresh`` extends it."""
+    snapshot: Callable[[], Awaitable[bytes]] | None = None
+    """Produces ``data`` once the subscription has joined the channel (see open_subscription)."""
 
 
 async def authorize(
@@ -183,7 +190,9 @@ async def authorize(
         if answer.override is not None:
             options = effective_options(options, answer.override)
         server_refresh = answer.expire_at is not None and node.hooks.handles("sub_refresh", channel)
-        return Grant(options, answer.info, answer.expire_at, answer.data, server_refresh)
+        return Grant(
+            options, answer.info, answer.expire_at, answer.data, server_refresh, answer.snapshot
+        )
     else:
         options = rules.check_subscribe(channel, session.user, has_token=False)
     if sub_token is not None:
@@ -277,10 +286,17 @@ _frequency_decoder = msgspec.json.Decoder(_FrequencyWish)
 
 
 async def open_subscription(
-    session: Session, subscription: Subscription, request: SubscribeRequest
+    session: Session,
+    subscription: Subscription,
+    request: SubscribeRequest,
+    snapshot: Callable[[], Awaitable[bytes]] | None = None,
 ) -> tuple[SubscribeResult, StreamPosition | None]:
     """Join the channel on this node and read what the reply needs; returns the reply
-    and the position it leaves the client at (``None`` when not positioned)."""
+    and the position it leaves the client at (``None`` when not positioned).
+
+    ``snapshot`` (the application's) runs after the join, while live pushes are
+    buffered: what it reads and what follows leave no gap.
+    """
     node = session.node
     channel = subscription.channel
     session.subscriptions[channel] = subscription
@@ -290,6 +306,8 @@ async def open_subscription(
         position: StreamPosition | None = None
         if subscription.positioned:
             position = await _read_position(session, subscription, request, result)
+        if snapshot is not None:
+            result.data = Raw(await snapshot())
         if subscription.options.presence and _current(session, subscription):
             info = session.channel_info(subscription)
             await node.add_presence(channel, session, info)
@@ -330,6 +348,8 @@ async def _read_position(
     if request.recover and subscription.recoverable:
         since = StreamPosition(request.offset, request.epoch)
         publications, top, recovered = await node.recover(channel, since)
+        if not recovered and request.flag & FLAG_REJECT_UNRECOVERABLE:
+            raise ReplyError(ErrorCode.UNRECOVERABLE_POSITION)
         result.was_recovering = True
         result.recovered = recovered
         result.epoch = top.epoch
@@ -382,7 +402,11 @@ async def go_live(
             )
         except BrokerUnavailable as exc:  # the subscribe is answered: join is best effort
             log.warning(
-                "join of %s in %r not announced: %s", session.client_id, subscription.channel, exc
+                "join of %s in %r not announced: %s",
+                session.client_id,
+                subscription.channel,
+                exc,
+                extra=session.log_fields(channel=subscription.channel),
             )
 
 
@@ -443,7 +467,13 @@ async def server_subscribe(
         subscription = plan(session, channel, request, grant, server_side=True)
         result, position = await open_subscription(session, subscription, request)
     except (ReplyError, BrokerUnavailable) as exc:
-        log.info("server subscribe of %s to %r failed: %s", session.client_id, channel, exc)
+        log.info(
+            "server subscribe of %s to %r failed: %s",
+            session.client_id,
+            channel,
+            exc,
+            extra=session.log_fields(channel=channel),
+        )
         return
     if session.closed:
         return
@@ -492,7 +522,12 @@ def insufficient_state(session: Session, channel: str) -> None:
     subscription = session.subscriptions.get(channel)
     if subscription is None:
         return
-    log.info("client %s lost publications in %r: asking it to recover", session.client_id, channel)
+    log.info(
+        "client %s lost publications in %r: asking it to recover",
+        session.client_id,
+        channel,
+        extra=session.log_fields(channel=channel),
+    )
     if subscription.server_side:
         session.close(DisconnectCode.INSUFFICIENT_STATE)
     else:
@@ -510,7 +545,13 @@ async def announce_leave(session: Session, subscription: Subscription) -> None:
         if options.join_leave and subscription.live:
             await node.announce_leave(channel, session.channel_info(subscription))
     except Exception as exc:  # the client is gone; nobody to answer
-        log.warning("leave of %s in %r not announced: %s", session.client_id, channel, exc)
+        log.warning(
+            "leave of %s in %r not announced: %s",
+            session.client_id,
+            channel,
+            exc,
+            extra=session.log_fields(channel=channel),
+        )
 
 
 # --------------------------------------------------------------------------- expiry

@@ -155,6 +155,8 @@ class Grant:
     """The expiry came from the application, whose ``on_sub_refresh`` extends it."""
     snapshot: Callable[[], Awaitable[bytes]] | None = None
     """Produces ``data`` once the subscription has joined the channel (see open_subscription)."""
+    max_frequency: float | None = None
+    """The application's rate for this subscriber on a conflating channel (``on_subscribe``)."""
 
 
 async def authorize(
@@ -191,7 +193,13 @@ async def authorize(
             options = effective_options(options, answer.override)
         server_refresh = answer.expire_at is not None and node.hooks.handles("sub_refresh", channel)
         return Grant(
-            options, answer.info, answer.expire_at, answer.data, server_refresh, answer.snapshot
+            options,
+            answer.info,
+            answer.expire_at,
+            answer.data,
+            server_refresh,
+            answer.snapshot,
+            answer.max_frequency,
         )
     else:
         options = rules.check_subscribe(channel, session.user, has_token=False)
@@ -253,7 +261,10 @@ def plan(
         and request.delta in options.allowed_delta_types
     )
     if options.conflates:
-        subscription.max_frequency = requested_frequency(request, options.max_frequency)
+        if grant.max_frequency is not None:  # the application decided
+            subscription.max_frequency = grant.max_frequency
+        else:
+            subscription.max_frequency = requested_frequency(request, options.max_frequency)
     return subscription
 
 

@@ -330,12 +330,17 @@ class Tidings:
         skip_history: bool = False,
         tags: Mapping[str, str] | None = None,
         idempotency_key: str = "",
+        key: str = "",
+        delta: bool | None = None,
     ) -> PublishResult:
         """Publish to every subscriber of ``channel`` on every node.
 
         ``data`` is anything JSON-encodable (dicts, Structs, dataclasses, pydantic
         models). Channel permissions do not apply; a typed channel's schema does:
-        an invalid payload raises :class:`ClientError` 107.
+        an invalid payload raises :class:`ClientError` 107. ``key`` names what the
+        publication is the latest value of (conflating channels keep the latest per
+        key for slow subscribers); ``delta`` sends it as a fossil delta to subscribers
+        that negotiated one (``None``: the namespace's ``delta_publish``).
         """
         try:
             return await self.node.publish(
@@ -344,6 +349,8 @@ class Tidings:
                 skip_history=skip_history,
                 tags=dict(tags) if tags else None,
                 idempotency_key=idempotency_key,
+                key=key,
+                delta=delta,
             )
         except ReplyError as exc:
             raise _client_error(exc) from None

@@ -403,4 +403,5 @@ class Handlers:
             expire_at=result.expire_at,
             override=result.override,
             snapshot=snapshot,
+            max_frequency=result.max_frequency,
         )

@@ -173,6 +173,9 @@ class SubscribeResult:
     data: Any = None
     expire_at: int | None = None
     override: SubscriptionOverride | None = None
+    max_frequency: float | None = None
+    """On a conflating channel: at most this many updates per second per key for this
+    subscriber (the latest value of each key in between); ``None``: what it asked for."""
 
 
 class ClientError(Exception):
@@ -229,6 +232,7 @@ class SubscribeAnswer:
     expire_at: int | None = None
     override: SubscriptionOverride | None = None
     snapshot: Callable[[], Awaitable[bytes]] | None = None
+    max_frequency: float | None = None
 
 
 class ApplicationHooks(Protocol):

@@ -55,6 +55,8 @@ class PublishRequest(Struct):
     skip_history: bool = False
     tags: dict[str, str] | None = None
     idempotency_key: str = ""
+    delta: bool = False
+    key: str = ""
 
 
 class BroadcastRequest(Struct):
@@ -64,6 +66,8 @@ class BroadcastRequest(Struct):
     skip_history: bool = False
     tags: dict[str, str] | None = None
     idempotency_key: str = ""
+    delta: bool = False
+    key: str = ""
 
 
 class SubscribeRequest(Struct):
@@ -313,6 +317,9 @@ class ServerApi:
             skip_history=request.skip_history,
             tags=request.tags,
             idempotency_key=request.idempotency_key,
+            key=request.key,
+            # Centrifugo's flag: asks for deltas; without it, the namespace's delta_publish.
+            delta=request.delta or None,
         )
         if not result.offset and not result.epoch:
             return {}
@@ -332,6 +339,8 @@ class ServerApi:
                         skip_history=request.skip_history,
                         tags=request.tags,
                         idempotency_key=request.idempotency_key,
+                        delta=request.delta,
+                        key=request.key,
                     )
                 )
                 responses.append({"result": result})
@@ -523,9 +532,6 @@ def _with_unknown_fields(detail: str, params: bytes, request_type: type[Struct])
 _TRANSPORT_ERROR_STATUS = {100: 500, 102: 404, 104: 404, 107: 400, 108: 400, 112: 416, 113: 409}
 
 
-_UNAUTHORIZED = Error(101, "unauthorized")
-
-
 class ApiEndpoint:
     """HTTP glue: authentication, body decoding, result shapes, error modes."""
 
@@ -579,7 +585,9 @@ class ApiEndpoint:
                 refusal,
                 extra={"client": request.client, "status": 401},
             )
-            return json_response(_encode({"error": _error_dict(_UNAUTHORIZED, refusal)}), 401)
+            return json_response(
+                _encode({"error": _error_dict(ApiErrorCode.UNAUTHORIZED, refusal)}), 401
+            )
         method = request.path[len("/api") :].strip("/")
         if not method:
             return await self._legacy(request)

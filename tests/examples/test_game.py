@@ -27,9 +27,11 @@ from examples.game.arena import (
     Steer,
 )
 from examples.game.leader import RedisLock, lock_for, run_as_leader
+from tests.conftest import ClientFactory, StartApp
 from tests.support.polling import eventually
 from tests.support.redis import delete_keys, unique_prefix
 from tidings import ClientError, Tidings
+from tidings.protocol import fossil
 from tidings.testing import TestClient
 
 pytestmark = pytest.mark.timeout(30)
@@ -239,3 +241,38 @@ def test_the_lock_follows_the_broker() -> None:
     assert type(lock_for("redis://127.0.0.1:6379/15", "k")).__name__ == "RedisLock"
     with pytest.raises(ValueError, match="redis\\+cluster"):
         lock_for("redis+cluster://127.0.0.1:7000", "k")
+
+
+# --------------------------------------------------------------------------- delta compression
+
+
+async def test_pages_that_ask_get_each_tick_as_a_small_fossil_delta(
+    start_app: StartApp, ws_client: ClientFactory
+) -> None:
+    """Two raw clients watch the same ticks, one with ``delta: "fossil"``: applying its
+    deltas rebuilds exactly what the other receives whole, in a fraction of the bytes."""
+    server = await start_app(create_app(port=0))
+    plain, compact = await ws_client(server.ws_url), await ws_client(server.ws_url)
+    for client, key in ((plain, KEY_A), (compact, KEY_B)):
+        await client.connect(data={"name": key[0], "key": key})
+    await plain.subscribe(STATE)
+    reply = await compact.subscribe(STATE, delta="fossil")
+    assert reply["delta"] is True
+    for client in (plain, compact):
+        await client.call("publish", {"channel": INPUTS, "data": {"dx": 1, "dy": 1}})
+    rebuilt: dict[int, bytes] = {}  # offset -> the snapshot rebuilt from what came
+    sent: dict[int, int] = {}  # offset -> bytes of data on the wire
+    previous = b""
+    while len(rebuilt) < 40:  # two seconds of ticks
+        (pub,) = await compact.publications(STATE, 1)
+        data = pub["data"].encode()
+        previous = fossil.apply(previous, data) if pub.get("delta") else data
+        rebuilt[pub["offset"]], sent[pub["offset"]] = previous, len(data)
+    whole: dict[int, bytes] = {}
+    while not set(rebuilt) <= set(whole):
+        (pub,) = await plain.publications(STATE, 1)
+        whole[pub["offset"]] = msgspec.json.encode(pub["data"])
+    for offset, data in rebuilt.items():
+        assert msgspec.json.decode(data) == msgspec.json.decode(whole[offset])
+    ratio = sum(sent.values()) / sum(len(whole[offset]) for offset in rebuilt)
+    assert ratio < 0.35, f"deltas took {ratio:.0%} of the bytes"

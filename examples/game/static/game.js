@@ -78,7 +78,9 @@
       }
     });
 
-    sub = centrifuge.newSubscription(STATE);
+    // Each tick differs little from the last: ask for fossil deltas (a few dozen bytes
+    // instead of the whole snapshot); centrifuge-js applies them and hands us whole data.
+    sub = centrifuge.newSubscription(STATE, { delta: "fossil" });
     sub.on("subscribed", (ctx) => {
       // on_subscribe put the latest snapshot in the reply: draw the arena at once.
       if (ctx.data) { joinedTick = ctx.data.tick; show(ctx.data); }

@@ -67,6 +67,23 @@ class ChannelOptions(Struct, forbid_unknown_fields=True, kw_only=True):
     allow_presence_for_client: bool = False
     allow_presence_for_anonymous: bool = False
     allow_user_limited_channels: bool = False
+    allowed_delta_types: list[str] = []
+    """Delta encodings a subscriber may negotiate (``["fossil"]``); empty: none
+    (docs/protocol.md, "Delta compression")."""
+    delta_publish: bool = False
+    """Every publication asks for delta encoding, as the server API's ``delta`` flag does."""
+    conflate_by: str = ""
+    """``"key"``: a subscriber that cannot keep up, or asks for a rate, gets the latest
+    publication of each key instead of every one (docs/protocol.md, "Latest-value
+    conflation"); ``""``: never. Map channels will read ``""`` as their own default."""
+    max_frequency: float = 0.0
+    """Default rate, in updates per second per key, of a subscriber to a conflating
+    channel; 0: as fast as it reads."""
+
+    @property
+    def conflates(self) -> bool:
+        """Publications here may be conflated by key (``conflate_by = "key"``)."""
+        return self.conflate_by == "key"
 
     @property
     def history_enabled(self) -> bool:
@@ -84,6 +101,12 @@ class ChannelOptions(Struct, forbid_unknown_fields=True, kw_only=True):
 
 DURATION_OPTIONS = frozenset({"history_ttl", "history_meta_ttl"})
 """Channel options given as durations ("300s", "5m", or seconds)."""
+
+DELTA_TYPES = frozenset({"fossil"})
+"""What ``allowed_delta_types`` may name: the encodings tidings implements."""
+
+CONFLATE_BY = ("", "key")
+"""What ``conflate_by`` may be."""
 
 
 @dataclass(frozen=True, slots=True)

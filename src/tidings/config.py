@@ -23,7 +23,13 @@ from typing import Any
 
 import msgspec
 
-from tidings.channels import DURATION_OPTIONS, NAMESPACE_NAME, ChannelOptions
+from tidings.channels import (
+    CONFLATE_BY,
+    DELTA_TYPES,
+    DURATION_OPTIONS,
+    NAMESPACE_NAME,
+    ChannelOptions,
+)
 from tidings.errors import ConfigError
 
 ENV_PREFIX = "TIDINGS_"
@@ -656,6 +662,22 @@ def _validate_channel_options(key: str, options: ChannelOptions) -> None:
         )
     if options.force_recovery and not options.history_enabled:
         raise ConfigError(f"{key}.force_recovery: needs history_size and history_ttl")
+    unknown = sorted(set(options.allowed_delta_types) - DELTA_TYPES)
+    if unknown:
+        raise ConfigError(
+            f"{key}.allowed_delta_types: unknown delta type {unknown[0]!r} "
+            f"(known: {', '.join(sorted(DELTA_TYPES))})"
+        )
+    if options.conflate_by not in CONFLATE_BY:
+        raise ConfigError(
+            f'{key}.conflate_by: expected "key" or "" (off), got {options.conflate_by!r}'
+        )
+    if options.max_frequency < 0:
+        raise ConfigError(
+            f"{key}.max_frequency: expected updates per second >= 0, got {options.max_frequency}"
+        )
+    if options.max_frequency and not options.conflates:
+        raise ConfigError(f'{key}.max_frequency: needs conflate_by = "key"')
 
 
 # --------------------------------------------------------------------------- parsing

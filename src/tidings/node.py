@@ -35,6 +35,7 @@ from tidings.brokers.memory import MemoryBroker, MemoryPresence
 from tidings.channels import ChannelOptions, ChannelRules
 from tidings.clock import Clock, LoopClock, Timer
 from tidings.config import Config
+from tidings.conflation import Conflator
 from tidings.control import (
     ChannelsReply,
     ChannelsSurvey,
@@ -65,6 +66,7 @@ from tidings.jwks import JwksClient
 from tidings.protocol.codec import (
     EMPTY_DOCUMENT,
     JSON_INPUT_ERRORS,
+    PreparedPush,
     compact_raw,
     prepare_join,
     prepare_leave,
@@ -192,7 +194,7 @@ class Node:
         self.broker: Broker = broker
         self.history: HistoryReader = broker  # a broker reads the streams it owns
         self.presence: PresenceStore = presence or MemoryPresence()
-        self.hub = Hub(coalesce_delay=config.coalesce_delay)
+        self.hub = Hub(coalesce_delay=config.coalesce_delay, clock=self.clock)
         self.hooks: ApplicationHooks = NoHooks()
         """The application's handlers (``Tidings`` sets them); by default there are none."""
         self.clients: dict[str, Client] = {}
@@ -374,14 +376,23 @@ class Node:
         join_leave: bool,
         positioned: bool,
         position: StreamPosition | None,
+        delta: bool = False,
+        conflator: Conflator[PreparedPush] | None = None,
     ) -> None:
         """The subscribe's answer is out: replay what was buffered, deliver live from now.
 
-        ``position`` is where the answer left the subscriber (see
+        ``position`` is where the answer left the subscriber; ``delta`` and
+        ``conflator`` say how it is delivered to (see
         :meth:`tidings.hub.Hub.complete_subscribe`).
         """
         self.hub.complete_subscribe(
-            channel, subscriber, join_leave=join_leave, positioned=positioned, position=position
+            channel,
+            subscriber,
+            join_leave=join_leave,
+            positioned=positioned,
+            position=position,
+            delta=delta,
+            conflator=conflator,
         )
 
     def detach(self, channel: str, subscriber: Subscriber) -> None:
@@ -408,6 +419,22 @@ class Node:
         """Swap where a live subscriber's broadcasts go (a session does it while slow)."""
         for channel in channels:
             self.hub.set_writer(channel, subscriber, writer)
+
+    def conflate(
+        self,
+        channel: str,
+        subscriber: Subscriber,
+        conflator: Conflator[PreparedPush],
+        *,
+        held: bool = False,
+    ) -> bool:
+        """Deliver ``channel`` to a live subscriber as the latest value per key (see
+        :meth:`tidings.hub.Hub.conflate`); ``held`` while its connection is full."""
+        return self.hub.conflate(channel, subscriber, conflator, held=held)
+
+    def release(self, channel: str, subscriber: Subscriber) -> None:
+        """A held conflated subscriber can take more (see :meth:`tidings.hub.Hub.release`)."""
+        self.hub.release(channel, subscriber)
 
     # ------------------------------------------------------------------ presence
 
@@ -530,25 +557,31 @@ class Node:
         tags: dict[str, str] | None = None,
         idempotency_key: str = "",
         info: ClientInfo | None = None,
+        key: str = "",
+        delta: bool | None = None,
     ) -> PublishResult:
         """Publish from Python (or the server API) to every subscriber on every node.
 
         ``data`` is any JSON-serialisable value, or :class:`msgspec.Raw` holding
         JSON text. Channel permissions do not apply (this is the backend
-        speaking); an unknown namespace still raises error 102.
+        speaking); an unknown namespace still raises error 102. ``key`` names
+        what the publication is the latest value of (conflating channels keep
+        one per key); ``delta`` asks for delta encoding to subscribers that
+        negotiated it (``None``: the namespace's ``delta_publish``).
         """
         options = self.rules.options(channel)
         if isinstance(data, Raw):
             payload = Raw(compact_raw(bytes(data)))
         else:
             payload = Raw(msgspec.json.encode(data))
-        publication = Publication(data=payload, info=info, tags=tags or None)
+        publication = Publication(data=payload, info=info, tags=tags or None, key=key)
         position = await self.publish_publication(
             channel,
             publication,
             options,
             skip_history=skip_history,
             idempotency_key=idempotency_key,
+            delta=delta,
         )
         if position is None:
             return PublishResult()
@@ -562,11 +595,18 @@ class Node:
         *,
         skip_history: bool = False,
         idempotency_key: str = "",
+        delta: bool | None = None,
     ) -> StreamPosition | None:
+        """Publish a prepared publication (``delta``: ``None`` means the namespace's
+        ``delta_publish``)."""
         self.hooks.check_publication(channel, bytes(publication.data))
         history = None if skip_history else options.history_options(self.config.history_meta_ttl)
         return await self.broker.publish(
-            channel, publication, history=history, idempotency_key=idempotency_key
+            channel,
+            publication,
+            history=history,
+            idempotency_key=idempotency_key,
+            delta=options.delta_publish if delta is None else delta,
         )
 
     async def recover(
@@ -626,9 +666,15 @@ class Node:
     # ------------------------------------------------------------------ broker events
 
     def handle_publication(
-        self, channel: str, publication: Publication, position: StreamPosition | None
+        self,
+        channel: str,
+        publication: Publication,
+        position: StreamPosition | None,
+        *,
+        delta: bool = False,
     ) -> None:
-        push = prepare_publication(channel, publication, position.epoch if position else "")
+        epoch = position.epoch if position else ""
+        push = prepare_publication(channel, publication, epoch, delta=delta)
         self.hub.broadcast_publication(channel, push)
 
     def handle_join(self, channel: str, info: ClientInfo) -> None:

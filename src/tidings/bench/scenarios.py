@@ -904,7 +904,8 @@ SCENARIOS = {
     "D": fan_out,
     "E": chat,
 }
-"""Scenario F is scenario A against tidings restarted with a Redis broker (see suite)."""
+"""Scenario F is scenario A against tidings restarted with a Redis broker (see suite); G,
+bytes with and without delta compression, is :mod:`tidings.bench.delta`."""
 
 DEFAULT_SIZES = {
     "A": (1000, 10000),
@@ -913,4 +914,5 @@ DEFAULT_SIZES = {
     "D": (100000,),
     "E": (10000,),
     "F": (1000,),
+    "G": (100,),
 }

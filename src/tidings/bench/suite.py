@@ -18,6 +18,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tidings.bench.delta import delta_bytes
 from tidings.bench.progress import Progress
 from tidings.bench.results import ScenarioResult
 from tidings.bench.scenarios import DEFAULT_SIZES, SCENARIOS, Harness, Settings, throughput
@@ -63,7 +64,7 @@ async def run_suite(options: SuiteOptions, progress: Progress) -> list[ScenarioR
 async def _one(
     options: SuiteOptions, progress: Progress, target: str, scenario: str, size: int
 ) -> ScenarioResult:
-    run = SCENARIOS[scenario]
+    run = SCENARIOS[scenario] if scenario != "G" else delta_bytes
     title = f"{target} · scenario {scenario} @ {size:,}"
     try:
         async with _server(options, target) as (url, pid):

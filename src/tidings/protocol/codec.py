@@ -17,6 +17,7 @@ import msgspec
 from msgspec import Raw
 
 from tidings.errors import Error, ProtocolViolation
+from tidings.protocol import fossil
 from tidings.protocol.messages import (
     CHANNEL_METHODS,
     METHODS,
@@ -153,9 +154,30 @@ class PreparedPush:
     ``epoch`` let the hub check order without decoding anything; ``channel``,
     ``kind`` and ``body`` (the typed push, a :class:`Publication` for ``pub``)
     let a wire format render the push its own way without decoding the JSON.
+
+    A publication also carries what conflation and delta compression need:
+    ``key`` (what it is the latest value of), ``delta`` (the publisher asked for
+    delta encoding) and ``base`` (the payload it may be encoded against, which
+    the hub sets when it holds the stream's previous publication). Subscribers
+    that negotiated delta get :meth:`string_document` or :meth:`delta_document`;
+    each is encoded on first use and then shared, like the plain documents.
     """
 
-    __slots__ = ("bare", "body", "channel", "envelope", "epoch", "kind", "offset")
+    __slots__ = (
+        "_deltas",
+        "_strings",
+        "bare",
+        "base",
+        "body",
+        "channel",
+        "delta",
+        "envelope",
+        "epoch",
+        "key",
+        "kind",
+        "offset",
+        "payload",
+    )
 
     def __init__(
         self,
@@ -165,6 +187,10 @@ class PreparedPush:
         encoded_body: bytes,
         offset: int = 0,
         epoch: str = "",
+        *,
+        payload: Raw | None = None,
+        key: str = "",
+        delta: bool = False,
     ) -> None:
         self.channel = channel
         self.kind = kind
@@ -173,10 +199,68 @@ class PreparedPush:
         self.envelope = b'{"push":{' + encoded_body + b"}}"
         self.offset = offset
         self.epoch = epoch
+        self.payload = payload
+        """A publication's ``data`` (``None`` for other pushes)."""
+        self.key = key
+        self.delta = delta
+        self.base: Raw | None = None
+        self._strings: tuple[bytes, bytes] | None = None
+        self._deltas: tuple[bytes, bytes] | None = None
 
     def document(self, envelope: bool) -> bytes:
         """The document a transport sends: wrapped (bidirectional) or bare."""
         return self.envelope if envelope else self.bare
+
+    def string_document(self, envelope: bool) -> bytes:
+        """The document for a delta subscriber owed the full payload: ``data`` as a JSON
+        string (docs/protocol.md, "Delta compression"). Other pushes are unchanged."""
+        if self.payload is None:
+            return self.document(envelope)
+        pair = self._strings or self._encode_strings(self.payload)
+        return pair[0] if envelope else pair[1]
+
+    def delta_document(self, envelope: bool) -> bytes:
+        """The document for a delta subscriber that holds ``base``: ``data`` a fossil delta
+        against it when the publisher asked for one and it is smaller, else as
+        :meth:`string_document`."""
+        payload = self.payload
+        if payload is None:
+            return self.document(envelope)
+        pair = self._deltas
+        if pair is None:
+            delta = None
+            if self.delta and self.base is not None:
+                delta = fossil.create_for_json(bytes(self.base), bytes(payload))
+            if delta is None:
+                pair = self._strings or self._encode_strings(payload)
+            else:
+                pair = _encode_variant(self, Raw(_encoder.encode(delta.decode())), True)
+            self._deltas = pair
+            self.base = None  # encoded: the previous payload is no longer needed
+        return pair[0] if envelope else pair[1]
+
+    def _encode_strings(self, payload: Raw) -> tuple[bytes, bytes]:
+        pair = self._strings = _encode_variant(self, string_payload(payload), False)
+        return pair
+
+
+def string_payload(payload: Raw) -> Raw:
+    """A payload as the JSON string of its JSON text (what a delta subscriber is sent)."""
+    return Raw(_encoder.encode(bytes(payload).decode()))
+
+
+def string_publication(publication: Publication) -> Publication:
+    """A copy of ``publication`` with its ``data`` as a JSON string (recovered
+    publications in the subscribe reply of a delta subscriber)."""
+    return msgspec.structs.replace(publication, data=string_payload(publication.data))
+
+
+def _encode_variant(push: PreparedPush, data: Raw, delta: bool) -> tuple[bytes, bytes]:
+    """``push`` (a publication) with another ``data``: its two documents."""
+    assert isinstance(push.body, Publication)
+    publication = msgspec.structs.replace(push.body, data=data, delta=delta)
+    encoded = _push_body(push.channel, b"pub", _encoder.encode(publication))
+    return b'{"push":{' + encoded + b"}}", b"{" + encoded + b"}"
 
 
 def _push_body(channel: str, kind: bytes, payload: bytes) -> bytes:
@@ -191,10 +275,26 @@ def prepare_push(channel: str, kind: str, body: object) -> PreparedPush:
     return PreparedPush(channel, kind, body, encoded)
 
 
-def prepare_publication(channel: str, publication: Publication, epoch: str = "") -> PreparedPush:
-    """Encode a publication push once: the hot path's only encoding step."""
+def prepare_publication(
+    channel: str, publication: Publication, epoch: str = "", *, delta: bool = False
+) -> PreparedPush:
+    """Encode a publication push once: the hot path's only encoding step.
+
+    ``delta``: the publisher asked for delta encoding (server API ``delta``, or the
+    namespace's ``delta_publish``).
+    """
     encoded = _push_body(channel, b"pub", _encoder.encode(publication))
-    return PreparedPush(channel, "pub", publication, encoded, publication.offset, epoch)
+    return PreparedPush(
+        channel,
+        "pub",
+        publication,
+        encoded,
+        publication.offset,
+        epoch,
+        payload=publication.data,
+        key=publication.key,
+        delta=delta,
+    )
 
 
 def prepare_join(channel: str, info: ClientInfo) -> PreparedPush:

@@ -53,6 +53,8 @@ class PublishRequest(Struct):
     skip_history: bool = False
     tags: dict[str, str] | None = None
     idempotency_key: str = ""
+    delta: bool = False
+    key: str = ""
 
 
 class BroadcastRequest(Struct):
@@ -62,6 +64,8 @@ class BroadcastRequest(Struct):
     skip_history: bool = False
     tags: dict[str, str] | None = None
     idempotency_key: str = ""
+    delta: bool = False
+    key: str = ""
 
 
 class SubscribeRequest(Struct):
@@ -285,6 +289,9 @@ class ServerApi:
             skip_history=request.skip_history,
             tags=request.tags,
             idempotency_key=request.idempotency_key,
+            key=request.key,
+            # Centrifugo's flag: asks for deltas; without it, the namespace's delta_publish.
+            delta=request.delta or None,
         )
         if not result.offset and not result.epoch:
             return {}
@@ -304,6 +311,8 @@ class ServerApi:
                         skip_history=request.skip_history,
                         tags=request.tags,
                         idempotency_key=request.idempotency_key,
+                        delta=request.delta,
+                        key=request.key,
                     )
                 )
                 responses.append({"result": result})

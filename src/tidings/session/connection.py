@@ -353,6 +353,11 @@ class Session:
         if expect_pong:
             self.awaiting_pong = True
 
+    @property
+    def write_paused(self) -> bool:
+        """The client reads too slowly: writes queue in the backlog."""
+        return self._backlog is not None
+
     def on_write_paused(self) -> None:
         """The transport's buffer passed its high-water mark: the client reads too slowly.
 
@@ -361,6 +366,10 @@ class Session:
         thousand stalled clients then hold a thousand lists of pointers to the
         same bytes, not a thousand copies. Past ``write_buffer_limit`` queued
         bytes, or after ``slow_timeout`` without draining, the client gets 3008.
+
+        Subscriptions to conflating channels queue nothing: they keep the latest
+        publication per key until the client reads again. A client whose every
+        subscription conflates is never timed out for being slow.
         """
         if self.state == CLOSED or self._backlog is not None:
             return
@@ -368,6 +377,8 @@ class Session:
         self._backlog_bytes = 0
         self.writer = self._write_while_slow
         self.node.set_writer(self.subscriptions, self, self.writer)
+        if subscriptions.hold_conflating(self):
+            return
         timeout = self.node.config.slow_timeout
         self._slow_handle = self.node.clock.call_later(timeout, self._on_slow)
 
@@ -383,6 +394,7 @@ class Session:
         if backlog:
             # One write for everything queued; if it pauses again, later writes queue anew.
             self.transport.write(b"".join(backlog))
+        subscriptions.release_conflating(self)
 
     def _write_while_slow(self, data: bytes) -> None:
         backlog = self._backlog

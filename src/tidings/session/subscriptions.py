@@ -31,6 +31,7 @@ from msgspec import Raw
 from tidings.auth import SubscriptionOverride, SubscriptionToken, TokenSubscription
 from tidings.channels import ChannelOptions, ChannelRules, parse_channel
 from tidings.clock import Timer
+from tidings.conflation import Conflator
 from tidings.errors import (
     BrokerUnavailable,
     DisconnectCode,
@@ -41,8 +42,14 @@ from tidings.errors import (
     UnsubscribeCode,
 )
 from tidings.hooks import SubscribeContext
-from tidings.protocol.codec import prepare_publication
+from tidings.protocol.codec import (
+    JSON_INPUT_ERRORS,
+    PreparedPush,
+    prepare_publication,
+    string_publication,
+)
 from tidings.protocol.messages import (
+    NO_DATA,
     StreamPosition,
     SubscribePush,
     SubscribeRequest,
@@ -70,11 +77,13 @@ class Subscription:
         "answered",
         "chan_info",
         "channel",
+        "delta",
         "ended_by",
         "expire_at",
         "expiry_handle",
         "join_leave_push",
         "live",
+        "max_frequency",
         "options",
         "positioned",
         "recoverable",
@@ -91,6 +100,11 @@ class Subscription:
         self.positioned = False
         self.recoverable = False
         self.join_leave_push = False
+        self.delta = False
+        """Delta compression negotiated: publications carry data as JSON strings."""
+        self.max_frequency: float | None = None
+        """``None``: never conflated. Otherwise conflated by key while the client is slow,
+        and always when above 0 (at most that many updates per second per key)."""
         self.expire_at: int | None = None
         self.expiry_handle: Timer | None = None
         self.server_refresh = False
@@ -225,7 +239,45 @@ def plan(
     subscription.join_leave_push = options.join_leave and (
         options.force_push_join_leave or (request.join_leave and may_read_presence)
     )
+    # As in Centrifugo: deltas only to client-side subscriptions that are positioned, so the
+    # hub can vouch that each delta's base is the stream's previous publication.
+    subscription.delta = (
+        not server_side
+        and subscription.positioned
+        and bool(request.delta)
+        and request.delta in options.allowed_delta_types
+    )
+    if options.conflates:
+        subscription.max_frequency = requested_frequency(request, options.max_frequency)
     return subscription
+
+
+def requested_frequency(request: SubscribeRequest, default: float) -> float:
+    """The rate a subscriber to a conflating channel gets, in updates per second per key.
+
+    A client asks in its subscribe ``data``, ``{"max_frequency": N}`` (centrifuge-js:
+    the subscription's ``data`` option); anything else there is the application's and
+    ignored here. It may ask for less than the namespace's ``max_frequency``, never for
+    more; 0 means no limit (docs/protocol.md, "Latest-value conflation").
+    """
+    asked = 0.0
+    if request.data is not NO_DATA and len(request.data):
+        try:
+            wish = _frequency_decoder.decode(request.data)
+        except JSON_INPUT_ERRORS:
+            wish = None
+        if wish is not None and wish.max_frequency > 0:
+            asked = wish.max_frequency
+    if not asked:
+        return default
+    return min(asked, default) if default else asked
+
+
+class _FrequencyWish(msgspec.Struct):
+    max_frequency: float = 0.0
+
+
+_frequency_decoder = msgspec.json.Decoder(_FrequencyWish)
 
 
 async def open_subscription(
@@ -256,6 +308,11 @@ async def open_subscription(
     if ttl is not None:
         result.expires = True
         result.ttl = ttl
+    if subscription.delta:
+        result.delta = True
+        # Recovered publications go whole (as JSON strings): deltas between them would be
+        # encoded per subscriber, a cost a reconnect storm multiplies.
+        result.publications = [string_publication(p) for p in result.publications]
     return result, position
 
 
@@ -308,14 +365,21 @@ async def go_live(
             push = UnsubscribePush(reason.code, reason.reason)
             session.send_push(subscription.channel, "unsubscribe", push)
         return
+    rate = subscription.max_frequency
     session.node.go_live(
         subscription.channel,
         session,
         join_leave=subscription.join_leave_push,
         positioned=subscription.positioned,
         position=position if subscription.positioned else None,
+        delta=subscription.delta,
+        conflator=new_conflator(session, rate) if rate else None,
     )
     subscription.live = True
+    if rate is not None and session.write_paused:
+        session.node.conflate(
+            subscription.channel, session, new_conflator(session, rate), held=True
+        )
     schedule_expiry(session, subscription)
     if subscription.options.join_leave:
         try:
@@ -326,6 +390,41 @@ async def go_live(
             log.warning(
                 "join of %s in %r not announced: %s", session.client_id, subscription.channel, exc
             )
+
+
+# --------------------------------------------------------------------------- conflation
+
+
+def new_conflator(session: Session, max_frequency: float) -> Conflator[PreparedPush]:
+    """A conflator on the node's clock (the hub's drain timers read the same one)."""
+    return Conflator(max_frequency=max_frequency or None, clock=session.node.clock.monotonic)
+
+
+def hold_conflating(session: Session) -> bool:
+    """The client stopped reading: its conflating subscriptions keep the latest value per
+    key instead of queueing every publication. ``True`` when it has subscriptions and every
+    one conflates (nothing then grows without bound while the client is slow)."""
+    conflating = plain = 0
+    node = session.node
+    for subscription in list(session.subscriptions.values()):
+        rate = subscription.max_frequency
+        if rate is None:
+            plain += 1
+            continue
+        conflating += 1
+        if subscription.live:
+            node.conflate(subscription.channel, session, new_conflator(session, rate), held=True)
+    return conflating > 0 and not plain
+
+
+def release_conflating(session: Session) -> None:
+    """The client reads again: write what its conflating subscriptions kept, until its
+    connection is full again (then the rest stays held)."""
+    for subscription in list(session.subscriptions.values()):
+        if session.write_paused or session.closed:
+            return
+        if subscription.max_frequency is not None and subscription.live:
+            session.node.release(subscription.channel, session)
 
 
 async def server_subscribe(

@@ -13,8 +13,27 @@
 // timeouts bound each wait. The process exits when stdin closes (the test is over or died).
 
 import { Centrifuge } from 'centrifuge';
+import { EventSource } from 'eventsource';
 import WebSocket from 'ws';
 import readline from 'node:readline';
+
+// Bytes of the documents the server sent (WebSocket message payloads, SSE event data):
+// what delta compression saves. Frame headers and SSE field names are left out.
+let bytesReceived = 0;
+
+class CountingWebSocket extends WebSocket {
+  constructor(...args) {
+    super(...args);
+    this.on('message', (data) => { bytesReceived += data.length; });
+  }
+}
+
+class CountingEventSource extends EventSource {
+  constructor(...args) {
+    super(...args);
+    this.addEventListener('message', (event) => { bytesReceived += Buffer.byteLength(event.data); });
+  }
+}
 
 function emit(document) {
   process.stdout.write(JSON.stringify(document, replacer) + '\n');
@@ -74,7 +93,8 @@ function requireSubscription(channel) {
 
 const operations = {
   create({ url, token, getToken, options }) {
-    const config = { websocket: WebSocket, ...(options ?? {}) };
+    // url: a WebSocket URL, or centrifuge-js' list of {transport, endpoint} (emulation).
+    const config = { websocket: CountingWebSocket, eventsource: CountingEventSource, ...(options ?? {}) };
     if (token) config.token = token;
     if (getToken) config.getToken = () => requestToken('connection', null);
     client = new Centrifuge(url, config);
@@ -146,6 +166,14 @@ const operations = {
   async send({ data }) {
     await requireClient().send(data);
     return null;
+  },
+  bytes_received() {
+    const value = bytesReceived;
+    bytesReceived = 0;
+    return value;
+  },
+  delta_stats({ channel }) {
+    return requireSubscription(channel).deltaStats();
   },
   token_reply({ request, token, error }) {
     const pending = pendingTokens.get(request);

@@ -25,7 +25,8 @@ What it guarantees, beyond the contracts in :mod:`tidings.brokers.base`:
   never retried by the client (a retry after a lost reply would publish twice).
 
 Pub/sub messages carry one kind byte: ``p<offset>,<epoch>,<publication JSON>``
-(epoch empty without history), ``j<ClientInfo JSON>``, ``l<ClientInfo JSON>``;
+(epoch empty without history; ``d`` instead of ``p`` when the publisher asked for
+delta encoding), ``j<ClientInfo JSON>``, ``l<ClientInfo JSON>``;
 the control channel carries the Node's bytes unchanged.
 """
 
@@ -237,7 +238,7 @@ class RedisBroker:
                 handler.handle_control(data)
                 return
             kind = data[:1]
-            if kind == b"p":
+            if kind == b"p" or kind == b"d":
                 head, epoch, body = data[1:].split(b",", 2)
                 publication = _decode_publication(body)
                 offset = int(head)
@@ -245,7 +246,7 @@ class RedisBroker:
                 if epoch:
                     publication.offset = offset
                     position = StreamPosition(offset, epoch.decode())
-                handler.handle_publication(channel, publication, position)
+                handler.handle_publication(channel, publication, position, delta=kind == b"d")
             elif kind == b"j":
                 handler.handle_join(channel, _decode_client_info(data[1:]))
             elif kind == b"l":
@@ -277,6 +278,7 @@ class RedisBroker:
         *,
         history: HistoryOptions | None = None,
         idempotency_key: str = "",
+        delta: bool = False,
     ) -> StreamPosition | None:
         base = self._keys.channel(channel)
         keys = [base + ":meta", base + ":history", base + ":pub"]
@@ -296,7 +298,7 @@ class RedisBroker:
                 milliseconds(history.meta_ttl),
                 new_epoch(),
             ]
-        args += [self._idempotency_window, self._publish_command]
+        args += [self._idempotency_window, self._publish_command, "d" if delta else "p"]
         offset, epoch, _repeated = await bounded(
             "publish", self._timeout, scripts.PUBLISH(self._client, keys, args)
         )

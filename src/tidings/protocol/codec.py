@@ -7,11 +7,17 @@ breach is a protocol violation (disconnect 3501, docs/protocol.md section 1).
 Encoding writes replies and pushes. A push for a broadcast is encoded once into
 a :class:`PreparedPush`, whose bytes every recipient shares; transports only
 frame those bytes (WebSocket frame, SSE event, stream line).
+
+A session reads and writes through a :class:`ClientCodec`, the interface this
+JSON codec (:data:`JSON_CODEC`) and the Protobuf one
+(:data:`tidings.protocol.protobuf.PROTOBUF_CODEC`) both implement; the
+transport adapter picks one per connection and the wire format carries it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Final, Protocol
 
 import msgspec
 from msgspec import Raw
@@ -161,10 +167,17 @@ class PreparedPush:
     the hub sets when it holds the stream's previous publication). Subscribers
     that negotiated delta get :meth:`string_document` or :meth:`delta_document`;
     each is encoded on first use and then shared, like the plain documents.
+
+    Protobuf subscribers read the push as a ``Reply``: ``protobuf`` and
+    ``protobuf_delta`` hold it once :mod:`tidings.protocol.protobuf` has encoded
+    it, on first use, so a channel with subscribers of both formats pays one
+    encoding per format and publication, never one per recipient. The fossil
+    delta itself (:meth:`fossil_delta`) is made once for both formats.
     """
 
     __slots__ = (
         "_deltas",
+        "_patch",
         "_strings",
         "bare",
         "base",
@@ -177,6 +190,8 @@ class PreparedPush:
         "kind",
         "offset",
         "payload",
+        "protobuf",
+        "protobuf_delta",
     )
 
     def __init__(
@@ -206,6 +221,11 @@ class PreparedPush:
         self.base: Raw | None = None
         self._strings: tuple[bytes, bytes] | None = None
         self._deltas: tuple[bytes, bytes] | None = None
+        self._patch: bytes | None = None
+        self.protobuf: bytes | None = None
+        """The Protobuf ``Reply`` carrying this push (filled on first use)."""
+        self.protobuf_delta: bytes | None = None
+        """The same for Protobuf delta subscribers holding ``base``."""
 
     def document(self, envelope: bool) -> bytes:
         """The document a transport sends: wrapped (bidirectional) or bare."""
@@ -228,16 +248,37 @@ class PreparedPush:
             return self.document(envelope)
         pair = self._deltas
         if pair is None:
-            delta = None
-            if self.delta and self.base is not None:
-                delta = fossil.create_for_json(bytes(self.base), bytes(payload))
-            if delta is None:
+            text = None
+            delta = self.fossil_delta()
+            if delta is not None:
+                try:
+                    text = delta.decode()
+                except UnicodeDecodeError:
+                    # A literal run can begin or end inside a multi-byte character; a JSON
+                    # string cannot carry those bytes unchanged: the payload goes whole.
+                    text = None
+            if text is None:
                 pair = self._strings or self._encode_strings(payload)
             else:
-                pair = _encode_variant(self, Raw(_encoder.encode(delta.decode())), True)
+                pair = _encode_variant(self, Raw(_encoder.encode(text)), True)
             self._deltas = pair
-            self.base = None  # encoded: the previous payload is no longer needed
         return pair[0] if envelope else pair[1]
+
+    def fossil_delta(self) -> bytes | None:
+        """The fossil delta that turns ``base`` into the payload, or ``None`` to send the
+        payload whole: no base, the publisher did not ask, or the delta is not smaller
+        (Centrifugo's rule). Made once, whatever the wire formats that take it."""
+        patch = self._patch
+        if patch is None:
+            patch = b""
+            base, payload = self.base, self.payload
+            if self.delta and base is not None and payload is not None:
+                created = fossil.create(bytes(base), bytes(payload))
+                if len(created) < len(payload):
+                    patch = created
+            self._patch = patch
+            self.base = None  # made: the previous payload is no longer needed
+        return patch or None
 
     def _encode_strings(self, payload: Raw) -> tuple[bytes, bytes]:
         pair = self._strings = _encode_variant(self, string_payload(payload), False)
@@ -245,8 +286,12 @@ class PreparedPush:
 
 
 def string_payload(payload: Raw) -> Raw:
-    """A payload as the JSON string of its JSON text (what a delta subscriber is sent)."""
-    return Raw(_encoder.encode(bytes(payload).decode()))
+    """A payload as the JSON string of its JSON text (what a delta subscriber is sent).
+
+    Payloads are UTF-8 JSON (``client_payload`` refuses other bytes from Protobuf
+    clients); ``replace`` only keeps a broken one from failing a whole fan-out.
+    """
+    return Raw(_encoder.encode(bytes(payload).decode(errors="replace")))
 
 
 def string_publication(publication: Publication) -> Publication:
@@ -321,3 +366,105 @@ def raw(value: bytes | str | None) -> Raw:
     if not value:
         return NO_DATA
     return Raw(value)
+
+
+# --------------------------------------------------------------------------- the codec interface
+
+
+class ClientCodec(Protocol):
+    """How one encoding of the client protocol reads commands and writes what a session sends.
+
+    Two implement it: :data:`JSON_CODEC` and
+    :data:`tidings.protocol.protobuf.PROTOBUF_CODEC` (docs/protocol.md, "Protobuf").
+    The transport adapter picks one per connection (WebSocket subprotocol,
+    ``Content-Type`` of an HTTP stream) and its :class:`~tidings.protocol.wire.WireFormat`
+    carries it, so the session never asks which one it speaks. Both decode into
+    the same :class:`Command` structs under the same rules, so codes and limits
+    are the same whatever the encoding.
+
+    ``binary``: its frames are binary (WebSocket binary frames; a JSON connection
+    refuses those with 3506, a Protobuf one refuses text frames). ``empty``: the
+    document that is both the server's ping and the client's pong.
+    """
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def binary(self) -> bool: ...
+
+    @property
+    def empty(self) -> bytes: ...
+
+    def decode_commands(self, frame: bytes) -> list[Command]:
+        """The commands of one transport frame; malformed -> :class:`ProtocolViolation`."""
+        ...
+
+    def encode_reply(self, command_id: int, method: str, result: object) -> bytes: ...
+
+    def encode_error_reply(self, command_id: int, error: Error) -> bytes: ...
+
+    def encode_push(self, channel: str, kind: str, body: object, envelope: bool) -> bytes:
+        """A push for one connection (unsubscribe, subscribe, refresh, disconnect...)."""
+        ...
+
+    def push_document(self, push: PreparedPush, envelope: bool) -> bytes:
+        """A prepared (shared) push as this encoding sends it."""
+        ...
+
+    def whole_for_delta(self, push: PreparedPush, envelope: bool) -> bytes:
+        """A publication whole, for a subscriber that negotiated delta compression."""
+        ...
+
+    def delta_for_delta(self, push: PreparedPush, envelope: bool) -> bytes:
+        """A publication as a delta against ``push.base`` where one is worth sending."""
+        ...
+
+    def recovered_for_delta(self, publication: Publication) -> Publication:
+        """A recovered publication in the subscribe reply of a delta subscriber (whole)."""
+        ...
+
+    def client_payload(self, data: Raw) -> Raw | None:
+        """A client's publication ``data`` as the JSON value every subscriber takes, or
+        ``None`` when it is not one (docs/protocol.md, "Protobuf")."""
+        ...
+
+
+class JsonCodec:
+    """The JSON encoding (docs/protocol.md section 1): documents separated by ``\\n``."""
+
+    __slots__ = ()
+
+    name: Final = "json"
+    binary: Final = False
+    empty: Final = EMPTY_DOCUMENT
+
+    def decode_commands(self, frame: bytes) -> list[Command]:
+        return decode_frame(frame)
+
+    def encode_reply(self, command_id: int, method: str, result: object) -> bytes:
+        return encode_reply(command_id, method, result)
+
+    def encode_error_reply(self, command_id: int, error: Error) -> bytes:
+        return encode_error_reply(command_id, error)
+
+    def encode_push(self, channel: str, kind: str, body: object, envelope: bool) -> bytes:
+        return prepare_push(channel, kind, body).document(envelope)
+
+    def push_document(self, push: PreparedPush, envelope: bool) -> bytes:
+        return push.envelope if envelope else push.bare
+
+    def whole_for_delta(self, push: PreparedPush, envelope: bool) -> bytes:
+        return push.string_document(envelope)
+
+    def delta_for_delta(self, push: PreparedPush, envelope: bool) -> bytes:
+        return push.delta_document(envelope)
+
+    def recovered_for_delta(self, publication: Publication) -> Publication:
+        return string_publication(publication)
+
+    def client_payload(self, data: Raw) -> Raw | None:
+        return data  # decoded from JSON text: a JSON value, with no raw line break
+
+
+JSON_CODEC: Final = JsonCodec()

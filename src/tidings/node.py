@@ -64,7 +64,6 @@ from tidings.hooks import ApplicationHooks, NoHooks
 from tidings.hub import Hub, Subscriber
 from tidings.jwks import JwksClient
 from tidings.protocol.codec import (
-    EMPTY_DOCUMENT,
     JSON_INPUT_ERRORS,
     PreparedPush,
     compact_raw,
@@ -500,7 +499,7 @@ class Node:
     def _ping_frame(self, wire: WireFormat) -> bytes:
         frame = self._ping_frames.get(wire)
         if frame is None:
-            frame = self._ping_frames[wire] = wire.frame([EMPTY_DOCUMENT])
+            frame = self._ping_frames[wire] = wire.frame([wire.codec.empty])
         return frame
 
     async def _refresh_presence(self) -> None:
@@ -716,7 +715,7 @@ class Node:
             if control.target == self.id:
                 client = self.emulation_sessions.get(control.session)
                 if client is not None:
-                    client.handle_frame(control.commands.encode())
+                    client.handle_frame(control.protobuf or control.commands.encode())
         else:
             self.spawn(self._apply_client_action(control))
 
@@ -772,11 +771,18 @@ class Node:
         entry = self.nodes.get(uid)
         return entry is not None and entry[0] >= time.monotonic() - 3 * NODE_INFO_INTERVAL
 
-    async def forward_emulation(self, target: str, session: str, commands: str) -> None:
-        """Commands posted to ``/emulation`` on a node other than the session's owner."""
-        await self.send_control(
-            EmulationCommands(target=target, session=session, commands=commands, sender=self.id)
-        )
+    async def forward_emulation(self, target: str, session: str, commands: str | bytes) -> None:
+        """Commands posted to ``/emulation`` on a node other than the session's owner: JSON
+        text, or the bytes of Protobuf commands."""
+        if isinstance(commands, bytes):
+            message = EmulationCommands(
+                target=target, session=session, protobuf=commands, sender=self.id
+            )
+        else:
+            message = EmulationCommands(
+                target=target, session=session, commands=commands, sender=self.id
+            )
+        await self.send_control(message)
 
     # ------------------------------------------------------------------ server actions
 

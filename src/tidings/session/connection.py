@@ -37,13 +37,7 @@ from tidings.errors import (
     Unsubscribe,
 )
 from tidings.hooks import Context, DisconnectContext, Headers, RefreshContext
-from tidings.protocol.codec import (
-    command_method,
-    decode_frame,
-    encode_error_reply,
-    prepare_push,
-    raw,
-)
+from tidings.protocol.codec import ClientCodec, command_method, raw
 from tidings.protocol.messages import (
     ClientInfo,
     Command,
@@ -178,6 +172,11 @@ class Session:
         return self.transport.unidirectional
 
     @property
+    def codec(self) -> ClientCodec:
+        """The encoding this connection speaks (JSON or Protobuf), as its transport chose."""
+        return self.wire.codec
+
+    @property
     def remote(self) -> str:
         return self.request.remote
 
@@ -226,7 +225,7 @@ class Session:
         if self.state in (CLOSED, REFUSED):
             return
         try:
-            decoded = decode_frame(data)
+            decoded = self.wire.codec.decode_commands(data)
         except ProtocolViolation as violation:
             self._violation(violation)
             return
@@ -284,7 +283,8 @@ class Session:
                 method, command = queue.popleft()
                 if method == RATE_LIMITED:
                     if command.id:
-                        self.send(encode_error_reply(command.id, ErrorCode.TOO_MANY_REQUESTS))
+                        error = ErrorCode.TOO_MANY_REQUESTS
+                        self.send(self.codec.encode_error_reply(command.id, error))
                     continue
                 if self.state == CONNECTING:
                     if method != "connect":
@@ -343,7 +343,8 @@ class Session:
             self.writer(self.wire.frame((document,)))
 
     def send_push(self, channel: str, kind: str, body: object) -> None:
-        self.send(prepare_push(channel, kind, body).document(self.wire.envelope))
+        wire = self.wire
+        self.send(wire.codec.encode_push(channel, kind, body, wire.envelope))
 
     def ping(self, frame: bytes, *, expect_pong: bool) -> None:
         """Called by the node's ping wheel with a ping already framed for this wire."""

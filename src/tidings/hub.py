@@ -50,8 +50,6 @@ import asyncio
 from collections.abc import Hashable, Iterator
 from typing import Protocol
 
-from msgspec import Raw
-
 from tidings.clock import Clock, LoopClock, Timer
 from tidings.conflation import Conflator
 from tidings.protocol.codec import PreparedPush
@@ -144,8 +142,8 @@ class _Channel:
         self.batch_join_leave = False
         self.last_offset = -1
         self.epoch = ""
-        self.previous: Raw | None = None
-        """The payload of the last publication queued here (the base of the next delta)."""
+        self.previous: PreparedPush | None = None
+        """The last publication queued here (its payload is the base of the next delta)."""
         self.previous_offset = 0
         """Its offset (0: it had none, so no stream continuity can be vouched for)."""
         self.variant: dict[Subscriber, WireFormat] = {}
@@ -282,7 +280,7 @@ class Hub:
             wire = subscriber.wire.for_delta("start") if delta else subscriber.wire
             subscriber.writer(wire.frame_pushes(documents))
             # The replay ended with the channel's last publication: deltas from the next on.
-            holds_previous = documents[-1].payload is state.previous is not None
+            holds_previous = documents[-1] is state.previous
         position = pending.position
         if (
             position is None
@@ -359,19 +357,33 @@ class Hub:
         members[subscriber] = subscriber.writer
 
     @staticmethod
-    def _leave_group(state: _Channel, subscriber: Subscriber) -> tuple[bool, bool] | None:
+    def _leave_group(
+        state: _Channel, subscriber: Subscriber, *, prune: bool = True
+    ) -> tuple[bool, bool] | None:
         """Take a live subscriber out of its group: ``(join_leave, delta)``, or ``None``
-        when it is in none (pending, conflated or gone)."""
+        when it is in none (pending, conflated or gone).
+
+        ``prune=False`` leaves an emptied group in place: a flush may be iterating
+        the groups (a write that fills a connection conflates its subscriber), and
+        the flush loops do not copy them (:meth:`_prune` runs after them).
+        """
         key = state.key_of(subscriber)
         for group, join_leave in ((state.plain, False), (state.join_leave, True)):
             members = group.get(key)
             if members is not None and members.pop(subscriber, None) is not None:
-                if not members:
+                if prune and not members:
                     del group[key]
                 delta = state.variant.pop(subscriber, None) is not None
                 state.fresh.discard(subscriber)
                 return join_leave, delta
         return None
+
+    @staticmethod
+    def _prune(state: _Channel) -> None:
+        """Drop the groups conflation emptied."""
+        for group in (state.plain, state.join_leave):
+            for key in [key for key, members in group.items() if not members]:
+                del group[key]
 
     def remove(self, channel: str, subscriber: Subscriber) -> bool:
         """Forget a subscriber (live or pending). ``True`` when the channel is now empty."""
@@ -380,7 +392,8 @@ class Hub:
             return False
         state.pending.pop(subscriber, None)
         state.positioned.discard(subscriber)
-        state.conflated.pop(subscriber, None)
+        if state.conflated.pop(subscriber, None) is not None:
+            self._prune(state)
         self._leave_group(state, subscriber)
         if state.is_empty():
             if state.batch:
@@ -446,7 +459,7 @@ class Hub:
         if entry is not None:
             entry.held = entry.held or held
             return True
-        located = self._leave_group(state, subscriber)
+        located = self._leave_group(state, subscriber, prune=False)
         if located is None:
             return False
         join_leave, delta = located
@@ -483,6 +496,7 @@ class Hub:
             return
         del state.conflated[subscriber]
         items = conflator.drain()
+        self._prune(state)
         self._join_group(state, subscriber, join_leave=entry.join_leave, delta=entry.delta)
         # Last: the write may find the connection full again, and conflate it anew.
         if items:
@@ -577,12 +591,14 @@ class Hub:
                 elif push.delta and state.previous_offset == state.last_offset:
                     # This node queued the stream's previous publication itself: a delta
                     # against it is what every delta subscriber here holds.
-                    push.base = state.previous
+                    previous = state.previous
+                    if previous is not None:
+                        push.base = previous.payload
             elif state.epoch and push.epoch != state.epoch:
                 self._lost_publications(state)
             state.last_offset = offset
             state.epoch = push.epoch
-        state.previous = push.payload
+        state.previous = push
         state.previous_offset = offset
         if state.pending:
             self._offer_to_pending(state, push, False)
@@ -668,20 +684,23 @@ class Hub:
             if has_join_leave
             else everything
         )
-        # Copies: a write may make a subscriber slow, and conflating it leaves its group.
+        # Taken before the writes: one of them may fill a connection, and the subscriber
+        # conflated then already got this batch (it leaves its group, which stays).
         conflated = list(state.conflated.items()) if state.conflated else None
         frames: dict[WireFormat, bytes] = {}
         if publications:
-            for wire, members in list(state.plain.items()):
+            for wire, members in state.plain.items():
                 data = frames[wire] = wire.frame_pushes(publications)
                 _write_all(members, data)
-        for wire, members in list(state.join_leave.items()):
+        for wire, members in state.join_leave.items():
             shared = frames.get(wire) if not has_join_leave else None
             _write_all(members, shared if shared is not None else wire.frame_pushes(everything))
         if state.fresh and publications:
             self._promote_fresh(state)
-        if conflated:
-            self._offer_conflated(state, conflated, publications, batch, has_join_leave)
+        if state.conflated:
+            self._prune(state)
+            if conflated:
+                self._offer_conflated(state, conflated, publications, batch, has_join_leave)
 
     @staticmethod
     def _promote_fresh(state: _Channel) -> None:

@@ -25,6 +25,7 @@ class LinesWire(WireFormat):
 
 
 WIRE = LinesWire("lines", envelope=False)
+OTHER_WIRE = LinesWire("other lines", envelope=False)
 
 
 class FakeSubscriber:
@@ -436,3 +437,29 @@ async def test_removing_a_conflated_subscriber_empties_the_channel() -> None:
     assert clock.pending() == 1 and [p["offset"] for p in pubs_of(s)] == [1]
     assert hub.remove("c", s) is True
     assert clock.pending() == 0 and "c" not in hub
+
+
+async def test_conflating_the_last_member_of_a_group_mid_flush() -> None:
+    """A write that fills a connection conflates its subscriber while the flush is iterating
+    the groups: the loop carries on, that subscriber got the batch once, and the emptied
+    group is dropped afterwards."""
+    hub = Hub()
+    fast = FakeSubscriber("fast")
+    live(hub, fast)
+    slow = FakeSubscriber("slow")
+    slow.wire = OTHER_WIRE
+    live(hub, slow)
+
+    def fills_up(data: bytes) -> None:
+        slow.writes.append(data)
+        hub.conflate("c", slow, Conflator(), held=True)
+
+    hub.set_writer("c", slow, fills_up)
+    hub.broadcast_publication("c", tick(1, "A", 1))
+    await next_turn()
+    hub.broadcast_publication("c", tick(2, "A", 2))
+    await next_turn()
+    assert [p["offset"] for p in pubs_of(slow)] == [1]
+    assert [p["offset"] for p in pubs_of(fast)] == [1, 2]
+    assert hub.conflation_backlog("c", slow) == 1
+    assert OTHER_WIRE not in hub._channels["c"].plain

@@ -16,8 +16,8 @@ transport adapter picks one per connection and the wire format carries it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Final, Protocol
+from collections.abc import Callable, Sequence
+from typing import Any, Final, Protocol
 
 import msgspec
 from msgspec import Raw
@@ -161,24 +161,23 @@ class PreparedPush:
     ``kind`` and ``body`` (the typed push, a :class:`Publication` for ``pub``)
     let a wire format render the push its own way without decoding the JSON.
 
-    A publication also carries what conflation and delta compression need:
-    ``key`` (what it is the latest value of), ``delta`` (the publisher asked for
-    delta encoding) and ``base`` (the payload it may be encoded against, which
-    the hub sets when it holds the stream's previous publication). Subscribers
-    that negotiated delta get :meth:`string_document` or :meth:`delta_document`;
-    each is encoded on first use and then shared, like the plain documents.
+    A publication also carries what delta compression needs: ``delta`` (the
+    publisher asked for delta encoding) and ``base`` (the payload it may be
+    encoded against, which the hub sets when it holds the stream's previous
+    publication). Subscribers that negotiated delta get :meth:`string_document`
+    or :meth:`delta_document`; each is encoded on first use and then shared,
+    like the plain documents. Conflation reads the publication's ``key``
+    (:attr:`key`).
 
-    Protobuf subscribers read the push as a ``Reply``: ``protobuf`` and
-    ``protobuf_delta`` hold it once :mod:`tidings.protocol.protobuf` has encoded
-    it, on first use, so a channel with subscribers of both formats pays one
-    encoding per format and publication, never one per recipient. The fossil
-    delta itself (:meth:`fossil_delta`) is made once for both formats.
+    Protobuf subscribers read the push as a ``Reply`` that
+    :mod:`tidings.protocol.protobuf` encodes on first use and keeps here
+    (:meth:`rendered`), so a channel with subscribers of both encodings pays one
+    encoding per encoding and publication, never one per recipient. The fossil
+    delta itself (:meth:`fossil_delta`) is made once for both.
     """
 
     __slots__ = (
-        "_deltas",
-        "_patch",
-        "_strings",
+        "_variants",
         "bare",
         "base",
         "body",
@@ -186,12 +185,8 @@ class PreparedPush:
         "delta",
         "envelope",
         "epoch",
-        "key",
         "kind",
         "offset",
-        "payload",
-        "protobuf",
-        "protobuf_delta",
     )
 
     def __init__(
@@ -202,9 +197,6 @@ class PreparedPush:
         encoded_body: bytes,
         offset: int = 0,
         epoch: str = "",
-        *,
-        payload: Raw | None = None,
-        key: str = "",
         delta: bool = False,
     ) -> None:
         self.channel = channel
@@ -214,39 +206,56 @@ class PreparedPush:
         self.envelope = b'{"push":{' + encoded_body + b"}}"
         self.offset = offset
         self.epoch = epoch
-        self.payload = payload
-        """A publication's ``data`` (``None`` for other pushes)."""
-        self.key = key
         self.delta = delta
         self.base: Raw | None = None
-        self._strings: tuple[bytes, bytes] | None = None
-        self._deltas: tuple[bytes, bytes] | None = None
-        self._patch: bytes | None = None
-        self.protobuf: bytes | None = None
-        """The Protobuf ``Reply`` carrying this push (filled on first use)."""
-        self.protobuf_delta: bytes | None = None
-        """The same for Protobuf delta subscribers holding ``base``."""
+        # Per-publication costs matter (the hot path's only encoding step): every other
+        # rendering is cached in one slot, a list indexed by the _VARIANT_* constants,
+        # made on first use (a JSON-only channel without delta never makes it).
+        self._variants: list[Any] | None = None
+
+    @property
+    def key(self) -> str:
+        """A publication's key (what it is the latest value of); ``""`` for other pushes."""
+        body = self.body
+        return body.key if isinstance(body, Publication) else ""
+
+    @property
+    def payload(self) -> Raw | None:
+        """A publication's ``data``; ``None`` for other pushes."""
+        body = self.body
+        return body.data if isinstance(body, Publication) else None
 
     def document(self, envelope: bool) -> bytes:
         """The document a transport sends: wrapped (bidirectional) or bare."""
         return self.envelope if envelope else self.bare
 
+    def rendered(self, slot: int, render: Callable[[PreparedPush], bytes]) -> bytes:
+        """The rendering kept in ``slot`` (:data:`PROTOBUF_REPLY`, :data:`PROTOBUF_DELTA`),
+        made by ``render`` on first use and then shared by every recipient of it."""
+        variants = self._variants or self._new_variants()
+        value: bytes | None = variants[slot]
+        if value is None:
+            value = variants[slot] = render(self)
+        return value
+
     def string_document(self, envelope: bool) -> bytes:
         """The document for a delta subscriber owed the full payload: ``data`` as a JSON
         string (docs/protocol.md, "Delta compression"). Other pushes are unchanged."""
-        if self.payload is None:
+        body = self.body
+        if not isinstance(body, Publication):
             return self.document(envelope)
-        pair = self._strings or self._encode_strings(self.payload)
+        pair = self._strings(body)
         return pair[0] if envelope else pair[1]
 
     def delta_document(self, envelope: bool) -> bytes:
         """The document for a delta subscriber that holds ``base``: ``data`` a fossil delta
         against it when the publisher asked for one and it is smaller, else as
         :meth:`string_document`."""
-        payload = self.payload
-        if payload is None:
+        body = self.body
+        if not isinstance(body, Publication):
             return self.document(envelope)
-        pair = self._deltas
+        variants = self._variants or self._new_variants()
+        pair: tuple[bytes, bytes] | None = variants[_VARIANT_JSON_DELTAS]
         if pair is None:
             text = None
             delta = self.fossil_delta()
@@ -258,31 +267,49 @@ class PreparedPush:
                     # string cannot carry those bytes unchanged: the payload goes whole.
                     text = None
             if text is None:
-                pair = self._strings or self._encode_strings(payload)
+                pair = self._strings(body)
             else:
                 pair = _encode_variant(self, Raw(_encoder.encode(text)), True)
-            self._deltas = pair
+            variants[_VARIANT_JSON_DELTAS] = pair
         return pair[0] if envelope else pair[1]
 
     def fossil_delta(self) -> bytes | None:
         """The fossil delta that turns ``base`` into the payload, or ``None`` to send the
         payload whole: no base, the publisher did not ask, or the delta is not smaller
-        (Centrifugo's rule). Made once, whatever the wire formats that take it."""
-        patch = self._patch
+        (Centrifugo's rule). Made once, for the JSON and the Protobuf subscribers."""
+        variants = self._variants or self._new_variants()
+        patch: bytes | None = variants[_VARIANT_FOSSIL]
         if patch is None:
             patch = b""
-            base, payload = self.base, self.payload
-            if self.delta and base is not None and payload is not None:
-                created = fossil.create(bytes(base), bytes(payload))
-                if len(created) < len(payload):
+            base, body = self.base, self.body
+            if self.delta and base is not None and isinstance(body, Publication):
+                created = fossil.create(bytes(base), bytes(body.data))
+                if len(created) < len(body.data):
                     patch = created
-            self._patch = patch
+            variants[_VARIANT_FOSSIL] = patch
             self.base = None  # made: the previous payload is no longer needed
         return patch or None
 
-    def _encode_strings(self, payload: Raw) -> tuple[bytes, bytes]:
-        pair = self._strings = _encode_variant(self, string_payload(payload), False)
+    def _strings(self, body: Publication) -> tuple[bytes, bytes]:
+        variants = self._variants or self._new_variants()
+        pair: tuple[bytes, bytes] | None = variants[_VARIANT_JSON_STRINGS]
+        if pair is None:
+            pair = _encode_variant(self, string_payload(body.data), False)
+            variants[_VARIANT_JSON_STRINGS] = pair
         return pair
+
+    def _new_variants(self) -> list[Any]:
+        variants: list[Any] = [None] * _VARIANTS
+        self._variants = variants
+        return variants
+
+
+_VARIANT_JSON_STRINGS, _VARIANT_JSON_DELTAS, _VARIANT_FOSSIL = 0, 1, 2
+PROTOBUF_REPLY = 3
+"""Slot of :meth:`PreparedPush.rendered` for the Protobuf ``Reply`` of a push."""
+PROTOBUF_DELTA = 4
+"""Slot for the Protobuf ``Reply`` a delta subscriber holding ``base`` takes."""
+_VARIANTS = 5
 
 
 def string_payload(payload: Raw) -> Raw:
@@ -329,17 +356,7 @@ def prepare_publication(
     namespace's ``delta_publish``).
     """
     encoded = _push_body(channel, b"pub", _encoder.encode(publication))
-    return PreparedPush(
-        channel,
-        "pub",
-        publication,
-        encoded,
-        publication.offset,
-        epoch,
-        payload=publication.data,
-        key=publication.key,
-        delta=delta,
-    )
+    return PreparedPush(channel, "pub", publication, encoded, publication.offset, epoch, delta)
 
 
 def prepare_join(channel: str, info: ClientInfo) -> PreparedPush:

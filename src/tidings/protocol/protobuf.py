@@ -48,7 +48,14 @@ import msgspec
 from msgspec import Raw, Struct
 
 from tidings.errors import Error, ProtocolViolation
-from tidings.protocol.codec import JSON_INPUT_ERRORS, PreparedPush, command_method, compact_raw
+from tidings.protocol.codec import (
+    JSON_INPUT_ERRORS,
+    PROTOBUF_DELTA,
+    PROTOBUF_REPLY,
+    PreparedPush,
+    command_method,
+    compact_raw,
+)
 from tidings.protocol.messages import (
     NO_DATA,
     ChannelRequest,
@@ -631,10 +638,7 @@ def push_message(push: PreparedPush) -> bytes:
     a publication costs one Protobuf encoding per node, however many Protobuf
     clients receive it (and one JSON encoding, if JSON clients do too).
     """
-    message = push.protobuf
-    if message is None:
-        message = push.protobuf = push_reply(encode_push(push.channel, push.kind, push.body))
-    return message
+    return push.rendered(PROTOBUF_REPLY, _encode_prepared)
 
 
 def delta_push_message(push: PreparedPush) -> bytes:
@@ -642,17 +646,20 @@ def delta_push_message(push: PreparedPush) -> bytes:
     ``push.base``: ``data`` the fossil delta itself (bytes, ``delta: true``) where one is
     worth sending, else the push whole. Protobuf needs no JSON-string form: ``data`` is
     bytes either way (as Centrifugo)."""
-    message = push.protobuf_delta
-    if message is None:
-        delta = push.fossil_delta() if push.payload is not None else None
-        if delta is None:
-            message = push_message(push)
-        else:
-            assert isinstance(push.body, Publication)
-            publication = msgspec.structs.replace(push.body, data=Raw(delta), delta=True)
-            message = push_reply(encode_push(push.channel, "pub", publication))
-        push.protobuf_delta = message
-    return message
+    return push.rendered(PROTOBUF_DELTA, _encode_prepared_delta)
+
+
+def _encode_prepared(push: PreparedPush) -> bytes:
+    return push_reply(encode_push(push.channel, push.kind, push.body))
+
+
+def _encode_prepared_delta(push: PreparedPush) -> bytes:
+    body = push.body
+    delta = push.fossil_delta() if isinstance(body, Publication) else None
+    if delta is None or not isinstance(body, Publication):
+        return push_message(push)
+    publication = msgspec.structs.replace(body, data=Raw(delta), delta=True)
+    return push_reply(encode_push(push.channel, "pub", publication))
 
 
 _json_value = msgspec.json.Decoder(Raw).decode

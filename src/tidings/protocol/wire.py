@@ -114,7 +114,7 @@ class DeltaVariant(WireFormat):
         documents = []
         whole = True
         for push in pushes:
-            if push.payload is None:
+            if push.kind != "pub":
                 documents.append(codec.push_document(push, envelope))
             elif whole:
                 documents.append(codec.whole_for_delta(push, envelope))

@@ -1,27 +1,29 @@
 """Fan-out to Protobuf clients against JSON clients, and to a channel holding both.
 
 Runs a tidings server in a child process (on CPU 1, this generator on CPU 0, when
-``taskset`` exists) and, from this process, opens N WebSocket subscribers to one channel: all JSON
-(text frames), all Protobuf (``centrifuge-protobuf``, binary frames), or half and
-half. It publishes M messages through the server API and waits until every
-subscriber has every one. The server's CPU time (user + system, from /proc) over
-that window divided by N * M is its cost per delivery; deliveries per second are
-over the same window. Each mix gets a fresh server; best of ``--repeat`` runs.
+``taskset`` exists) and, from this process, opens N WebSocket subscribers to one
+channel: all JSON (text frames), all Protobuf (``centrifuge-protobuf``, binary
+frames), or half and half. It publishes M messages through the server API and waits
+until every subscriber has every one. The server's CPU time (user + system, from
+/proc) over that window divided by N * M is its cost per delivery; deliveries per
+second are over the same window. Each mix gets a fresh server; best of ``--repeat``.
 
-    .venv/bin/python benchmarks/protobuf_fanout.py [--subscribers 1000] [--messages 400]
-        [--burst 1] [--repeat 3]
-    .venv/bin/python benchmarks/protobuf_fanout.py --in-process [--rounds 2000] [--samples 7]
+    .venv/bin/python benchmarks/protobuf_fanout.py [--subscribers 1000] [--messages 2000]
+        [--burst 1] [--repeat 5] [--in-process] [--markdown docs/benchmarks.md]
 
-``--in-process`` times the hub alone, no sockets: the CPU each publication costs
+Then it times the hub alone, in process, no sockets: the CPU each publication costs
 with 1,000 subscribers writing to C-level no-op writers, which isolates encoding
-and framing from the kernel's sends (the figure docs/architecture.md quotes).
+and framing from the kernel's sends (the figure docs/architecture.md quotes);
+``--in-process`` runs only that. ``--markdown`` writes both into the page (the
+full ``make bench`` run does).
 
-What the mixes show: a publication is encoded once per wire format on a node
-(docs/architecture.md, "Protobuf"), so the Protobuf column costs one more encoding
-per publication than JSON does not, and the mixed one pays both, never one per
-recipient. Clients are raw asyncio protocols that count a marker of the payload in
-what they read (the payload's bytes appear as they are in both encodings), so their
-own cost stays small. Only 127.0.0.1 is used; the run is bounded.
+What the mixes show: a publication is encoded once per encoding on a node
+(docs/architecture.md, "Protobuf"): the Protobuf channel pays one Protobuf encoding
+per publication on top of the JSON one every publication gets when it is prepared,
+and the mixed one the same, never one per recipient. Clients are raw asyncio
+protocols that count a marker of the payload in what they read (the payload's bytes
+appear as they are in both encodings), so their own cost stays small. Only 127.0.0.1
+is used; the run is bounded.
 """
 
 from __future__ import annotations
@@ -79,6 +81,17 @@ def make_token() -> str:
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def busy_seconds() -> float:
+    """CPU time every process of the machine used so far (all but idle and iowait)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def own_seconds() -> float:
+    times = os.times()
+    return times.user + times.system
 
 
 def masked_frame(opcode: int, payload: bytes) -> bytes:
@@ -214,9 +227,11 @@ async def measure(mix: str, subscribers: int, messages: int, burst: int) -> dict
             client.target = client.count + messages
             client.done = loop.create_future()
         before, started = cpu_seconds(server.pid), time.perf_counter()
+        machine, mine = busy_seconds(), own_seconds()
         await publish_all(port, messages, burst)
         await asyncio.wait_for(asyncio.gather(*(c.done for c in clients if c.done)), 120)
         cpu, wall = cpu_seconds(server.pid) - before, time.perf_counter() - started
+        others = busy_seconds() - machine - (own_seconds() - mine) - cpu
         for client in clients:
             client.transport.close()
         deliveries = subscribers * messages
@@ -228,6 +243,7 @@ async def measure(mix: str, subscribers: int, messages: int, burst: int) -> dict
             "us_per_delivery": round(cpu / deliveries * 1e6, 3),
             "us_per_publication": round(cpu / messages * 1e6, 1),
             "deliveries_per_s": round(deliveries / wall),
+            "others_cores": round(max(0.0, others) / wall, 2),
         }
     finally:
         server.terminate()
@@ -278,59 +294,144 @@ async def hub_sample(mix: str, subscribers: int, rounds: int) -> float:
     return (time.process_time() - started) / rounds
 
 
-def in_process(subscribers: int, rounds: int, samples: int) -> None:
+def in_process(subscribers: int, rounds: int, samples: int) -> dict[str, float]:
+    """Best of ``samples``: seconds of CPU per publication, per mix."""
     import uvloop
 
-    print(f"in process, {subscribers} subscribers, one publication per flush:")
     best: dict[str, float] = {}
     for mix in MIXES:
         runs = [uvloop.run(hub_sample(mix, subscribers, rounds)) for _ in range(samples)]
         best[mix] = min(runs)
-    for mix, value in best.items():
-        print(
-            f"  {mix:9s} {value * 1e6:7.2f} us/publication ({(value - best['json']) * 1e6:+.2f}"
-            f" vs json), {value / subscribers * 1e9:6.1f} ns/delivery"
-        )
+    return best
 
 
-async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--subscribers", type=int, default=1000)
-    parser.add_argument("--messages", type=int, default=400)
-    parser.add_argument("--burst", type=int, default=1, help="publications per API round trip")
-    parser.add_argument("--repeat", type=int, default=3)
-    args = parser.parse_args()
-    if pinned():
-        os.sched_setaffinity(0, {0})
-    print(f"load average before: {os.getloadavg()}", flush=True)
+# --------------------------------------------------------------------------- report
+
+SECTION = "<!-- protobuf -->"
+LABELS = {
+    "json": "{n:,} JSON",
+    "protobuf": "{n:,} Protobuf",
+    "mixed": "{half:,} JSON + {half:,} Protobuf",
+}
+
+
+def label(mix: str, subscribers: int) -> str:
+    return LABELS[mix].format(n=subscribers, half=subscribers // 2)
+
+
+def markdown(
+    args: argparse.Namespace,
+    sockets: dict[str, dict[str, Any]],
+    hub: dict[str, float],
+    loads: tuple[tuple[float, ...], tuple[float, ...]],
+) -> str:
+    rows = "\n".join(
+        f"| {label(mix, args.subscribers)} | {best['us_per_delivery']:.3f} µs | "
+        f"{best['deliveries_per_s']:,}/s | {best['others_cores']:.2f} |"
+        for mix, best in sockets.items()
+    )
+    hub_rows = "\n".join(
+        f"| {label(mix, args.subscribers)} | {value * 1e6:.1f} µs | "
+        f"{(value - hub['json']) * 1e6:+.1f} µs | {value / args.subscribers * 1e9:.1f} ns |"
+        for mix, value in hub.items()
+    )
+    before, after = loads
+    return f"""{SECTION}
+## Protobuf and JSON clients
+
+`benchmarks/protobuf_fanout.py`: one channel, {args.subscribers:,} WebSocket subscribers
+(JSON in text frames, Protobuf in binary frames, or half and half), {args.messages:,}
+publications of ~100 bytes through the server API, one request at a time; the server
+pinned to CPU 1, the load generator to CPU 0; a fresh server per run, best of
+{args.repeat}. Every subscriber received every publication.
+
+| subscribers | server CPU per delivery | deliveries/s | other processes (cores) |
+|---|---:|---:|---:|
+{rows}
+
+The last column is what the rest of the machine used meanwhile (2 cores in all): other
+sessions' work there makes the figures of that row noisier.
+
+The same channel in process, the hub alone (no sockets: C-level no-op writers, each
+publication in a flush of its own, best of {args.samples} samples of {args.rounds:,}):
+what encoding and framing cost per publication; the {args.subscribers:,} writes are the
+rest.
+
+| subscribers | CPU per publication | vs JSON | per delivery |
+|---|---:|---:|---:|
+{hub_rows}
+
+Load average (1, 5, 15 min) before the runs: {", ".join(f"{v:.2f}" for v in before)};
+after: {", ".join(f"{v:.2f}" for v in after)}.
+"""
+
+
+def write_markdown(path: Path, section: str) -> None:
+    """Replace this script's section of the page (or add it before the sections that come
+    after the generated part, such as scenario D at full size)."""
+    text = path.read_text() if path.exists() else ""
+    if SECTION in text:
+        head, _, rest = text.partition(SECTION)
+        following = rest.find("<!-- ")
+        text = head.rstrip() + "\n\n" + (rest[following:] if following >= 0 else "")
+    anchor = text.find("<!-- ")
+    if anchor >= 0:
+        text = text[:anchor].rstrip() + "\n\n" + section + "\n" + text[anchor:]
+    else:
+        text = text.rstrip() + "\n\n" + section
+    path.write_text(text)
+
+
+async def sockets_runs(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     results: dict[str, list[dict[str, Any]]] = {}
     for _ in range(args.repeat):
         for mix in MIXES:
             result = await measure(mix, args.subscribers, args.messages, args.burst)
             results.setdefault(mix, []).append(result)
             print(json.dumps(result), flush=True)
-    print(f"load average after: {os.getloadavg()}")
-    print(f"\nbest of {args.repeat} ({args.subscribers} subscribers, burst {args.burst}):")
-    base = min(r["us_per_delivery"] for r in results["json"])
-    for mix, runs in results.items():
-        best = min(runs, key=lambda r: r["us_per_delivery"])
+    return {mix: min(runs, key=lambda r: r["us_per_delivery"]) for mix, runs in results.items()}
+
+
+def main() -> None:
+    import uvloop
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--subscribers", type=int, default=1000)
+    parser.add_argument("--messages", type=int, default=2000)
+    parser.add_argument("--burst", type=int, default=1, help="publications per API round trip")
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=2000, help="in process: publications")
+    parser.add_argument("--samples", type=int, default=7, help="in process: samples")
+    parser.add_argument("--in-process", action="store_true", help="only the hub, in process")
+    parser.add_argument("--markdown", type=Path, help="write the section of this page")
+    args = parser.parse_args()
+    if pinned():
+        os.sched_setaffinity(0, {0})
+    before = os.getloadavg()
+    print(f"load average before: {before}", flush=True)
+    sockets: dict[str, dict[str, Any]] = {}
+    if not args.in_process:
+        sockets = uvloop.run(sockets_runs(args))
+        print(f"\nbest of {args.repeat} ({args.subscribers} subscribers, burst {args.burst}):")
+        base = sockets["json"]["us_per_delivery"]
+        for mix, best in sockets.items():
+            print(
+                f"  {mix:9s} {best['us_per_delivery']:7.3f} us/delivery "
+                f"({best['us_per_delivery'] - base:+.3f} vs json)  "
+                f"{best['deliveries_per_s']:>10,} deliveries/s"
+            )
+    hub = in_process(args.subscribers, args.rounds, args.samples)
+    print(f"\nin process, {args.subscribers} subscribers, one publication per flush:")
+    for mix, value in hub.items():
         print(
-            f"  {mix:9s} {best['us_per_delivery']:7.3f} us/delivery "
-            f"({best['us_per_delivery'] - base:+.3f} vs json)  "
-            f"{best['deliveries_per_s']:>10,} deliveries/s"
+            f"  {mix:9s} {value * 1e6:7.2f} us/publication ({(value - hub['json']) * 1e6:+.2f}"
+            f" vs json), {value / args.subscribers * 1e9:6.1f} ns/delivery"
         )
+    after = os.getloadavg()
+    print(f"load average after: {after}")
+    if args.markdown is not None and sockets:
+        write_markdown(args.markdown, markdown(args, sockets, hub, (before, after)))
 
 
 if __name__ == "__main__":
-    import uvloop
-
-    if "--in-process" in sys.argv:
-        sys.argv.remove("--in-process")
-        options = argparse.ArgumentParser()
-        options.add_argument("--subscribers", type=int, default=1000)
-        options.add_argument("--rounds", type=int, default=2000)
-        options.add_argument("--samples", type=int, default=7)
-        known, _ = options.parse_known_args()
-        in_process(known.subscribers, known.rounds, known.samples)
-    else:
-        uvloop.run(main())
+    main()

@@ -9,9 +9,10 @@
 3. Writes ``bench-results/bench.json`` (every figure and the environment),
    ``docs/benchmarks.png`` (the chart, when matplotlib is installed) and
    ``docs/benchmarks.md`` (table, ratios, chart, checks).
-4. Runs scenario D at its full 100,000 connections with ``benchmarks/hundred_thousand.py``
-   (workers sharing Redis: one process may not hold that many sockets here) and appends
-   its figures to ``docs/benchmarks.md``.
+4. Runs ``benchmarks/protobuf_fanout.py`` (Protobuf clients against JSON ones, and a
+   mixed channel) and scenario D at its full 100,000 connections with
+   ``benchmarks/hundred_thousand.py`` (workers sharing Redis: one process may not hold
+   that many sockets here), and appends their figures to ``docs/benchmarks.md``.
 
 Arguments are passed on to ``tidings bench``; a later option overrides the
 defaults here, and naming any ``--scenario`` replaces the default set. For a
@@ -77,7 +78,16 @@ def main() -> None:
     code = bench.main(args=arguments(extra), prog_name="tidings bench", standalone_mode=False)
     if code:
         sys.exit(code)
-    if not extra:  # the full run: scenario D at 100,000 connections too (see that script)
+    if not extra:  # the full run: Protobuf fan-out, and scenario D at 100,000 connections
+        subprocess.run(
+            [
+                sys.executable,
+                str(ROOT / "benchmarks" / "protobuf_fanout.py"),
+                "--markdown",
+                str(ROOT / "docs" / "benchmarks.md"),
+            ],
+            check=True,
+        )
         subprocess.run(
             [
                 sys.executable,

@@ -9,7 +9,7 @@ until every subscriber has every one. The server's CPU time (user + system, from
 second are over the same window. Each mix gets a fresh server; best of ``--repeat``.
 
     .venv/bin/python benchmarks/protobuf_fanout.py [--subscribers 1000] [--messages 2000]
-        [--burst 1] [--repeat 5] [--in-process] [--markdown docs/benchmarks.md]
+        [--burst 10] [--repeat 5] [--in-process] [--markdown docs/benchmarks.md]
 
 Then it times the hub alone, in process, no sockets: the CPU each publication costs
 with 1,000 subscribers writing to C-level no-op writers, which isolates encoding
@@ -341,8 +341,8 @@ def markdown(
 
 `benchmarks/protobuf_fanout.py`: one channel, {args.subscribers:,} WebSocket subscribers
 (JSON in text frames, Protobuf in binary frames, or half and half), {args.messages:,}
-publications of ~100 bytes through the server API, one request at a time; the server
-pinned to CPU 1, the load generator to CPU 0; a fresh server per run, best of
+publications of ~100 bytes through the server API, {args.burst} requests in flight; the
+server pinned to CPU 1, the load generator to CPU 0; a fresh server per run, best of
 {args.repeat}. Every subscriber received every publication.
 
 | subscribers | server CPU per delivery | deliveries/s | other processes (cores) |
@@ -398,7 +398,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--subscribers", type=int, default=1000)
     parser.add_argument("--messages", type=int, default=2000)
-    parser.add_argument("--burst", type=int, default=1, help="publications per API round trip")
+    parser.add_argument("--burst", type=int, default=10, help="publications per API round trip")
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=2000, help="in process: publications")
     parser.add_argument("--samples", type=int, default=7, help="in process: samples")

@@ -88,6 +88,20 @@ def drop(session: Session) -> None:
     socket.abort()
 
 
+def count_pings(monkeypatch: pytest.MonkeyPatch) -> dict[Session, int]:
+    """Pings the node's ping wheel sends, per session (the real ``Session.ping`` runs)."""
+    sent: dict[Session, int] = {}
+    ping = Session.ping
+
+    def counting(session: Session, frame: bytes, *, expect_pong: bool) -> None:
+        assert frame == b"\x82\x01\x00" or frame.endswith(b"\x00\r\n")  # an empty Reply
+        sent[session] = sent.get(session, 0) + 1
+        ping(session, frame, expect_pong=expect_pong)
+
+    monkeypatch.setattr(Session, "ping", counting)
+    return sent
+
+
 def numbers(values: list[Any]) -> list[int]:
     return [value["n"] for value in values]
 
@@ -231,6 +245,28 @@ async def test_js_delta_fossil_over_protobuf_gets_the_same_data_in_fewer_bytes(
     assert sizes["delta"] < sizes["plain"] / 3, sizes
 
 
+@pytest.mark.node
+@pytest.mark.timeout(40)
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_js_answers_protobuf_pings(
+    start_server: StartServer,
+    js_client: JsClientFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    transport: str,
+) -> None:
+    """The server's ping is one empty Reply; the SDK's pong (an empty Command, through
+    ``/emulation`` on http_stream) keeps the connection through several pings."""
+    pings = count_pings(monkeypatch)
+    server = await start_server(ping_interval=2.0, pong_timeout=1.0)
+    js = await js_protobuf_client(js_client, server, transport, "alice")
+    client_id = (await js.connect())["client"]
+    session = session_of(server, client_id)
+    await eventually(lambda: pings.get(session, 0) >= 3, what="three pings", within=20)
+    await eventually(lambda: not session.awaiting_pong, what="the third pong", within=5)
+    assert server.node.clients.get(client_id) is session
+    assert not js.log.named("disconnected") and len(js.log.named("connected")) == 1
+
+
 # --------------------------------------------------------------------------- centrifuge-python
 
 
@@ -361,6 +397,20 @@ async def test_python_delta_fossil_over_protobuf(
         await server.node.publish("board:acme", quote)
     got = await log.collect("publication", 10, "board:acme")
     assert [json.loads(ctx.pub.data) for ctx in got] == quotes
+
+
+@pytest.mark.timeout(40)
+async def test_python_answers_protobuf_pings(
+    start_server: StartServer, py_client: PyClientFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pings = count_pings(monkeypatch)
+    server = await start_server(ping_interval=2.0, pong_timeout=1.0)
+    client, log, client_id = await py_protobuf_client(py_client, server, "alice")
+    session = session_of(server, client_id)
+    await eventually(lambda: pings.get(session, 0) >= 3, what="three pings", within=20)
+    await eventually(lambda: not session.awaiting_pong, what="the third pong", within=5)
+    assert server.node.clients.get(client_id) is session
+    assert client.state == ClientState.CONNECTED and not log.named("disconnected")
 
 
 async def test_python_server_side_subscriptions(

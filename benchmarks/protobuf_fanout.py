@@ -367,19 +367,16 @@ after: {", ".join(f"{v:.2f}" for v in after)}.
 
 
 def write_markdown(path: Path, section: str) -> None:
-    """Replace this script's section of the page (or add it before the sections that come
-    after the generated part, such as scenario D at full size)."""
-    text = path.read_text() if path.exists() else ""
-    if SECTION in text:
-        head, _, rest = text.partition(SECTION)
-        following = rest.find("<!-- ")
-        text = head.rstrip() + "\n\n" + (rest[following:] if following >= 0 else "")
-    anchor = text.find("<!-- ")
-    if anchor >= 0:
-        text = text[:anchor].rstrip() + "\n\n" + section + "\n" + text[anchor:]
-    else:
-        text = text.rstrip() + "\n\n" + section
-    path.write_text(text)
+    """Replace this script's section of the page (from its marker to the next section
+    marker of another script, or to the end), or append it."""
+    page = path.read_text() if path.exists() else ""
+    before, found, after = page.partition(SECTION)
+    rest = ""
+    if found:
+        end = after.find("\n<!-- ")
+        rest = after[end:] if end >= 0 else ""
+    text = before.rstrip() + "\n\n" + section
+    path.write_text(text + ("\n" + rest.lstrip("\n") if rest else ""))
 
 
 async def sockets_runs(args: argparse.Namespace) -> dict[str, dict[str, Any]]:

@@ -75,7 +75,8 @@ class ChannelOptions(Struct, forbid_unknown_fields=True, kw_only=True):
     conflate_by: str = ""
     """``"key"``: a subscriber that cannot keep up, or asks for a rate, gets the latest
     publication of each key instead of every one (docs/protocol.md, "Latest-value
-    conflation"); ``""``: never. Map channels will read ``""`` as their own default."""
+    conflation"); ``"none"``: never; ``""``: the subscription type's default (off for
+    streams; map channels conflate unless ``"none"``)."""
     max_frequency: float = 0.0
     """Default rate, in updates per second per key, of a subscriber to a conflating
     channel; 0: as fast as it reads."""
@@ -105,7 +106,7 @@ DURATION_OPTIONS = frozenset({"history_ttl", "history_meta_ttl"})
 DELTA_TYPES = frozenset({"fossil"})
 """What ``allowed_delta_types`` may name: the encodings tidings implements."""
 
-CONFLATE_BY = ("", "key")
+CONFLATE_BY = ("", "key", "none")
 """What ``conflate_by`` may be."""
 
 

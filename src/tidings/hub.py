@@ -48,13 +48,16 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Hashable, Iterator
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from tidings.clock import Clock, LoopClock, Timer
 from tidings.conflation import Conflator
 from tidings.protocol.codec import PreparedPush
 from tidings.protocol.messages import StreamPosition
 from tidings.protocol.wire import WireFormat, Writer
+
+if TYPE_CHECKING:
+    from tidings.metrics import FanOutMeter
 
 
 class Subscriber(Hashable, Protocol):
@@ -181,9 +184,12 @@ class Hub:
         coalesce_delay: float = 0.0,
         coalesce_max_bytes: int = 64 * 1024,
         clock: Clock | None = None,
+        meter: FanOutMeter | None = None,
     ) -> None:
         self._clock: Clock = clock or LoopClock()
         """Timers of rate-limited conflated subscribers (their conflators read the same clock)."""
+        self._meter = meter
+        """Told once per batch and wire format what was written (metrics); never per recipient."""
         self._channels: dict[str, _Channel] = {}
         self._dirty: list[_Channel] = []
         self._flush_handle: asyncio.Handle | None = None
@@ -278,7 +284,10 @@ class Hub:
         holds_previous = False
         if documents:
             wire = subscriber.wire.for_delta("start") if delta else subscriber.wire
-            subscriber.writer(wire.frame_pushes(documents))
+            frame = wire.frame_pushes(documents)
+            subscriber.writer(frame)
+            if self._meter is not None:
+                self._meter.delivered(subscriber.wire, len(documents), 1, len(frame))
             # The replay ended with the channel's last publication: deltas from the next on.
             holds_previous = documents[-1] is state.previous
         position = pending.position
@@ -500,7 +509,7 @@ class Hub:
         self._join_group(state, subscriber, join_leave=entry.join_leave, delta=entry.delta)
         # Last: the write may find the connection full again, and conflate it anew.
         if items:
-            subscriber.writer(_conflated_wire(subscriber, entry).frame_pushes(items))
+            self._write_conflated(subscriber, entry, items)
 
     def conflation_backlog(self, channel: str, subscriber: Subscriber) -> int | None:
         """Keys waiting in a conflated subscriber's conflator (``None``: not conflated).
@@ -542,11 +551,18 @@ class Hub:
                 self._drain(subscriber, entry)
         self._schedule_drain(state)
 
-    @staticmethod
-    def _drain(subscriber: Subscriber, entry: _Conflated) -> None:
+    def _drain(self, subscriber: Subscriber, entry: _Conflated) -> None:
         items = entry.conflator.drain()
         if items:
-            subscriber.writer(_conflated_wire(subscriber, entry).frame_pushes(items))
+            self._write_conflated(subscriber, entry, items)
+
+    def _write_conflated(
+        self, subscriber: Subscriber, entry: _Conflated, items: list[PreparedPush]
+    ) -> None:
+        data = _conflated_wire(subscriber, entry).frame_pushes(items)
+        if self._meter is not None:
+            self._meter.delivered(subscriber.wire, len(items), 1, len(data))
+        subscriber.writer(data)
 
     def _schedule_drain(self, state: _Channel) -> None:
         """Arm the channel's timer for the earliest rate-limited drain still owed."""
@@ -626,7 +642,10 @@ class Hub:
                 continue
             if is_join_leave:
                 if pending.join_leave:
-                    subscriber.writer(subscriber.wire.frame_pushes([push]))
+                    frame = subscriber.wire.frame_pushes([push])
+                    subscriber.writer(frame)
+                    if self._meter is not None:
+                        self._meter.delivered(subscriber.wire, 1, 1, len(frame))
                 continue
             verdict = self._advance(pending, push)
             if verdict is None:
@@ -688,13 +707,22 @@ class Hub:
         # conflated then already got this batch (it leaves its group, which stays).
         conflated = list(state.conflated.items()) if state.conflated else None
         frames: dict[WireFormat, bytes] = {}
+        meter = self._meter
         if publications:
             for wire, members in state.plain.items():
                 data = frames[wire] = wire.frame_pushes(publications)
+                if meter is not None:  # once per wire group: a len, never per recipient
+                    meter.delivered(wire, len(publications), len(members), len(data))
                 _write_all(members, data)
         for wire, members in state.join_leave.items():
             shared = frames.get(wire) if not has_join_leave else None
-            _write_all(members, shared if shared is not None else wire.frame_pushes(everything))
+            data = shared if shared is not None else wire.frame_pushes(everything)
+            if meter is not None:
+                pushes = len(everything) if shared is None else len(publications)
+                meter.delivered(wire, pushes, len(members), len(data))
+            _write_all(members, data)
+        if meter is not None:
+            meter.flushed(len(batch))
         if state.fresh and publications:
             self._promote_fresh(state)
         if state.conflated:

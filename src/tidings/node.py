@@ -63,6 +63,7 @@ from tidings.errors import (
 from tidings.hooks import ApplicationHooks, NoHooks
 from tidings.hub import Hub, Subscriber
 from tidings.jwks import JwksClient
+from tidings.metrics import Metrics, metrics_for
 from tidings.protocol.codec import (
     JSON_INPUT_ERRORS,
     PreparedPush,
@@ -73,6 +74,7 @@ from tidings.protocol.codec import (
 )
 from tidings.protocol.messages import NO_DATA, ClientInfo, Publication, StreamPosition
 from tidings.protocol.wire import WireFormat, Writer
+from tidings.tracing import Tracing, tracing_for
 from tidings.version import __version__
 
 log = logging.getLogger("tidings.node")
@@ -187,13 +189,19 @@ class Node:
                 self.verifier,
                 refresh_interval=config.token_jwks_refresh_interval,
             )
+        self.metrics: Metrics = metrics_for(config.metrics)
+        """Prometheus meters (``metrics = true``); the base class counts nothing."""
+        self.tracing: Tracing = tracing_for(config.opentelemetry)
+        """OpenTelemetry spans (``opentelemetry = true``); the base class traces nothing."""
         if broker is None:
-            broker, presence_default = _build_engine(config, self.id)
+            broker, presence_default = _build_engine(config, self.id, self.metrics)
             presence = presence or presence_default
         self.broker: Broker = broker
         self.history: HistoryReader = broker  # a broker reads the streams it owns
         self.presence: PresenceStore = presence or MemoryPresence()
-        self.hub = Hub(coalesce_delay=config.coalesce_delay, clock=self.clock)
+        self.hub = Hub(
+            coalesce_delay=config.coalesce_delay, clock=self.clock, meter=self.metrics.fan_out
+        )
         self.hooks: ApplicationHooks = NoHooks()
         """The application's handlers (``Tidings`` sets them); by default there are none."""
         self.clients: dict[str, Client] = {}
@@ -266,6 +274,7 @@ class Node:
             task.cancel()
         await self.broker.close()
         await self.presence.close()
+        self.metrics.sync()  # a worker's last second of counts, before its process ends
 
     def spawn(self, coroutine: Coroutine[Any, Any, Any], *, daemon: bool = False) -> None:
         """Run a fire-and-forget coroutine that the node keeps a reference to.
@@ -322,6 +331,7 @@ class Node:
         """A client finished ``connect``: index it by client id and user, and ping it."""
         self.clients[client.client_id] = client
         self.users.setdefault(client.user, set()).add(client)
+        self.metrics.connected(client.wire)
         if self._ping_buckets:
             self._ping_buckets[self._tick % len(self._ping_buckets)].add(client)
 
@@ -339,6 +349,7 @@ class Node:
         self._all_clients.discard(client)
         if self.clients.get(client.client_id) is client:
             del self.clients[client.client_id]
+            self.metrics.disconnected(client.wire)
         clients = self.users.get(client.user)
         if clients is not None:
             clients.discard(client)
@@ -495,6 +506,7 @@ class Node:
         if now - self._last_node_info >= NODE_INFO_INTERVAL:
             self._last_node_info = now
             self.spawn(self._announce_node())
+        self.metrics.tick(self.clients.values())
 
     def _ping_frame(self, wire: WireFormat) -> bytes:
         frame = self._ping_frames.get(wire)
@@ -672,6 +684,7 @@ class Node:
         *,
         delta: bool = False,
     ) -> None:
+        self.metrics.publication_received()
         epoch = position.epoch if position else ""
         push = prepare_publication(channel, publication, epoch, delta=delta)
         self.hub.broadcast_publication(channel, push)
@@ -963,13 +976,16 @@ class Node:
         return list(nodes.values())
 
 
-def _build_engine(config: Config, node_id: str) -> tuple[Broker, PresenceStore]:
+def _build_engine(config: Config, node_id: str, metrics: Metrics) -> tuple[Broker, PresenceStore]:
     if config.broker == "memory":
         return MemoryBroker(), MemoryPresence()
-    from tidings.brokers.redis import RedisBroker, RedisPresence
+    from tidings.brokers.redis import RedisBroker, RedisPresence, RoundTrips
 
     prefix = config.broker_prefix
+    round_trips = (
+        RoundTrips(metrics.broker_round_trip, metrics.broker_error) if metrics.enabled else None
+    )
     return (
-        RedisBroker(config.broker, prefix=prefix, name=node_id[:8]),
-        RedisPresence(config.broker, prefix=prefix),
+        RedisBroker(config.broker, prefix=prefix, name=node_id[:8], round_trips=round_trips),
+        RedisPresence(config.broker, prefix=prefix, round_trips=round_trips),
     )

@@ -27,6 +27,7 @@ from tests.conftest import (
     control_client,
     token,
 )
+from tests.support.asgi import ASGI_SERVERS, Mounted, mounted
 from tidings.protocol.protobuf import split_frame, varint
 
 pytestmark = pytest.mark.timeout(30)
@@ -300,8 +301,12 @@ def _varint(data: bytes) -> tuple[int, int | None]:
 
 
 async def open_stream(http: aiohttp.ClientSession, server: RunningServer, body: bytes) -> PbStream:
+    return await open_stream_at(http, server.http_url, body)
+
+
+async def open_stream_at(http: aiohttp.ClientSession, base: str, body: bytes) -> PbStream:
     response = await http.post(
-        f"{server.http_url}/connection/http_stream",
+        f"{base}/connection/http_stream",
         data=body,
         headers={"Content-Type": "application/octet-stream"},
     )
@@ -388,3 +393,53 @@ async def test_malformed_protobuf_on_the_stream_is_3501(
     with pytest.raises(EOFError):
         await stream.next()
     await assert_still_serving(server, control)
+
+
+# --------------------------------------------------------------------------- the ASGI mount
+
+
+@pytest.fixture(params=ASGI_SERVERS)
+async def mount(request: pytest.FixtureRequest) -> AsyncIterator[Mounted]:
+    async with mounted(request.param) as running:
+        yield running
+
+
+async def test_the_asgi_mount_carries_protobuf(
+    mount: Mounted, pb_client: PbFactory, ws_client: ClientFactory, http: aiohttp.ClientSession
+) -> None:
+    """``rt.asgi()`` under uvicorn and hypercorn: binary messages both ways on WebSocket,
+    the Protobuf http_stream and /emulation, a channel shared with a standalone JSON
+    client; text on a Protobuf connection is 3506, malformed Protobuf 3501."""
+    client = await pb_client(mount.ws_url)
+    assert client.ws.subprotocol == "centrifuge-protobuf"
+    await client.connect(token("alice"))
+    await client.subscribe("chat:mounted")
+    by_query = await pb_client(f"{mount.ws_url}?format=protobuf", subprotocol=False)
+    await by_query.connect(token("bob"))
+    await by_query.subscribe("chat:mounted")
+    text = await ws_client(mount.standalone_ws_url)
+    await text.connect(token("carol"))
+    await text.subscribe("chat:mounted")
+
+    published = await client.call(publish=pb.PublishRequest(channel="chat:mounted", data=b"[1]"))
+    assert published.HasField("publish")
+    assert (await client.publication("chat:mounted")).data == b"[1]"
+    assert (await by_query.publication("chat:mounted")).data == b"[1]"
+    assert [p["data"] for p in await text.publications("chat:mounted", 1)] == [[1]]
+
+    stream = await open_stream_at(
+        http, mount.base, delimited(pb.Command(id=1, connect=pb.ConnectRequest(token=token())))
+    )
+    connect = (await stream.next()).connect
+    subscribe = pb.Command(id=2, subscribe=pb.SubscribeRequest(channel="chat:mounted"))
+    assert await emulate(http, mount.base, connect.session, connect.node, subscribe) == 204
+    assert (await stream.until(lambda r: r.id == 2)).HasField("subscribe")
+    await mount.rt.publish("chat:mounted", {"n": 2})
+    pushed = await stream.until(lambda r: r.push.HasField("pub"))
+    assert json.loads(pushed.push.pub.data) == {"n": 2}
+
+    await client.ws.send('{"id":5,"presence":{"channel":"chat:mounted"}}')
+    assert await client.closed() == (3506, "inappropriate protocol")
+    await by_query.ws.send(b"\x05\x08")
+    assert await by_query.closed() == (3501, "bad request")
+    assert (await text.publications("chat:mounted", 1))[0]["data"] == {"n": 2}

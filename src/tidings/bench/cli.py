@@ -26,15 +26,17 @@ DEFAULT_SCENARIOS = ("A", "B", "C")
 @click.option(
     "--target",
     "targets",
-    type=click.Choice(["tidings", "reference"]),
+    type=click.Choice(["tidings", "reference", "mount"]),
     multiple=True,
-    help="Server kind to measure; repeat for both (reference first makes the baseline). "
+    help="Server kind to measure; repeat for several (reference first makes the baseline). "
+    "mount: rt.asgi() in a FastAPI app under uvicorn (needs fastapi and uvicorn). "
     "Default: tidings.",
 )
 @click.option(
     "--url",
     help="WebSocket URL of a running server (without --spawn). Default: "
-    "ws://127.0.0.1:8000/connection/websocket (tidings), ws://127.0.0.1:8080/ (reference).",
+    "ws://127.0.0.1:8000/connection/websocket (tidings), ws://127.0.0.1:8080/ (reference), "
+    "ws://127.0.0.1:8000/rt/connection/websocket (mount).",
 )
 @click.option(
     "--scenario",

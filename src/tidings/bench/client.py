@@ -578,4 +578,5 @@ class TidingsClient(BenchClient):
 CLIENT_CLASSES: dict[str, type[BenchClient]] = {
     "tidings": TidingsClient,
     "reference": ReferenceClient,
+    "mount": TidingsClient,  # the same protocol, through rt.asgi() under uvicorn
 }

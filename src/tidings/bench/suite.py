@@ -28,6 +28,7 @@ from tidings.bench.system import parse_cpu_list
 DEFAULT_URLS = {
     "tidings": "ws://127.0.0.1:8000/connection/websocket",
     "reference": "ws://127.0.0.1:8080/",
+    "mount": "ws://127.0.0.1:8000/rt/connection/websocket",
 }
 
 
@@ -93,7 +94,7 @@ async def _scenario_f(
     """
     label = f"F@{size}"
     if target != "tidings":
-        skipped = "the reference has no broker or workers"
+        skipped = f"F compares tidings serve --workers; the {target} target has none"
         return [ScenarioResult(target, "F", label, skipped=skipped)]
     if not options.spawn:
         skipped = "needs --spawn (it restarts tidings with 1 and 2 workers)"

@@ -187,6 +187,16 @@ class Broker(HistoryReader, Protocol):
 
     async def publish_control(self, message: bytes) -> None: ...
 
+    async def ping(self) -> None:
+        """Return when the engine answers and carries traffic; raise ``BrokerUnavailable``
+        otherwise. Readiness (``GET /ready``) asks it, under its own deadline.
+
+        A networked broker makes one round trip and checks that its pub/sub
+        links are connected and hold the control channel (a node whose link is
+        down hears no publications). The memory broker always answers.
+        """
+        ...
+
 
 @runtime_checkable
 class PresenceStore(Protocol):

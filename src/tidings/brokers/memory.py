@@ -145,6 +145,10 @@ class MemoryBroker:
         if self._handler is not None:
             self._handler.handle_control(message)
 
+    async def ping(self) -> None:
+        """In the process: nothing to reach."""
+        return None
+
     async def history(
         self,
         channel: str,

@@ -37,6 +37,7 @@ from tidings.protocol.wire import (
     WireFormat,
     deflated_binary,
 )
+from tidings.server.exchange import HttpRequest
 from tidings.server.http import Request
 from tidings.server.origins import OriginPolicy
 from tidings.transports.base import transport_high_water
@@ -75,7 +76,7 @@ def select_client_protocol(_: ServerProtocol, offered: Sequence[Subprotocol]) ->
     return None
 
 
-def wants_protobuf(request: Request, ws: ServerProtocol) -> bool:
+def wants_protobuf(request: HttpRequest, ws: ServerProtocol) -> bool:
     """The connection speaks Protobuf: the ``centrifuge-protobuf`` subprotocol, or (for
     clients that cannot set one) ``?format=protobuf`` / ``?cf_protocol=protobuf``, as
     Centrifugo reads them. A JSON subprotocol wins over the query."""
@@ -108,7 +109,7 @@ class WebSocketUpgrades:
         self._all_closed: asyncio.Event | None = None
         self._deflate_wires: dict[tuple[int, int, bool], WireFormat] = {}
 
-    def origin_allowed(self, request: Request) -> bool:
+    def origin_allowed(self, request: HttpRequest) -> bool:
         return self.origins.allows(request.header("origin"), request.header("host"))
 
     def _extensions(self) -> list[ServerPerMessageDeflateFactory] | None:

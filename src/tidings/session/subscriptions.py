@@ -22,6 +22,7 @@ reply yet, is told after the reply (see :func:`unsubscribe`).
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -147,6 +148,10 @@ class Grant:
     data: bytes = b""
     server_refresh: bool = False
     """The expiry came from the application, whose ``on_sub_refresh`` extends it."""
+    snapshot: Callable[[], Awaitable[bytes]] | None = None
+    """Produces ``data`` once the subscription has joined the channel (see open_subscription)."""
+    max_frequency: float | None = None
+    """The application's rate for this subscriber on a conflating channel (``on_subscribe``)."""
 
 
 async def authorize(
@@ -182,7 +187,15 @@ async def authorize(
         if answer.override is not None:
             options = effective_options(options, answer.override)
         server_refresh = answer.expire_at is not None and node.hooks.handles("sub_refresh", channel)
-        return Grant(options, answer.info, answer.expire_at, answer.data, server_refresh)
+        return Grant(
+            options,
+            answer.info,
+            answer.expire_at,
+            answer.data,
+            server_refresh,
+            answer.snapshot,
+            answer.max_frequency,
+        )
     else:
         options = rules.check_subscribe(channel, session.user, has_token=False)
     if sub_token is not None:
@@ -243,7 +256,10 @@ def plan(
         and request.delta in options.allowed_delta_types
     )
     if options.conflates:
-        subscription.max_frequency = requested_frequency(request, options.max_frequency)
+        if grant.max_frequency is not None:  # the application decided
+            subscription.max_frequency = grant.max_frequency
+        else:
+            subscription.max_frequency = requested_frequency(request, options.max_frequency)
     return subscription
 
 
@@ -276,10 +292,17 @@ _frequency_decoder = msgspec.json.Decoder(_FrequencyWish)
 
 
 async def open_subscription(
-    session: Session, subscription: Subscription, request: SubscribeRequest
+    session: Session,
+    subscription: Subscription,
+    request: SubscribeRequest,
+    snapshot: Callable[[], Awaitable[bytes]] | None = None,
 ) -> tuple[SubscribeResult, StreamPosition | None]:
     """Join the channel on this node and read what the reply needs; returns the reply
-    and the position it leaves the client at (``None`` when not positioned)."""
+    and the position it leaves the client at (``None`` when not positioned).
+
+    ``snapshot`` (the application's) runs after the join, while live pushes are
+    buffered: what it reads and what follows leave no gap.
+    """
     node = session.node
     channel = subscription.channel
     session.subscriptions[channel] = subscription
@@ -289,6 +312,8 @@ async def open_subscription(
         position: StreamPosition | None = None
         if subscription.positioned:
             position = await _read_position(session, subscription, request, result)
+        if snapshot is not None:
+            result.data = Raw(await snapshot())
         if subscription.options.presence and _current(session, subscription):
             info = session.channel_info(subscription)
             await node.add_presence(channel, session, info)
@@ -384,7 +409,11 @@ async def go_live(
             )
         except BrokerUnavailable as exc:  # the subscribe is answered: join is best effort
             log.warning(
-                "join of %s in %r not announced: %s", session.client_id, subscription.channel, exc
+                "join of %s in %r not announced: %s",
+                session.client_id,
+                subscription.channel,
+                exc,
+                extra=session.log_fields(channel=subscription.channel),
             )
 
 
@@ -445,7 +474,13 @@ async def server_subscribe(
         subscription = plan(session, channel, request, grant, server_side=True)
         result, position = await open_subscription(session, subscription, request)
     except (ReplyError, BrokerUnavailable) as exc:
-        log.info("server subscribe of %s to %r failed: %s", session.client_id, channel, exc)
+        log.info(
+            "server subscribe of %s to %r failed: %s",
+            session.client_id,
+            channel,
+            exc,
+            extra=session.log_fields(channel=channel),
+        )
         return
     if session.closed:
         return
@@ -494,7 +529,12 @@ def insufficient_state(session: Session, channel: str) -> None:
     subscription = session.subscriptions.get(channel)
     if subscription is None:
         return
-    log.info("client %s lost publications in %r: asking it to recover", session.client_id, channel)
+    log.info(
+        "client %s lost publications in %r: asking it to recover",
+        session.client_id,
+        channel,
+        extra=session.log_fields(channel=channel),
+    )
     if subscription.server_side:
         session.close(DisconnectCode.INSUFFICIENT_STATE)
     else:
@@ -512,7 +552,13 @@ async def announce_leave(session: Session, subscription: Subscription) -> None:
         if options.join_leave and subscription.live:
             await node.announce_leave(channel, session.channel_info(subscription))
     except Exception as exc:  # the client is gone; nobody to answer
-        log.warning("leave of %s in %r not announced: %s", session.client_id, channel, exc)
+        log.warning(
+            "leave of %s in %r not announced: %s",
+            session.client_id,
+            channel,
+            exc,
+            extra=session.log_fields(channel=channel),
+        )
 
 
 # --------------------------------------------------------------------------- expiry

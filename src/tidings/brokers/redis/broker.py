@@ -49,6 +49,7 @@ from tidings.brokers.redis.address import parse_redis_url
 from tidings.brokers.redis.connection import (
     DEFAULT_TIMEOUT,
     Connector,
+    RoundTrips,
     bounded,
     close_client,
 )
@@ -73,7 +74,8 @@ class RedisBroker:
     ``timeout`` bounds every call (publish, history, subscribe confirmation);
     ``ping_interval`` is how long a pub/sub connection may stay silent before it
     is pinged (no answer within another interval: reconnect). ``name`` labels
-    this node's pub/sub connections in ``CLIENT LIST``.
+    this node's pub/sub connections in ``CLIENT LIST``; ``round_trips`` is told of every
+    bounded call (the node's metrics).
     """
 
     def __init__(
@@ -85,8 +87,10 @@ class RedisBroker:
         ping_interval: float = DEFAULT_PING_INTERVAL,
         idempotency_window: float = IDEMPOTENCY_WINDOW,
         name: str = "",
+        round_trips: RoundTrips | None = None,
     ) -> None:
         self._address = parse_redis_url(url)
+        self._round_trips = round_trips
         self._keys = Keys(prefix)
         self._timeout = timeout
         self._ping_interval = ping_interval
@@ -117,7 +121,10 @@ class RedisBroker:
         try:
             if self._cluster:
                 await bounded(
-                    "cluster discovery", self._timeout, self._cluster_client().initialize()
+                    "cluster discovery",
+                    self._timeout,
+                    self._cluster_client().initialize(),
+                    self._round_trips,
                 )
             await self._link_for(self._control).add(self._control, "", self._timeout)
         except BaseException:
@@ -208,7 +215,12 @@ class RedisBroker:
         async with self._rerouting:
             client = self._cluster_client()
             try:
-                await bounded("cluster discovery", self._timeout, client.nodes_manager.initialize())
+                await bounded(
+                    "cluster discovery",
+                    self._timeout,
+                    client.nodes_manager.initialize(),
+                    self._round_trips,
+                )
             except BrokerUnavailable as exc:
                 logger.warning("redis cluster: %s", exc)
                 return
@@ -300,7 +312,7 @@ class RedisBroker:
             ]
         args += [self._idempotency_window, self._publish_command, "d" if delta else "p"]
         offset, epoch, _repeated = await bounded(
-            "publish", self._timeout, scripts.PUBLISH(self._client, keys, args)
+            "publish", self._timeout, scripts.PUBLISH(self._client, keys, args), self._round_trips
         )
         if not epoch:
             return None
@@ -311,6 +323,7 @@ class RedisBroker:
             what,
             self._timeout,
             scripts.SEND(self._client, [name], [message, self._publish_command]),
+            self._round_trips,
         )
 
     async def publish_join(self, channel: str, info: ClientInfo) -> None:
@@ -321,6 +334,17 @@ class RedisBroker:
 
     async def publish_control(self, message: bytes) -> None:
         await self._send("control", self._keys.control, message)
+
+    async def ping(self) -> None:
+        """A PING round trip, and every pub/sub link up (the control one holding its channel)."""
+        if not self._started:
+            raise BrokerUnavailable("redis broker not started")
+        await bounded("ping", self._timeout, self._client.ping(), self._round_trips)
+        for link in self._links.values():
+            if not link.connected:
+                raise BrokerUnavailable(f"redis pub/sub {link.endpoint}: not connected")
+        if not any(link.holds(self._control) for link in self._links.values()):
+            raise BrokerUnavailable("redis pub/sub: the control channel is not subscribed")
 
     # ----------------------------------------------------------- history
 
@@ -355,6 +379,7 @@ class RedisBroker:
             "history",
             self._timeout,
             scripts.HISTORY(self._client, [base + ":meta", base + ":history"], args),
+            self._round_trips,
         )
         publications = []
         for entry_id, fields in entries:
@@ -365,4 +390,9 @@ class RedisBroker:
 
     async def remove_history(self, channel: str) -> None:
         key = self._keys.channel(channel) + ":history"
-        await bounded("remove history", self._timeout, self._client.execute_command("DEL", key))
+        await bounded(
+            "remove history",
+            self._timeout,
+            self._client.execute_command("DEL", key),
+            self._round_trips,
+        )

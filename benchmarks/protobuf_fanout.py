@@ -350,7 +350,9 @@ server pinned to CPU 1, the load generator to CPU 0; a fresh server per run, bes
 {rows}
 
 The last column is what the rest of the machine used meanwhile (2 cores in all): other
-sessions' work there makes the figures of that row noisier.
+sessions' work there makes the figures of that row noisier. Per recipient the work is the
+same whatever the encoding (one write of the bytes its wire format's group shares); what
+differs is per publication, which the hub alone shows:
 
 The same channel in process, the hub alone (no sockets: C-level no-op writers, each
 publication in a flush of its own, best of {args.samples} samples of {args.rounds:,}):

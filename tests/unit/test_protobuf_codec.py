@@ -19,13 +19,13 @@ from hypothesis import strategies as st
 from msgspec import Raw
 
 from tidings.errors import ErrorCode, ProtocolViolation
-from tidings.protocol import messages as m
 from tidings.protocol import fossil
+from tidings.protocol import messages as m
 from tidings.protocol.codec import decode_frame, prepare_publication
 from tidings.protocol.protobuf import (
-    PROTOBUF_CODEC,
     COMMAND,
     EMPTY_REPLY,
+    PROTOBUF_CODEC,
     PUSH_KINDS,
     REPLY_RESULTS,
     Schema,

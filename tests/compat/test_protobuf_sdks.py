@@ -93,10 +93,10 @@ def count_pings(monkeypatch: pytest.MonkeyPatch) -> dict[Session, int]:
     sent: dict[Session, int] = {}
     ping = Session.ping
 
-    def counting(session: Session, frame: bytes, *, expect_pong: bool) -> None:
+    def counting(session: Session, frame: bytes, *, tick: int = 0) -> None:
         assert frame == b"\x82\x01\x00" or frame.endswith(b"\x00\r\n")  # an empty Reply
         sent[session] = sent.get(session, 0) + 1
-        ping(session, frame, expect_pong=expect_pong)
+        ping(session, frame, tick=tick)
 
     monkeypatch.setattr(Session, "ping", counting)
     return sent

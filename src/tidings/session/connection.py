@@ -129,7 +129,8 @@ class Session:
         self.server_refresh = False
         """The expiry came from the application, whose ``on_refresh`` extends it (the client
         is not asked to refresh a token)."""
-        self.awaiting_pong = False
+        self.awaiting_pong = 0
+        """The tick of the server ping the client has not answered yet (0: none)."""
         # Created when commands arrive and dropped when they are done: an empty
         # deque costs ~600 bytes, more than a tenth of an idle connection.
         self._queue: deque[tuple[str, Command]] | None = None
@@ -291,7 +292,7 @@ class Session:
         if self.state != CONNECTED or not self.awaiting_pong:
             self._violation(ProtocolViolation("pong without a ping"))
             return
-        self.awaiting_pong = False
+        self.awaiting_pong = 0
 
     async def _process(self) -> None:
         queue = self._queue
@@ -370,13 +371,14 @@ class Session:
         wire = self.wire
         self.send(wire.codec.encode_push(channel, kind, body, wire.envelope))
 
-    def ping(self, frame: bytes, *, expect_pong: bool) -> None:
-        """Called by the node's ping wheel with a ping already framed for this wire."""
+    def ping(self, frame: bytes, *, tick: int = 0) -> None:
+        """Called by the node's ping wheel with a ping already framed for this wire; with
+        ``tick``, the client owes a pong for the ping of that tick."""
         if self.state == CLOSED:
             return
         self.writer(frame)
-        if expect_pong:
-            self.awaiting_pong = True
+        if tick and not self.awaiting_pong:  # the oldest unanswered ping sets the deadline
+            self.awaiting_pong = tick
 
     @property
     def write_paused(self) -> bool:

@@ -81,7 +81,6 @@ class HttpErrorCode:
     METHOD_NOT_ALLOWED = Error(107, "method not allowed")
     NOT_FOUND = Error(104, "not found")
     ORIGIN_NOT_ALLOWED = Error(103, "origin not allowed")
-    PROTOBUF_NOT_SUPPORTED = Error(107, "the Protobuf protocol is not supported")
     EXPECTED_UPGRADE = Error(107, "expected a WebSocket upgrade")
 
 

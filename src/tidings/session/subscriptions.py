@@ -43,12 +43,7 @@ from tidings.errors import (
     UnsubscribeCode,
 )
 from tidings.hooks import SubscribeContext
-from tidings.protocol.codec import (
-    JSON_INPUT_ERRORS,
-    PreparedPush,
-    prepare_publication,
-    string_publication,
-)
+from tidings.protocol.codec import JSON_INPUT_ERRORS, PreparedPush, prepare_publication
 from tidings.protocol.messages import (
     NO_DATA,
     StreamPosition,
@@ -335,9 +330,10 @@ async def open_subscription(
         result.ttl = ttl
     if subscription.delta:
         result.delta = True
-        # Recovered publications go whole (as JSON strings): deltas between them would be
-        # encoded per subscriber, a cost a reconnect storm multiplies.
-        result.publications = [string_publication(p) for p in result.publications]
+        # Recovered publications go whole (in JSON as strings): deltas between them would
+        # be encoded per subscriber, a cost a reconnect storm multiplies.
+        whole = session.codec.recovered_for_delta
+        result.publications = [whole(p) for p in result.publications]
     return result, position
 
 
@@ -503,7 +499,7 @@ async def server_subscribe(
     # ordinary pub pushes, in order, before anything live (which the hub dedups).
     for publication in result.publications:
         push = prepare_publication(channel, publication, result.epoch)
-        session.send(push.document(session.wire.envelope))
+        session.send(session.codec.push_document(push, session.wire.envelope))
     await go_live(session, subscription, position)
 
 

@@ -23,6 +23,7 @@ from msgspec import Struct
 
 from tidings.brokers.base import HistoryOptions
 from tidings.errors import ErrorCode, ReplyError
+from tidings.maps_config import MapOptions
 
 NAMESPACE_BOUNDARY = ":"
 USER_BOUNDARY = "#"
@@ -67,6 +68,23 @@ class ChannelOptions(Struct, forbid_unknown_fields=True, kw_only=True):
     allow_presence_for_client: bool = False
     allow_presence_for_anonymous: bool = False
     allow_user_limited_channels: bool = False
+    # Map subscriptions (docs/protocol.md section 13), with Centrifugo's names.
+    subscription_type: str = "stream"
+    """``stream``, ``map``, ``map_clients`` or ``map_users``: the one kind of subscription
+    the namespace accepts (a subscribe of another ``type`` gets 103)."""
+    map: MapOptions | None = None
+    """The ``map`` table of a map namespace (required for the map types)."""
+    allowed_delta_types: list[str] = []
+    """Delta encodings clients may negotiate (``["fossil"]``)."""
+    map_clients_presence_channel_prefix: str = ""
+    """Keep one entry per subscribed client in the map channel ``<prefix><channel>``."""
+    map_users_presence_channel_prefix: str = ""
+    """Keep one entry per subscribed user in the map channel ``<prefix><channel>``."""
+
+    @property
+    def is_map(self) -> bool:
+        """A namespace of map subscriptions (``map``, ``map_clients`` or ``map_users``)."""
+        return self.subscription_type != "stream"
 
     @property
     def history_enabled(self) -> bool:

@@ -34,6 +34,7 @@ from tidings.clock import Timer
 from tidings.errors import (
     BrokerUnavailable,
     DisconnectCode,
+    ErrorCode,
     ReplyError,
     Unsubscribe,
     UnsubscribeCode,
@@ -46,9 +47,11 @@ from tidings.protocol.messages import (
     SubscribeResult,
     UnsubscribePush,
 )
+from tidings.session import map_presence
 
 if TYPE_CHECKING:
     from tidings.session.connection import Session
+    from tidings.session.maps import MapFlow
 
 log = logging.getLogger("tidings.session")
 
@@ -68,6 +71,7 @@ class Subscription:
         "expiry_handle",
         "join_leave_push",
         "live",
+        "map",
         "options",
         "positioned",
         "recoverable",
@@ -91,6 +95,8 @@ class Subscription:
         """Delivering live, and its join announced: its end is announced as a leave."""
         self.ended_by: Unsubscribe | None = None
         """Why the server ended it before it was answered (told right after the answer)."""
+        self.map: MapFlow | None = None
+        """A map subscription's flow (docs/protocol.md section 13); ``None`` for a stream."""
 
 
 def effective_options(options: ChannelOptions, override: SubscriptionOverride) -> ChannelOptions:
@@ -172,6 +178,8 @@ def plan(
     """Decide what a granted stream subscription promises (recovery, positioning,
     join/leave pushes), from its options and what the client asked. No I/O."""
     options = grant.options
+    if options.is_map:  # a map namespace takes map subscriptions only (section 13)
+        raise ReplyError(ErrorCode.PERMISSION_DENIED)
     subscription = Subscription(channel, options, server_side=server_side)
     subscription.chan_info = grant.chan_info
     subscription.expire_at = grant.expire_at
@@ -245,7 +253,7 @@ async def _read_position(
     result.positioned = True
     result.recoverable = subscription.recoverable
     if request.recover and subscription.recoverable:
-        since = StreamPosition(request.offset, request.epoch)
+        since = StreamPosition(request.offset, request.epoch or "")
         publications, top, recovered = await node.recover(channel, since)
         result.was_recovering = True
         result.recovered = recovered
@@ -294,6 +302,7 @@ async def go_live(
             log.warning(
                 "join of %s in %r not announced: %s", session.client_id, subscription.channel, exc
             )
+    await map_presence.joined(session, subscription)
 
 
 async def server_subscribe(
@@ -386,6 +395,7 @@ async def announce_leave(session: Session, subscription: Subscription) -> None:
             await node.announce_leave(channel, session.channel_info(subscription))
     except Exception as exc:  # the client is gone; nobody to answer
         log.warning("leave of %s in %r not announced: %s", session.client_id, channel, exc)
+    await map_presence.left(session, subscription)
 
 
 # --------------------------------------------------------------------------- expiry

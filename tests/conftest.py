@@ -32,6 +32,7 @@ from tests.support.redis import (
     redis_unreachable,
     skip_without_redis_server,
 )
+from tidings.application import Tidings
 from tidings.auth import make_token
 from tidings.channels import ChannelOptions
 from tidings.config import ChannelsConfig, Config
@@ -155,6 +156,27 @@ async def start_server() -> AsyncIterator[StartServer]:
         server = TidingsServer(node)
         port = await server.start()
         result = RunningServer(server, node, port)
+        running.append(result)
+        return result
+
+    yield start
+    for item in running:
+        await item.server.stop()
+
+
+StartApp = Callable[[Tidings], Awaitable[RunningServer]]
+
+
+@pytest.fixture
+async def start_app() -> AsyncIterator[StartApp]:
+    """Serve a :class:`Tidings` application standalone on an ephemeral port."""
+    running: list[RunningServer] = []
+
+    async def start(app: Tidings) -> RunningServer:
+        server = TidingsServer(app.node, static=app.static_routes)
+        await app.start()
+        port = await server.start()
+        result = RunningServer(server, app.node, port)
         running.append(result)
         return result
 

@@ -11,7 +11,7 @@ import socket
 import sys
 import urllib.error
 import urllib.request
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -19,6 +19,9 @@ from tidings import logs
 from tidings.config import OPTIONS, Config, announce, load_config
 from tidings.errors import BrokerUnavailable, ConfigError
 from tidings.version import __version__
+
+if TYPE_CHECKING:
+    from tidings.application import Tidings
 
 log = logging.getLogger("tidings")
 
@@ -83,14 +86,36 @@ def main() -> None:
 
 
 @main.command(epilog=SERVE_EPILOG)
+@click.argument("app", required=False)
+@click.option(
+    "--app-dir",
+    default=".",
+    show_default=True,
+    help="Directory to import APP from (put first on the module path).",
+)
 @click.option(
     "--config", "config_path", type=click.Path(dir_okay=False), help="TOML configuration file."
 )
 @_with_options
-def serve(config_path: str | None, **flags: Any) -> None:
-    """Run the server."""
+def serve(app: str | None, app_dir: str, config_path: str | None, **flags: Any) -> None:
+    """Run the server; with APP (MODULE:ATTRIBUTE, e.g. myapp:rt) run that application.
+
+    An application reads its own configuration (Tidings("tidings.toml")); the
+    flags given here override it.
+    """
+    application = None
     try:
-        config = load_config(config_path, overrides=flags)
+        if app:
+            if config_path:
+                raise ConfigError(
+                    "--config: the application reads its own configuration "
+                    '(Tidings("tidings.toml")); give flags to override it'
+                )
+            application = _load_app(app, app_dir)
+            config = application.config.with_overrides(flags)
+            application.use_config(config)
+        else:
+            config = load_config(config_path, overrides=flags)
     except ConfigError as error:
         _fail_config(error)
         return
@@ -102,8 +127,8 @@ def serve(config_path: str | None, **flags: Any) -> None:
     if config.workers > 1:
         from tidings.server.workers import run_workers
 
-        sys.exit(run_workers(config))
-    sys.exit(run_server(config))
+        sys.exit(run_workers(config, app=(app, app_dir) if app else None))
+    sys.exit(run_server(config, application))
 
 
 def listen_problem(host: str, port: int) -> str | None:
@@ -163,14 +188,26 @@ def _loop_runner() -> Any:
     return uvloop.run
 
 
-def run_server(config: Config) -> int:
+def _load_app(spec: str, app_dir: str) -> Tidings:
+    """The application named on the command line, or one line and exit 1."""
+    from tidings.loading import AppNotFound, load_app
+
+    try:
+        return load_app(spec, app_dir)
+    except AppNotFound as exc:
+        log.error("cannot load the application: %s", exc)
+        sys.exit(1)
+
+
+def run_server(config: Config, application: Tidings | None = None) -> int:
     """Serve until SIGTERM/SIGINT, then shut down gracefully. Returns the exit code."""
     from tidings.node import Node
     from tidings.server.app import TidingsServer
 
     async def serve_forever() -> int:
-        node = Node(config)
-        server = TidingsServer(node)
+        node = application.node if application is not None else Node(config)
+        static = application.static_routes if application is not None else ()
+        server = TidingsServer(node, static=static)
         try:
             port = await server.start()
         except BrokerUnavailable as exc:

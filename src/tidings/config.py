@@ -11,6 +11,7 @@ the CLI turns it into exit code 2.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import re
@@ -345,6 +346,13 @@ OPTIONS: tuple[Option, ...] = (
         "Let cross-origin pages send cookies to those endpoints (needs explicit origins).",
     ),
     Option(
+        "handler_timeout",
+        "duration",
+        5.0,
+        "Longest an application handler (on_connect, on_subscribe, an RPC...) may run; past it "
+        "the command is answered with error 100 and the connection stays open.",
+    ),
+    Option(
         "longpoll_timeout",
         "duration",
         25.0,
@@ -472,6 +480,7 @@ class Config:
     http_header_timeout: float = 10.0
     cors_allowed_origins: list[str] = field(default_factory=list)
     cors_allow_credentials: bool = False
+    handler_timeout: float = 5.0
     longpoll_timeout: float = 25.0
     sse_heartbeat_interval: float = 15.0
     node_name: str = ""
@@ -479,6 +488,12 @@ class Config:
     admin_password: str = ""
     admin_token: str = ""
     channels: ChannelsConfig = field(default_factory=ChannelsConfig)
+
+    def with_overrides(self, overrides: Mapping[str, Any]) -> Config:
+        """A copy with some options replaced (``None`` values are ignored), validated."""
+        config = dataclasses.replace(self, **_converted_overrides(overrides))
+        config.validate()
+        return config
 
     @property
     def demo_enabled(self) -> bool:
@@ -737,6 +752,19 @@ def _describe_validation_error(key: str, exc: msgspec.ValidationError) -> str:
     return f"{key}{'.' + where if where else ''}: {text[0].lower() + text[1:]}"
 
 
+def _converted_overrides(overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Option values given in code or as CLI flags (``None``: not given), converted."""
+    values: dict[str, Any] = {}
+    for name, value in overrides.items():
+        if value is None:
+            continue
+        option = OPTION_BY_NAME.get(name)
+        if option is None:
+            raise ConfigError(f"{name}: unknown option")
+        values[name] = _convert(option, value, option.flag, from_text=isinstance(value, str))
+    return values
+
+
 def load_config(
     path: str | Path | None = None,
     *,
@@ -771,11 +799,7 @@ def load_config(
             values[option.name] = _convert(
                 option, environment[option.env], option.env, from_text=True
             )
-    for name, value in (overrides or {}).items():
-        if value is None:
-            continue
-        option = OPTION_BY_NAME[name]
-        values[name] = _convert(option, value, option.flag, from_text=isinstance(value, str))
+    values.update(_converted_overrides(overrides or {}))
     config = Config(**values, channels=channels)
     config.validate()
     return config

@@ -22,7 +22,7 @@ import socket
 import time
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine, Hashable, Iterable, Mapping, Sequence
+from collections.abc import Coroutine, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -61,6 +61,7 @@ from tidings.errors import (
     Unsubscribe,
     UnsubscribeCode,
 )
+from tidings.hooks import ApplicationHooks, NoHooks
 from tidings.hub import Hub, Subscriber
 from tidings.jwks import JwksClient
 from tidings.map_channels import MapChannels, payload
@@ -130,10 +131,6 @@ class Client(Hashable, Protocol):
         """The map channel was cleared (``map_clear``): reload its state (docs/protocol.md
         section 13)."""
         ...
-
-
-RPCHandler = Callable[[Client, bytes], Awaitable[Any]]
-SendHandler = Callable[[Client, bytes], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,8 +210,8 @@ class Node:
             refresh_interval=config.presence_refresh_interval,
         )
         """Map channels (docs/protocol.md section 13): their engine and operations."""
-        self.rpc_handlers: dict[str, RPCHandler] = {}
-        self.send_handler: SendHandler | None = None
+        self.hooks: ApplicationHooks = NoHooks()
+        """The application's handlers (``Tidings`` sets them); by default there are none."""
         self.clients: dict[str, Client] = {}
         """Connected clients by client id."""
         self.users: dict[str, set[Client]] = {}
@@ -595,6 +592,7 @@ class Node:
     ) -> StreamPosition | None:
         if options.is_map:  # a map channel takes keyed writes only (map_publish)
             raise ReplyError(ErrorCode.BAD_REQUEST)
+        self.hooks.check_publication(channel, bytes(publication.data))
         history = None if skip_history else options.history_options(self.config.history_meta_ttl)
         return await self.broker.publish(
             channel, publication, history=history, idempotency_key=idempotency_key

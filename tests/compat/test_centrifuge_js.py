@@ -8,7 +8,6 @@ Server-side effects are checked on the in-process node.
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Any
 
 import pytest
@@ -30,8 +29,9 @@ from tests.compat.conftest import (
     PyClientFactory,
     py_subscription_events,
 )
-from tests.conftest import RunningServer, StartServer, make_config, token
+from tests.conftest import RunningServer, StartApp, StartServer, make_config, token
 from tests.support.polling import eventually
+from tidings import MessageContext, RPCContext, Tidings
 from tidings.node import Node
 
 pytestmark = pytest.mark.node
@@ -43,20 +43,22 @@ def numbers(events: list[dict[str, Any]]) -> list[int]:
     return [event["data"]["n"] for event in events]
 
 
-async def test_every_client_command(server: RunningServer, js_client: JsClientFactory) -> None:
+async def test_every_client_command(start_app: StartApp, js_client: JsClientFactory) -> None:
     """connect, subscribe, publish, presence, presence_stats, history, rpc, send, unsubscribe."""
     sent: list[tuple[str, Any]] = []
     got_send = asyncio.Event()
+    app = Tidings(make_config())
 
-    async def echo(session: Any, data: bytes) -> bytes:
-        return data
+    @app.rpc("echo")
+    async def echo(ctx: RPCContext, params: Any) -> Any:
+        return params
 
-    async def on_send(session: Any, data: bytes) -> None:
-        sent.append((session.user, json.loads(data)))
+    @app.on_message
+    async def on_send(ctx: MessageContext, data: Any) -> None:
+        sent.append((ctx.user, data))
         got_send.set()
 
-    server.node.rpc_handlers["echo"] = echo
-    server.node.send_handler = on_send
+    server = await start_app(app)
 
     js = await js_client()
     await js.create(

@@ -27,10 +27,9 @@ from tests.compat.conftest import (
     PyClientFactory,
     py_subscription_events,
 )
-from tests.conftest import RunningServer, StartServer, make_config, token
+from tests.conftest import RunningServer, StartApp, StartServer, make_config, token
 from tests.support.polling import eventually
-from tidings.errors import Error
-from tidings.errors import ReplyError as TidingsReplyError
+from tidings import ClientError, RPCContext, Tidings
 from tidings.node import Node
 
 FAST_RECONNECT: dict[str, Any] = {"min_reconnect_delay": 0.1, "max_reconnect_delay": 1.0}
@@ -58,19 +57,23 @@ async def subscribed(client: Any, log: EventLog, channel: str, **options: Any) -
     return subscription
 
 
-async def test_every_client_command(server: RunningServer, py_client: PyClientFactory) -> None:
+async def test_every_client_command(start_app: StartApp, py_client: PyClientFactory) -> None:
     """connect, subscribe, publish, presence, presence_stats, history, rpc, unsubscribe."""
+    app = Tidings(make_config())
 
-    async def echo(session: Any, data: bytes) -> bytes:
-        return b'{"user":"%s","got":%s}' % (session.user.encode(), data)
+    @app.rpc("echo")
+    async def echo(ctx: RPCContext, params: Any) -> Any:
+        return {"user": ctx.user, "got": params}
 
-    async def refuse(session: Any, data: bytes) -> bytes:
-        raise TidingsReplyError(Error(1001, "not today"))
+    @app.rpc("refuse")
+    async def refuse(ctx: RPCContext, params: Any) -> Any:
+        raise ClientError(1001, "not today")
 
-    async def crash(session: Any, data: bytes) -> bytes:
+    @app.rpc("crash")
+    async def crash(ctx: RPCContext, params: Any) -> Any:
         raise RuntimeError("internal details that must not leak")
 
-    server.node.rpc_handlers.update(echo=echo, refuse=refuse, crash=crash)
+    server = await start_app(app)
     client, log, client_id = await connected_client(
         py_client, server.ws_url, token=token("alice", info={"name": "Alice"}), name="compat"
     )

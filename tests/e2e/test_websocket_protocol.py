@@ -16,11 +16,14 @@ from tests.conftest import (
     SECRET,
     ClientFactory,
     RunningServer,
+    StartApp,
     StartServer,
     assert_still_serving,
     control_client,
+    make_config,
     token,
 )
+from tidings import RPCContext, Tidings
 from tidings.auth import make_token
 
 
@@ -467,27 +470,33 @@ async def test_connection_expires_without_refresh(
     assert await client.closed(timeout=6) == (3005, "connection expired")
 
 
-async def test_rpc_without_handler_is_104_and_send_is_ignored(
+async def test_rpc_without_any_handler_is_108_and_send_is_ignored(
     server: RunningServer, ws_client: ClientFactory
 ) -> None:
+    """As Centrifugo without an RPC proxy: 108 (not available)."""
     client = await ws_client(server.ws_url)
     await client.connect(token())
     await client.send({"send": {"data": {"hello": 1}}})
     reply = await client.call("rpc", {"method": "nothing", "data": {}})
-    assert reply["error"] == {"code": 104, "message": "method not found"}
+    assert reply["error"] == {"code": 108, "message": "not available"}
 
 
 async def test_rpc_handler_registered_in_python(
-    server: RunningServer, ws_client: ClientFactory
+    start_app: StartApp, ws_client: ClientFactory
 ) -> None:
-    async def echo(session: Any, data: bytes) -> bytes:
-        return data
+    app = Tidings(make_config())
 
-    server.node.rpc_handlers["echo"] = echo
+    @app.rpc("echo")
+    async def echo(ctx: RPCContext, params: Any) -> Any:
+        return params
+
+    server = await start_app(app)
     client = await ws_client(server.ws_url)
     await client.connect(token())
     reply = await client.call("rpc", {"method": "echo", "data": {"x": [1, 2]}})
     assert reply["rpc"] == {"data": {"x": [1, 2]}}
+    unknown = await client.call("rpc", {"method": "nothing", "data": {}})
+    assert unknown["error"] == {"code": 104, "message": "method not found"}
 
 
 async def test_server_side_subscriptions_from_token(

@@ -301,7 +301,7 @@ async def test_recovery_from_another_epoch_is_not_recovered(harness: Harness) ->
         ({"publish": {"channel": "quiet:a", "data": {}}}, 103),
         ({"history": {"channel": "quiet:a"}}, 108),
         ({"presence": {"channel": "quiet:a"}}, 108),
-        ({"rpc": {"method": "nothing"}}, 104),
+        ({"rpc": {"method": "nothing"}}, 108),  # no RPC handler at all: not available
         ({"sub_refresh": {"channel": "chat:not-in", "token": "x"}}, 103),
     ],
     ids=[
@@ -312,7 +312,7 @@ async def test_recovery_from_another_epoch_is_not_recovered(harness: Harness) ->
         "publish-forbidden",
         "no-history",
         "no-presence",
-        "unknown-rpc",
+        "no-rpc-handlers",
         "sub-refresh-not-subscribed",
     ],
 )

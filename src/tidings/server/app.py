@@ -12,6 +12,7 @@ import logging
 import mimetypes
 import socket
 import time
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from tidings.server.http import (
     text_response,
 )
 from tidings.server.origins import OriginPolicy
+from tidings.server.static import StaticFiles
 from tidings.server.transport_routes import TransportRoutes, request_info
 from tidings.server.upgrades import WebSocketUpgrades, refuse
 from tidings.session import Session
@@ -49,10 +51,15 @@ def find_centrifuge_js() -> Path | None:
 
 
 class TidingsServer:
-    """One listening node: HTTP edge + WebSocket + API + demo around a :class:`Node`."""
+    """One listening node: HTTP edge + WebSocket + API + demo around a :class:`Node`.
 
-    def __init__(self, node: Node) -> None:
+    ``static`` are an application's ``(URL prefix, directory)`` pairs (``rt.static``);
+    they take precedence over the built-in demo.
+    """
+
+    def __init__(self, node: Node, *, static: Sequence[tuple[str, Path]] = ()) -> None:
         self.node = node
+        self.static = [StaticFiles(prefix, directory) for prefix, directory in static]
         self.config: Config = node.config
         self.origins = OriginPolicy(self.config.allowed_origins)
         self.api = ApiEndpoint(node, self.config.api_key, insecure=self.config.api_insecure)
@@ -85,6 +92,10 @@ class TidingsServer:
             from tidings.server.admin import install as install_admin
 
             install_admin(self)
+        for files in self.static:  # last: a prefix "/" catches what nothing else serves
+            if files.prefix == "/":
+                router.route("/", files)
+            router.route(files.prefix + "*", files)
 
     async def _health(self, request: Request) -> Response:
         return json_response(b'{"status":"ok"}')

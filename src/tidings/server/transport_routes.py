@@ -26,11 +26,13 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 import msgspec
 from msgspec import Raw
 
 from tidings.auth import ConnectToken, TokenError
+from tidings.channels import parse_channel
 from tidings.errors import (
     BrokerUnavailable,
     Error,
@@ -40,8 +42,9 @@ from tidings.errors import (
     ReplyError,
     token_refusal,
 )
+from tidings.hooks import ConnectContext, Context, Headers, PublishContext, SubscribeContext
 from tidings.node import Node
-from tidings.protocol.codec import JSON_INPUT_ERRORS, compact_raw, decode_connect_request
+from tidings.protocol.codec import JSON_INPUT_ERRORS, compact_raw, decode_connect_request, raw
 from tidings.protocol.cursor import CursorError, parse_cursor
 from tidings.protocol.messages import ClientInfo, ConnectRequest, Publication, StreamPosition
 from tidings.protocol.wire import (
@@ -167,6 +170,38 @@ class Cors:
 
 
 Handler = Callable[[Request], Awaitable[Response | None]]
+
+C = TypeVar("C", bound=Context)
+
+
+class HttpIdentity:
+    """Who a plain-HTTP request (``/events``, ``/longpoll``) speaks for."""
+
+    __slots__ = ("expire_at", "granted", "info", "request", "transport", "user")
+
+    def __init__(self, request: Request, transport: str, token: ConnectToken | None) -> None:
+        self.request = request
+        self.transport = transport
+        self.user = token.user if token is not None else ""
+        self.info = token.info if token is not None else b""
+        self.expire_at = token.expire_at if token is not None else None
+        self.granted: set[str] = set()
+        if token is not None:
+            self.granted.update(token.channels)
+            self.granted.update(token.subs)
+
+    def context(self, kind: type[C], **fields: Any) -> C:
+        info = request_info(self.request)
+        return kind(
+            client="",
+            user=self.user,
+            transport=self.transport,
+            remote_addr=info.remote,
+            headers=Headers(info.headers),
+            cookies=info.cookies,
+            raw_info=self.info,
+            **fields,
+        )
 
 
 class TransportRoutes:
@@ -423,48 +458,75 @@ class TransportRoutes:
 
     # ------------------------------------------------------------------ plain HTTP: shared
 
-    async def _credentials(self, request: Request) -> ConnectToken | None:
-        """The connection token from ``Authorization: Bearer``, ``?token=`` or the cookie."""
-        token = ""
+    async def _credentials(self, request: Request, transport: str) -> HttpIdentity:
+        """Who is asking: the connection token from ``Authorization: Bearer``, ``?token=``
+        or the cookie, then the application's ``on_connect`` (which may authenticate a
+        request that has no token, from its cookies)."""
+        token_text = ""
         authorization = request.header("authorization") or ""
         if authorization[:7].lower() == "bearer ":
-            token = authorization[7:].strip()
-        token = token or request.query_value("token") or request.cookie(TOKEN_COOKIE) or ""
+            token_text = authorization[7:].strip()
+        token_text = (
+            token_text or request.query_value("token") or request.cookie(TOKEN_COOKIE) or ""
+        )
         challenge = [("www-authenticate", 'Bearer realm="tidings"')]
-        if not token:
-            if self.config.allow_anonymous:
-                return None
+        hooks = self.node.hooks
+        token: ConnectToken | None = None
+        if token_text:
+            try:
+                token = await self.node.verify_connect_token(token_text)
+            except TokenError as exc:
+                log.info("%s from %s refused: %s", request.path, request.client, exc.reason)
+                refusal = token_refusal("http", expired=exc.expired)
+                assert isinstance(refusal, Error)
+                raise HttpError(401, refusal, challenge, logged=True) from None
+        identity = HttpIdentity(request, transport, token)
+        if hooks.handles("connect"):
+            answer = await hooks.connect(identity.context(ConnectContext))
+            if answer is not None:
+                identity.user = answer.user
+                if answer.info:
+                    identity.info = answer.info
+                identity.granted.update(answer.channels)
+                if answer.expire_at is not None:
+                    identity.expire_at = answer.expire_at
+                return identity
+        if token is None and not self.config.allow_anonymous:
             raise HttpError(401, ErrorCode.UNAUTHORIZED, challenge)
-        try:
-            return await self.node.verify_connect_token(token)
-        except TokenError as exc:
-            log.info("%s from %s refused: %s", request.path, request.client, exc.reason)
-            refusal = token_refusal("http", expired=exc.expired)
-            assert isinstance(refusal, Error)
-            raise HttpError(401, refusal, challenge, logged=True) from None
+        return identity
 
-    def _channels(self, request: Request, token: ConnectToken | None) -> list[str]:
-        """The ``channel`` parameters (default: the token's channels), each one permitted.
+    async def _channels(self, request: Request, identity: HttpIdentity) -> list[str]:
+        """The ``channel`` parameters (default: the granted channels), each one permitted.
 
-        A channel in the token's ``channels``/``subs`` claims is granted like a
-        server-side subscription; any other must pass the namespace's subscribe
-        rules for this user (102 unknown namespace, 103 forbidden).
+        A channel the token's ``channels``/``subs`` claims (or ``on_connect``) name is
+        granted like a server-side subscription; any other goes to the channel's
+        ``on_subscribe`` handler, or must pass the namespace's subscribe rules for this
+        user (102 unknown namespace, 103 forbidden).
         """
-        granted = set(token.channels) | set(token.subs) if token is not None else set()
+        granted = identity.granted
         requested = request.query.get("channel") or sorted(granted)
         channels = list(dict.fromkeys(requested))
         if not channels or "" in channels:
             raise HttpError(400, ErrorCode.BAD_REQUEST)
         if len(channels) > self.config.client_channel_limit:
             raise HttpError(400, ErrorCode.LIMIT_EXCEEDED)
-        user = token.user if token is not None else ""
-        rules = self.node.rules
         for channel in channels:
-            if channel in granted:
-                rules.options(channel)
-            else:
-                rules.check_subscribe(channel, user, has_token=False)
+            await self._may_subscribe(identity, channel)
         return channels
+
+    async def _may_subscribe(self, identity: HttpIdentity, channel: str) -> None:
+        rules = self.node.rules
+        hooks = self.node.hooks
+        if channel in identity.granted:
+            rules.options(channel)
+        elif hooks.handles("subscribe", channel):
+            rules.options(channel)
+            allowed = parse_channel(channel).allowed_users
+            if allowed is not None and identity.user not in allowed:
+                raise ReplyError(ErrorCode.PERMISSION_DENIED)
+            await hooks.subscribe(identity.context(SubscribeContext, channel=channel))
+        else:
+            rules.check_subscribe(channel, identity.user, has_token=False)
 
     def _cursor(self, text: str | None) -> dict[str, StreamPosition]:
         if not text:
@@ -479,8 +541,8 @@ class TransportRoutes:
 
     async def events(self, request: Request) -> Response | None:
         """``GET /events``: publications as SSE events with cursor ids (see transports.events)."""
-        token = await self._credentials(request)
-        channels = self._channels(request, token)
+        identity = await self._credentials(request, "events")
+        channels = await self._channels(request, identity)
         last_event_id = request.header("last-event-id")
         cursor = self._cursor(
             last_event_id if last_event_id is not None else request.query_value("last_event_id")
@@ -497,8 +559,8 @@ class TransportRoutes:
             feed.remove(member)
 
         stream.on_close = ended
-        if token is not None and token.expire_at is not None:
-            delay = token.expire_at - time.time() + self.config.expired_close_delay
+        if identity.expire_at is not None:
+            delay = identity.expire_at - time.time() + self.config.expired_close_delay
             member.expiry = asyncio.get_running_loop().call_later(max(0.0, delay), member.end)
         self._start_heartbeat()
         try:
@@ -525,8 +587,8 @@ class TransportRoutes:
         """``GET /longpoll?channel=..&cursor=..`` waits; ``POST /longpoll`` publishes."""
         if request.method == "POST":
             return await self._longpoll_publish(request)
-        token = await self._credentials(request)
-        channels = self._channels(request, token)
+        identity = await self._credentials(request, "longpoll")
+        channels = await self._channels(request, identity)
         rules = self.node.rules
         for channel in channels:
             if not rules.options(channel).history_enabled:
@@ -563,7 +625,7 @@ class TransportRoutes:
         The poster counts as a subscriber when it may subscribe to the channel
         (``allow_publish_for_subscriber``), as a long-poll reader of it would be.
         """
-        token = await self._credentials(request)
+        identity = await self._credentials(request, "longpoll")
         try:
             body = _publish_decoder.decode(request.body)
         except JSON_INPUT_ERRORS:
@@ -571,20 +633,25 @@ class TransportRoutes:
         channel = body.channel
         if not channel or not len(body.data):
             raise HttpError(400, ErrorCode.BAD_REQUEST)
-        user = token.user if token is not None else ""
+        user = identity.user
         rules = self.node.rules
-        subscribed = token is not None and (channel in token.channels or channel in token.subs)
-        if not subscribed:
-            try:
-                rules.check_subscribe(channel, user, has_token=False)
-                subscribed = True
-            except ReplyError as exc:
-                if exc.error.code != ErrorCode.PERMISSION_DENIED.code:
-                    raise
-        options = rules.check_publish(channel, user, subscribed=subscribed)
-        publication = Publication(
-            data=Raw(compact_raw(bytes(body.data))), info=ClientInfo(user, "")
-        )
+        hooks = self.node.hooks
+        data = compact_raw(bytes(body.data))
+        if hooks.handles("publish", channel):
+            options = rules.options(channel)
+            context = identity.context(PublishContext, channel=channel)
+            data = await hooks.publish(context, data) or data
+        else:
+            subscribed = channel in identity.granted
+            if not subscribed:
+                try:
+                    await self._may_subscribe(identity, channel)
+                    subscribed = True
+                except ReplyError as exc:
+                    if exc.error.code != ErrorCode.PERMISSION_DENIED.code:
+                        raise
+            options = rules.check_publish(channel, user, subscribed=subscribed)
+        publication = Publication(data=Raw(data), info=ClientInfo(user, "", raw(identity.info)))
         position = await self.node.publish_publication(channel, publication, options)
         result = b"{}"
         if position is not None and position.offset:

@@ -39,6 +39,7 @@ log = logging.getLogger("tidings.server")
 
 _QUIET_LOGGER = logging.getLogger("tidings.websocket.frames")
 """websockets logs every open and close at INFO; tidings logs refusals itself."""
+_QUIET_LOGGER.setLevel(logging.WARNING)
 
 SubprotocolSelector = Callable[[ServerProtocol, Sequence[Subprotocol]], Subprotocol | None]
 

@@ -68,7 +68,11 @@ KILL_GRACE = 5.0
 _PR_SET_PDEATHSIG = 1
 
 
-def run_workers(config: Config) -> int:
+AppSpec = tuple[str, str]
+"""An application to serve in every worker: ``(MODULE:ATTRIBUTE, app directory)``."""
+
+
+def run_workers(config: Config, *, app: AppSpec | None = None) -> int:
     """Run ``config.workers`` worker processes on one port until SIGTERM/SIGINT.
 
     Returns the exit code: 0 after a graceful stop, 1 when the workers could
@@ -93,7 +97,7 @@ def run_workers(config: Config) -> int:
         return 1
     with reservation:
         port = reservation.getsockname()[1]
-        supervisor = Supervisor(dataclasses.replace(config, port=port))
+        supervisor = Supervisor(dataclasses.replace(config, port=port), app)
         return asyncio.run(supervisor.run())
 
 
@@ -139,8 +143,9 @@ class _Worker:
 class Supervisor:
     """Starts, watches and stops the worker processes (see the module docstring)."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, app: AppSpec | None = None) -> None:
         self.config = config
+        self.app = app
         self._context = multiprocessing.get_context("spawn")
         self._workers = [_Worker(index) for index in range(1, config.workers + 1)]
         self._stopping = False
@@ -179,7 +184,7 @@ class Supervisor:
         receiver, sender = self._context.Pipe(duplex=False)
         process = self._context.Process(
             target=worker_main,
-            args=(config, worker.index, sender, os.getpid()),
+            args=(config, worker.index, sender, os.getpid(), self.app),
             name=f"tidings-worker-{worker.index}",
         )
         process.start()
@@ -315,12 +320,22 @@ class Supervisor:
 # --------------------------------------------------------------------------- worker side
 
 
-def worker_main(config: Config, index: int, ready: Connection, supervisor_pid: int) -> None:
-    """Entry point of a worker process (``multiprocessing`` spawn target)."""
+def worker_main(
+    config: Config,
+    index: int,
+    ready: Connection,
+    supervisor_pid: int,
+    app: AppSpec | None = None,
+) -> None:
+    """Entry point of a worker process (``multiprocessing`` spawn target).
+
+    With an application, the worker imports its module again (this is a fresh
+    process): its handlers run in every worker.
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with(supervisor_pid)
     _label_logs(f"[worker {index}]", config)
-    sys.exit(_run_loop(_serve(config, ready)))
+    sys.exit(_run_loop(_serve(config, ready, app)))
 
 
 def _die_with(supervisor_pid: int) -> None:
@@ -341,13 +356,23 @@ def _run_loop(main: Coroutine[Any, Any, int]) -> int:
     return result
 
 
-async def _serve(config: Config, ready: Connection) -> int:
+async def _serve(config: Config, ready: Connection, app: AppSpec | None = None) -> int:
     from tidings.node import Node
     from tidings.server.app import TidingsServer
 
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-    server = TidingsServer(Node(config))
+    if app is not None:
+        from tidings.loading import load_app
+
+        application = load_app(*app)
+        application.use_config(config)
+        node = application.node
+        static = application.static_routes
+    else:
+        node = Node(config)
+        static = []
+    server = TidingsServer(node, static=static)
     try:
         port = await server.start()
     except BrokerUnavailable as exc:

@@ -28,6 +28,7 @@ from tidings.errors import (
     ReplyError,
     token_refusal,
 )
+from tidings.hooks import ConnectContext, MessageContext, PublishContext, RPCContext
 from tidings.protocol.codec import encode, encode_error_reply, encode_reply, raw
 from tidings.protocol.messages import (
     NO_DATA,
@@ -166,8 +167,14 @@ def _channel_of(command: Command) -> str:
 
 
 async def connect(session: Session, command_id: int, request: ConnectRequest) -> bytes | None:
-    """Authenticate, register, subscribe the server-side channels, reply, then go live."""
+    """Authenticate, register, subscribe the server-side channels, reply, then go live.
+
+    With an ``on_connect`` handler, every connection reaches it once its token
+    (if any) is verified: the handler may authenticate one with no token (a
+    cookie), re-label it, or refuse it.
+    """
     node = session.node
+    hooks = node.hooks
     token: ConnectToken | None = None
     if request.token:
         try:
@@ -175,7 +182,9 @@ async def connect(session: Session, command_id: int, request: ConnectRequest) ->
         except TokenError as exc:
             log.info("connect from %s refused: %s", session.remote, exc.reason)
             raise refuse_token("connect", exc) from None
-    elif not node.config.allow_anonymous:
+    has_handler = hooks.handles("connect")
+    anonymous_allowed = token is not None or node.config.allow_anonymous
+    if not anonymous_allowed and not has_handler:
         log.info("connect from %s refused: no token and anonymous access is off", session.remote)
         raise DisconnectError(DisconnectCode.BAD_REQUEST)
     session.client_id = str(uuid.uuid4())
@@ -187,6 +196,22 @@ async def connect(session: Session, command_id: int, request: ConnectRequest) ->
         session.conn_info = token.info
         session.meta = token.meta
         session.expire_at = token.expire_at
+    reply_data = b""
+    application_channels: tuple[str, ...] = ()
+    if has_handler:
+        answer = await hooks.connect(session.context(ConnectContext, raw_data=bytes(request.data)))
+        if answer is None and not anonymous_allowed:
+            log.info("connect from %s refused: no token, no on_connect answer", session.remote)
+            raise DisconnectError(DisconnectCode.BAD_REQUEST)
+        if answer is not None:
+            session.user = answer.user
+            if answer.info:
+                session.conn_info = answer.info
+            reply_data = answer.data
+            application_channels = answer.channels
+            if answer.expire_at is not None:
+                session.expire_at = answer.expire_at
+                session.server_refresh = hooks.handles("refresh")
     limit = node.config.client_user_connection_limit
     if limit and session.user and node.connections_of(session.user) >= limit:
         log.info("connect of user %r refused: %d connections already", session.user, limit)
@@ -198,6 +223,8 @@ async def connect(session: Session, command_id: int, request: ConnectRequest) ->
         for channel in token.channels:
             server_channels[channel] = TokenSubscription()
         server_channels.update(token.subs)
+    for channel in application_channels:
+        server_channels.setdefault(channel, TokenSubscription())
     results: dict[str, SubscribeResult] = {}
     opened: list[tuple[Subscription, StreamPosition | None]] = []
     for channel, token_sub in server_channels.items():
@@ -222,7 +249,7 @@ async def connect(session: Session, command_id: int, request: ConnectRequest) ->
         results[channel] = result
         opened.append((subscription, position))
 
-    ttl = session.ttl()
+    ttl = None if session.server_refresh else session.ttl()
     config = node.config
     ping = (
         int(config.ping_interval)
@@ -239,6 +266,7 @@ async def connect(session: Session, command_id: int, request: ConnectRequest) ->
         pong=bool(ping) and not session.unidirectional,
         session=session.session_id,
         node=node.id if session.transport.emulation else "",
+        data=Raw(reply_data) if reply_data else NO_DATA,
     )
     if session.unidirectional:
         session.send(b'{"connect":%s}' % encode(connect_result))
@@ -287,7 +315,9 @@ async def subscribe(session: Session, command_id: int, request: SubscribeRequest
     sub_token: SubscriptionToken | None = None
     if request.token:
         sub_token = await _subscription_token(session, request.token, channel, "subscribe")
-    grant = await subscriptions.authorize(session, channel, server_side=False, sub_token=sub_token)
+    grant = await subscriptions.authorize(
+        session, channel, server_side=False, sub_token=sub_token, data=bytes(request.data)
+    )
     subscription = subscriptions.plan(session, channel, request, grant, server_side=False)
     result, position = await subscriptions.open_subscription(session, subscription, request)
     if session.closed:
@@ -345,14 +375,26 @@ async def sub_refresh(session: Session, command_id: int, request: SubRefreshRequ
 
 
 async def publish(session: Session, command_id: int, request: PublishRequest) -> bytes:
+    """A client publication: the ``on_publish`` handler for the channel (which replaces the
+    ``allow_publish_*`` rules and may reshape the data), or the namespace's rules."""
     if request.type:  # a map key (docs/protocol.md section 13)
         return await maps.publish(session, command_id, request)
     channel = request.channel
+    node = session.node
     subscription = session.subscriptions.get(channel)
-    options = session.node.rules.check_publish(
-        channel, session.user, subscribed=subscription is not None
-    )
     data = request.data
+    if node.hooks.handles("publish", channel):
+        options = node.rules.options(channel)
+        if data is NO_DATA or not len(data):
+            raise ReplyError(ErrorCode.BAD_REQUEST)
+        context = session.context(PublishContext, channel=channel)
+        reshaped = await node.hooks.publish(context, bytes(data))
+        if reshaped is not None:
+            data = Raw(reshaped)
+    else:
+        options = node.rules.check_publish(
+            channel, session.user, subscribed=subscription is not None
+        )
     if data is NO_DATA or not len(data):
         raise ReplyError(ErrorCode.BAD_REQUEST)
     publication = Publication(data=data, info=session.channel_info(subscription))
@@ -398,24 +440,25 @@ async def history(session: Session, command_id: int, request: HistoryRequest) ->
 
 
 async def send(session: Session, request: SendRequest) -> None:
-    """``send`` has no reply (docs/protocol.md section 2)."""
-    handler = session.node.send_handler
-    if handler is not None:
-        await handler(session, bytes(request.data))
+    """``send`` has no reply (docs/protocol.md section 2); ``on_message`` receives it."""
+    hooks = session.node.hooks
+    if hooks.handles("message"):
+        try:
+            await hooks.message(session.context(MessageContext), bytes(request.data))
+        except ReplyError as exc:  # nobody to answer: the handler's refusal is only logged
+            log.info("client %s: message refused: %d", session.client_id, exc.error.code)
 
 
 async def rpc(session: Session, command_id: int, request: RPCRequest) -> bytes:
+    """An RPC: 108 without any RPC handler (as Centrifugo without a proxy), 104 for a
+    method nobody handles, else the handler's result."""
+    hooks = session.node.hooks
+    if not hooks.has_rpc:
+        raise ReplyError(ErrorCode.NOT_AVAILABLE)
     method = request.method
-    handler = session.node.rpc_handlers.get(method)
-    if handler is None:
+    if not hooks.handles("rpc", method):
         raise ReplyError(ErrorCode.METHOD_NOT_FOUND)
-    try:
-        result = await handler(session, bytes(request.data))
-    except ReplyError:
-        raise
-    except Exception:
-        log.exception("rpc %r failed", method)
-        raise ReplyError(ErrorCode.INTERNAL) from None
+    result = await hooks.rpc(session.context(RPCContext, method=method), bytes(request.data))
     return encode_reply(command_id, "rpc", RPCResult(raw(result)))
 
 

@@ -23,7 +23,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from typing import TYPE_CHECKING
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from tidings.clock import Timer
 from tidings.errors import (
@@ -32,8 +33,10 @@ from tidings.errors import (
     DisconnectError,
     ErrorCode,
     ProtocolViolation,
+    ReplyError,
     Unsubscribe,
 )
+from tidings.hooks import Context, DisconnectContext, Headers, RefreshContext
 from tidings.protocol.codec import (
     command_method,
     decode_frame,
@@ -68,6 +71,8 @@ RATE_STRIKES_BEFORE_DISCONNECT = 10
 
 _NO_REQUEST = RequestInfo()
 
+C = TypeVar("C", bound=Context)
+
 
 class Session:
     """A client's connection state, shared by every transport."""
@@ -78,6 +83,7 @@ class Session:
         "_backlog_bytes",
         "_queue",
         "_rate_strikes",
+        "_rpcs",
         "_slow_disconnect",
         "_slow_handle",
         "_stale_handle",
@@ -94,6 +100,7 @@ class Session:
         "name",
         "node",
         "request",
+        "server_refresh",
         "session_id",
         "state",
         "subscriptions",
@@ -125,11 +132,15 @@ class Session:
         self.subscriptions: dict[str, Subscription] = {}
         self.expire_at: int | None = None
         self.expiry_handle: Timer | None = None
+        self.server_refresh = False
+        """The expiry came from the application, whose ``on_refresh`` extends it (the client
+        is not asked to refresh a token)."""
         self.awaiting_pong = False
         # Created when commands arrive and dropped when they are done: an empty
         # deque costs ~600 bytes, more than a tenth of an idle connection.
         self._queue: deque[tuple[str, Command]] | None = None
         self._worker: asyncio.Task[None] | None = None
+        self._rpcs: set[asyncio.Task[None]] | None = None
         self._slow_handle: Timer | None = None
         self._slow_disconnect: asyncio.Handle | None = None
         self._backlog: list[bytes] | None = None
@@ -192,6 +203,21 @@ class Session:
     def channel_info(self, subscription: Subscription | None) -> ClientInfo:
         chan_info = subscription.chan_info if subscription is not None else b""
         return ClientInfo(self.user, self.client_id, raw(self.conn_info), raw(chan_info))
+
+    def context(self, kind: type[C], **fields: Any) -> C:
+        """The application's view of this connection for one event (never the session)."""
+        headers = dict(self.request.headers)
+        headers.update(self.client_headers)
+        return kind(
+            client=self.client_id,
+            user=self.user,
+            transport=self.transport.name,
+            remote_addr=self.request.remote,
+            headers=Headers(headers),
+            cookies=self.request.cookies,
+            raw_info=self.conn_info,
+            **fields,
+        )
 
     # ------------------------------------------------------------------ input
 
@@ -265,6 +291,9 @@ class Session:
                         raise ProtocolViolation(f"{method} before connect")
                 elif method == "connect":
                     raise ProtocolViolation("second connect")
+                if method == "rpc" and self.node.hooks.has_rpc:
+                    self._run_concurrently(commands.dispatch(self, method, command))
+                    continue
                 await commands.dispatch(self, method, command)
         except DisconnectError as exc:
             if isinstance(exc, ProtocolViolation):
@@ -278,10 +307,29 @@ class Session:
             self._worker = None
             self._queue = None
 
+    def _run_concurrently(self, handling: Coroutine[Any, Any, None]) -> None:
+        """RPCs of one connection run side by side (their replies carry ids), so a slow
+        one never holds the connection's other commands back."""
+        rpcs = self._rpcs
+        if rpcs is None:
+            rpcs = self._rpcs = set()
+        task = asyncio.get_running_loop().create_task(self._guarded(handling))
+        rpcs.add(task)
+        task.add_done_callback(rpcs.discard)
+
+    async def _guarded(self, handling: Coroutine[Any, Any, None]) -> None:
+        try:
+            await handling
+        except DisconnectError as exc:
+            self.close(exc.disconnect)
+        except Exception:
+            log.exception("client %s: command failed", self.client_id or "-")
+            self.close(DisconnectCode.SERVER_ERROR)
+
     async def idle(self) -> None:
         """Wait until every command received so far has been handled (tests use it)."""
-        while self._worker is not None:
-            await asyncio.wait({self._worker})
+        while self._worker is not None or self._rpcs:
+            await asyncio.wait({*(self._rpcs or ()), *([self._worker] if self._worker else [])})
 
     # ------------------------------------------------------------------ output
 
@@ -363,15 +411,15 @@ class Session:
         """End the session: release its subscriptions, then close the transport."""
         if self.state == CLOSED:
             return
-        self._release()
+        self._release(disconnect)
         self.transport.close(disconnect)
 
     def transport_closed(self) -> None:
         """The connection ended under us (client left, network dropped, frame-level failure)."""
         if self.state != CLOSED:
-            self._release()
+            self._release(DisconnectCode.CONNECTION_CLOSED)
 
-    def _release(self) -> None:
+    def _release(self, disconnect: Disconnect) -> None:
         was_connected = self.state == CONNECTED
         self.state = CLOSED
         for handle in (self._stale_handle, self.expiry_handle, self._slow_handle):
@@ -383,6 +431,8 @@ class Session:
         self._backlog = None
         if self._worker is not None and not self._worker.done():
             self._worker.cancel()
+        for rpc in self._rpcs or ():
+            rpc.cancel()
         self._queue = None
         node = self.node
         ended = list(self.subscriptions.values())
@@ -394,6 +444,11 @@ class Session:
         node.untrack(self)
         if was_connected and ended:
             node.spawn(self._leave_all(ended))
+        if was_connected and node.hooks.handles("disconnect"):
+            context = self.context(
+                DisconnectContext, code=disconnect.code, reason=disconnect.reason
+            )
+            node.spawn(node.hooks.disconnect(context))
 
     async def _leave_all(self, ended: list[Subscription]) -> None:
         for subscription in ended:
@@ -419,9 +474,33 @@ class Session:
 
     def _on_expired(self) -> None:
         self.expiry_handle = None
-        if self.state == CONNECTED:
-            log.info("client %s: connection expired", self.client_id)
+        if self.state != CONNECTED:
+            return
+        if self.server_refresh and self.node.hooks.handles("refresh"):
+            self.node.spawn(self._refresh_by_application())
+            return
+        log.info("client %s: connection expired", self.client_id)
+        self.close(DisconnectCode.EXPIRED)
+
+    async def _refresh_by_application(self) -> None:
+        """``on_refresh`` extends an expiry the application set, or the connection ends."""
+        try:
+            answer = await self.node.hooks.refresh(self.context(RefreshContext))
+        except DisconnectError as exc:
+            self.close(exc.disconnect)
+            return
+        except ReplyError:
+            answer = None
+        if self.state != CONNECTED:
+            return
+        if answer is None or answer.expire_at is None or answer.expire_at <= self.node.clock.time():
+            log.info("client %s: connection expired (not extended)", self.client_id)
             self.close(DisconnectCode.EXPIRED)
+            return
+        if answer.info:
+            self.conn_info = answer.info
+        self.expire_at = answer.expire_at
+        self.schedule_expiry()
 
     # ------------------------------------------------------------------ server actions
 

@@ -172,12 +172,15 @@ async def _open_flow(
     sub_token: SubscriptionToken | None = None
     if request.token:
         sub_token = await verify_token(session, request.token, channel, "subscribe")
-    grant = await subscriptions.authorize(session, channel, server_side=False, sub_token=sub_token)
+    grant = await subscriptions.authorize(
+        session, channel, server_side=False, sub_token=sub_token, data=bytes(request.data)
+    )
     if session.closed or channel in session.subscriptions:
         raise ReplyError(ErrorCode.ALREADY_SUBSCRIBED)
     subscription = Subscription(channel, grant.options, server_side=False)
     subscription.chan_info = grant.chan_info
     subscription.expire_at = grant.expire_at
+    subscription.server_refresh = grant.server_refresh
     subscription.positioned = subscription.recoverable = map_options.has_stream
     # The grant's options may come from a token override; the map table stays the namespace's.
     flow = MapFlow(request.type, map_options, node.clock.monotonic(), grant.data)

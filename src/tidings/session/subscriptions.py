@@ -29,16 +29,18 @@ import msgspec
 from msgspec import Raw
 
 from tidings.auth import SubscriptionOverride, SubscriptionToken, TokenSubscription
-from tidings.channels import ChannelOptions, ChannelRules
+from tidings.channels import ChannelOptions, ChannelRules, parse_channel
 from tidings.clock import Timer
 from tidings.errors import (
     BrokerUnavailable,
     DisconnectCode,
+    DisconnectError,
     ErrorCode,
     ReplyError,
     Unsubscribe,
     UnsubscribeCode,
 )
+from tidings.hooks import SubscribeContext
 from tidings.protocol.codec import prepare_publication
 from tidings.protocol.messages import (
     StreamPosition,
@@ -75,6 +77,7 @@ class Subscription:
         "options",
         "positioned",
         "recoverable",
+        "server_refresh",
         "server_side",
     )
 
@@ -89,6 +92,8 @@ class Subscription:
         self.join_leave_push = False
         self.expire_at: int | None = None
         self.expiry_handle: Timer | None = None
+        self.server_refresh = False
+        """``on_sub_refresh`` extends the expiry; the client is not asked for a token."""
         self.answered = False
         """The client has its subscribe reply (or push): from now on it is told of an end."""
         self.live = False
@@ -132,6 +137,8 @@ class Grant:
     chan_info: bytes = b""
     expire_at: int | None = None
     data: bytes = b""
+    server_refresh: bool = False
+    """The expiry came from the application, whose ``on_sub_refresh`` extends it."""
 
 
 async def authorize(
@@ -141,16 +148,33 @@ async def authorize(
     server_side: bool,
     sub_token: SubscriptionToken | None = None,
     token_sub: TokenSubscription | None = None,
+    data: bytes = b"",
 ) -> Grant:
     """May the client subscribe, and with what? Every subscription type asks here.
 
-    Raises :class:`ReplyError` (102, 103, 107) when the channel is unknown or the
-    client may not subscribe. A valid subscription token, or the server's own
-    initiative, grants on its own.
+    A valid subscription token, or the server's own initiative, grants on its
+    own. Otherwise an ``on_subscribe`` handler for the channel decides (it
+    replaces the namespace's ``allow_subscribe_*`` rules; name rules still
+    apply), or the namespace's rules do. Raises :class:`ReplyError` (102, 103,
+    107, or the handler's code) when the client may not subscribe.
     """
-    rules: ChannelRules = session.node.rules
+    node = session.node
+    rules: ChannelRules = node.rules
     if server_side or sub_token is not None:
         options = rules.options(channel)
+    elif node.hooks.handles("subscribe", channel):
+        options = rules.options(channel)
+        allowed = parse_channel(channel).allowed_users
+        if allowed is not None and session.user not in allowed:
+            raise ReplyError(ErrorCode.PERMISSION_DENIED)
+        context = session.context(SubscribeContext, channel=channel, raw_data=data)
+        answer = await node.hooks.subscribe(context)
+        if answer is None:
+            return Grant(options)
+        if answer.override is not None:
+            options = effective_options(options, answer.override)
+        server_refresh = answer.expire_at is not None and node.hooks.handles("sub_refresh", channel)
+        return Grant(options, answer.info, answer.expire_at, answer.data, server_refresh)
     else:
         options = rules.check_subscribe(channel, session.user, has_token=False)
     if sub_token is not None:
@@ -183,6 +207,7 @@ def plan(
     subscription = Subscription(channel, options, server_side=server_side)
     subscription.chan_info = grant.chan_info
     subscription.expire_at = grant.expire_at
+    subscription.server_refresh = grant.server_refresh
     history_on = options.history_enabled
     may_read_history = server_side or ChannelRules.may_read_history(
         options, session.user, subscribed=True
@@ -402,8 +427,9 @@ async def announce_leave(session: Session, subscription: Subscription) -> None:
 
 
 def subscription_ttl(session: Session, subscription: Subscription) -> int | None:
-    """Seconds left (at least 1), or ``None`` for a subscription that never expires."""
-    if subscription.expire_at is None:
+    """Seconds left (at least 1) for the client to refresh, or ``None`` when it need not:
+    the subscription never expires, or the application refreshes it."""
+    if subscription.expire_at is None or subscription.server_refresh:
         return None
     return min(MAX_TTL, max(1, int(subscription.expire_at - session.node.clock.time())))
 
@@ -423,6 +449,35 @@ def _expired(session: Session, subscription: Subscription) -> None:
     subscription.expiry_handle = None
     if not _current(session, subscription):
         return
+    if subscription.server_refresh:
+        session.node.spawn(_refresh_by_application(session, subscription))
+        return
+    _end_expired(session, subscription)
+
+
+async def _refresh_by_application(session: Session, subscription: Subscription) -> None:
+    """``on_sub_refresh`` extends an expiry the application set, or the subscription ends."""
+    context = session.context(SubscribeContext, channel=subscription.channel)
+    try:
+        answer = await session.node.hooks.sub_refresh(context)
+    except DisconnectError as exc:
+        session.close(exc.disconnect)
+        return
+    except ReplyError:
+        answer = None
+    if not _current(session, subscription):
+        return
+    clock = session.node.clock
+    if answer is None or answer.expire_at is None or answer.expire_at <= clock.time():
+        _end_expired(session, subscription)
+        return
+    if answer.info:
+        subscription.chan_info = answer.info
+    subscription.expire_at = answer.expire_at
+    schedule_expiry(session, subscription)
+
+
+def _end_expired(session: Session, subscription: Subscription) -> None:
     if subscription.server_side:
         session.close(DisconnectCode.SUBSCRIPTION_EXPIRED)
     else:

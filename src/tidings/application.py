@@ -1,0 +1,426 @@
+"""``Tidings``: the application object users hold.
+
+It registers the application's handlers and typed channels, owns a
+:class:`~tidings.node.Node` (created on first use, with the handlers wired in),
+starts and stops it (``async with rt:``, ``FastAPI(lifespan=rt.lifespan)``),
+serves it (``tidings serve module:rt``, or mounted with ``rt.asgi()``), and
+speaks for the backend: ``await rt.publish(...)`` and the rest of the server
+API, typed, working across nodes on Redis.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import msgspec
+
+from tidings.config import Config, load_config
+from tidings.errors import Disconnect, ErrorCode, ReplyError
+from tidings.handlers import Handler, Handlers, encode_json
+from tidings.hooks import ClientError
+from tidings.node import Node, PublishResult
+from tidings.protocol.codec import compact_raw
+from tidings.protocol.messages import ClientInfo as WireClientInfo
+from tidings.protocol.messages import Publication as WirePublication
+from tidings.protocol.messages import StreamPosition
+
+H = TypeVar("H", bound=Handler)
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True, slots=True)
+class ClientInfo:
+    """A connection as presence and publications show it; ``conn_info``/``chan_info`` decoded."""
+
+    client: str
+    user: str
+    conn_info: Any = None
+    chan_info: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class Publication:
+    """One message of a channel's history; ``data`` decoded."""
+
+    data: Any
+    offset: int = 0
+    info: ClientInfo | None = None
+    tags: Mapping[str, str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class History:
+    """Publications read from a channel, and the stream's position (``offset``, ``epoch``)."""
+
+    publications: list[Publication]
+    offset: int
+    epoch: str
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceStats:
+    num_clients: int
+    num_users: int
+
+
+def _decoded(raw: bytes) -> Any:
+    return msgspec.json.decode(raw) if raw else None
+
+
+def _client_info(info: WireClientInfo | None) -> ClientInfo | None:
+    if info is None:
+        return None
+    return ClientInfo(
+        info.client, info.user, _decoded(bytes(info.conn_info)), _decoded(bytes(info.chan_info))
+    )
+
+
+def _publication(publication: WirePublication) -> Publication:
+    return Publication(
+        data=_decoded(bytes(publication.data)),
+        offset=publication.offset,
+        info=_client_info(publication.info),
+        tags=publication.tags,
+    )
+
+
+def _client_error(exc: ReplyError) -> ClientError:
+    return ClientError(exc.error.code, exc.error.message)
+
+
+def _json(value: Any) -> bytes:
+    """JSON for a value from the backend; already-encoded ``bytes`` or Raw are kept."""
+    if isinstance(value, msgspec.Raw):
+        return compact_raw(bytes(value))
+    return encode_json(value)
+
+
+# --------------------------------------------------------------------------- the application
+
+
+class Tidings:
+    """A tidings application: configuration, handlers, and the node that runs them.
+
+    ``Tidings()`` uses the defaults (and ``TIDINGS_*`` variables);
+    ``Tidings("tidings.toml")`` reads a file; ``Tidings(config, **overrides)``
+    takes a :class:`Config` or a path plus option overrides: the same layers as
+    ``tidings serve``.
+    """
+
+    def __init__(self, config: str | Path | Config | None = None, **overrides: Any) -> None:
+        if isinstance(config, Config):
+            self.config = config.with_overrides(overrides) if overrides else config
+        else:
+            self.config = load_config(config, overrides=overrides)
+        self.handlers = Handlers(lambda: self.config.handler_timeout)
+        self.static_routes: list[tuple[str, Path]] = []
+        self._node: Node | None = None
+        self._started = False
+
+    # ------------------------------------------------------------------ handlers
+
+    def on_connect(self, function: H) -> H:
+        """``async def connect(ctx) -> ConnectResult | None``: every connection, after its
+        token (if any) is verified; may authenticate, re-label or refuse it."""
+        self.handlers.add("connect", function)
+        return function
+
+    def on_refresh(self, function: H) -> H:
+        """``async def refresh(ctx) -> ConnectResult | None``: a connection whose
+        ``expire_at`` came from ``on_connect`` is expiring; a later ``expire_at`` extends it."""
+        self.handlers.add("refresh", function)
+        return function
+
+    def on_subscribe(self, pattern: str) -> Callable[[H], H]:
+        """``async def join(ctx) -> SubscribeResult | None`` for channels matching the glob
+        ``pattern``: it replaces the namespace's ``allow_subscribe_*`` rules."""
+
+        def register(function: H) -> H:
+            self.handlers.add("subscribe", function, pattern)
+            return function
+
+        return register
+
+    def on_sub_refresh(self, pattern: str) -> Callable[[H], H]:
+        """``async def still_allowed(ctx) -> SubscribeResult | None``: a subscription whose
+        ``expire_at`` came from ``on_subscribe`` is expiring."""
+
+        def register(function: H) -> H:
+            self.handlers.add("sub_refresh", function, pattern)
+            return function
+
+        return register
+
+    def on_publish(self, pattern: str) -> Callable[[H], H]:
+        """``async def post(ctx, data: Model) -> Model | dict | None``: client publications
+        into matching channels, validated against the annotation; the return value
+        replaces the data (``None``: as sent). It replaces ``allow_publish_*``."""
+
+        def register(function: H) -> H:
+            self.handlers.add("publish", function, pattern)
+            return function
+
+        return register
+
+    def rpc(self, method: str) -> Callable[[H], H]:
+        """``async def quote(ctx, params: Model) -> Any``: the RPC ``method``; params validated
+        against the annotation, the result encoded as JSON."""
+
+        def register(function: H) -> H:
+            self.handlers.add("rpc", function, method)
+            return function
+
+        return register
+
+    def on_message(self, function: H) -> H:
+        """``async def message(ctx, data) -> None``: a client's asynchronous ``send``."""
+        self.handlers.add("message", function)
+        return function
+
+    def on_disconnect(self, function: H) -> H:
+        """``async def gone(ctx) -> None``: a connected client went away (any reason)."""
+        self.handlers.add("disconnect", function)
+        return function
+
+    def channel(self, pattern: str, *, schema: Any) -> None:
+        """A typed channel: every publication into channels matching ``pattern``, from any
+        source (clients, the HTTP API, ``rt.publish``), must fit ``schema``."""
+        self.handlers.add_channel(pattern, schema)
+
+    def static(self, prefix: str, directory: str | Path) -> None:
+        """Serve the files under ``directory`` at the URL ``prefix`` on the standalone server
+        (``rt.static("/", Path(__file__).parent / "static")``: the application's pages).
+        Mounted in an ASGI framework, serve them with the framework's own static files."""
+        path = Path(directory)
+        if not path.is_dir():
+            raise ValueError(f"static files: {str(path)!r} is not a directory")
+        self.static_routes.append((prefix, path))
+
+    # ------------------------------------------------------------------ the node
+
+    @property
+    def node(self) -> Node:
+        """The node this application runs on (created on first use)."""
+        if self._node is None:
+            self._node = Node(self.config)
+            self._node.hooks = self.handlers
+        return self._node
+
+    def use_config(self, config: Config) -> None:
+        """Serve with ``config`` instead (the CLI's flags on top of the application's own).
+
+        Only before the node exists: a running node keeps its configuration.
+        """
+        if self._node is not None:
+            raise RuntimeError("the node already runs with its configuration")
+        self.config = config
+
+    async def start(self) -> None:
+        """Start the node (its broker connection, timers). ``async with rt:`` does it."""
+        if not self._started:
+            self._started = True
+            await self.node.start()
+
+    async def stop(self) -> None:
+        """Disconnect every client (3001) and stop the node."""
+        if self._started:
+            self._started = False
+            await self.node.shutdown()
+
+    async def __aenter__(self) -> Tidings:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app: object = None) -> AsyncIterator[None]:
+        """For ASGI frameworks: ``FastAPI(lifespan=rt.lifespan)``."""
+        await self.start()
+        try:
+            yield
+        finally:
+            await self.stop()
+
+    # ------------------------------------------------------------------ server API
+
+    async def publish(
+        self,
+        channel: str,
+        data: Any,
+        *,
+        skip_history: bool = False,
+        tags: Mapping[str, str] | None = None,
+        idempotency_key: str = "",
+    ) -> PublishResult:
+        """Publish to every subscriber of ``channel`` on every node.
+
+        ``data`` is anything JSON-encodable (dicts, Structs, dataclasses, pydantic
+        models). Channel permissions do not apply; a typed channel's schema does:
+        an invalid payload raises :class:`ClientError` 107.
+        """
+        try:
+            return await self.node.publish(
+                channel,
+                msgspec.Raw(_json(data)),
+                skip_history=skip_history,
+                tags=dict(tags) if tags else None,
+                idempotency_key=idempotency_key,
+            )
+        except ReplyError as exc:
+            raise _client_error(exc) from None
+
+    async def broadcast(
+        self,
+        channels: Iterable[str],
+        data: Any,
+        *,
+        skip_history: bool = False,
+        tags: Mapping[str, str] | None = None,
+    ) -> list[PublishResult | ClientError]:
+        """The same data to several channels: one result (or error) per channel, in order."""
+        encoded = msgspec.Raw(_json(data))
+        results: list[PublishResult | ClientError] = []
+        for channel in channels:
+            try:
+                results.append(
+                    await self.publish(channel, encoded, skip_history=skip_history, tags=tags)
+                )
+            except ClientError as exc:
+                results.append(exc)
+        return results
+
+    async def subscribe(
+        self,
+        user: str,
+        channel: str,
+        *,
+        client: str = "",
+        session: str = "",
+        info: Any = None,
+        data: Any = None,
+        since: tuple[int, str] | None = None,
+    ) -> None:
+        """Subscribe ``user``'s connections (or one ``client``) to ``channel``, on every node."""
+        try:
+            await self.node.subscribe_user(
+                user,
+                channel,
+                client=client,
+                session=session,
+                info=b"" if info is None else _json(info),
+                data=b"" if data is None else _json(data),
+                since=StreamPosition(*since) if since is not None else None,
+            )
+        except ReplyError as exc:
+            raise _client_error(exc) from None
+
+    async def unsubscribe(
+        self, user: str, channel: str, *, client: str = "", session: str = ""
+    ) -> None:
+        """End ``user``'s subscriptions to ``channel`` (they get unsubscribe push 2000)."""
+        await self.node.unsubscribe_user(user, channel, client=client, session=session)
+
+    async def disconnect(
+        self,
+        user: str,
+        *,
+        code: int = 3503,
+        reason: str = "force disconnect",
+        client: str = "",
+        session: str = "",
+        whitelist: Iterable[str] = (),
+    ) -> None:
+        """Close ``user``'s connections (or one client or session) on every node."""
+        if not 3000 <= code <= 4999:
+            raise ValueError(f"disconnect code {code} is outside 3000-4999")
+        await self.node.disconnect_user(
+            user, Disconnect(code, reason), client=client, session=session, whitelist=whitelist
+        )
+
+    async def refresh(
+        self,
+        user: str,
+        *,
+        expire_at: int | None = None,
+        expired: bool = False,
+        info: Any = None,
+        client: str = "",
+        session: str = "",
+    ) -> None:
+        """Move the expiry of ``user``'s connections, or end them now (``expired``)."""
+        await self.node.refresh_user(
+            user,
+            client=client,
+            session=session,
+            expire_at=expire_at,
+            expired=expired,
+            info=b"" if info is None else _json(info),
+        )
+
+    async def presence(self, channel: str) -> dict[str, ClientInfo]:
+        """Who is in ``channel`` (on every node), by client id."""
+        try:
+            self._options_with(channel, "presence")
+            entries = await self.node.presence_of(channel)
+        except ReplyError as exc:
+            raise _client_error(exc) from None
+        return {client: info for client, entry in entries.items() if (info := _client_info(entry))}
+
+    async def presence_stats(self, channel: str) -> PresenceStats:
+        try:
+            self._options_with(channel, "presence")
+            clients, users = await self.node.presence_stats(channel)
+        except ReplyError as exc:
+            raise _client_error(exc) from None
+        return PresenceStats(clients, users)
+
+    async def history(
+        self,
+        channel: str,
+        *,
+        limit: int = 0,
+        since: tuple[int, str] | None = None,
+        reverse: bool = False,
+    ) -> History:
+        """Publications of ``channel``'s history (``limit`` -1: all kept), and its position."""
+        try:
+            options = self.node.rules.options(channel)
+            publications, top = await self.node.read_history(
+                channel,
+                options,
+                limit=limit,
+                since=StreamPosition(*since) if since is not None else None,
+                reverse=reverse,
+            )
+        except ReplyError as exc:
+            raise _client_error(exc) from None
+        return History([_publication(p) for p in publications], top.offset, top.epoch)
+
+    async def history_remove(self, channel: str) -> None:
+        try:
+            self._options_with(channel, "history")
+            await self.node.remove_history(channel)
+        except ReplyError as exc:
+            raise _client_error(exc) from None
+
+    async def channels(self, pattern: str = "") -> dict[str, int]:
+        """Channels with subscribers on any node (glob ``pattern``), with subscriber counts."""
+        return await self.node.channels(pattern)
+
+    async def info(self) -> list[dict[str, Any]]:
+        """Every live node: id, name, version, clients, users, channels, uptime."""
+        return self.node.known_nodes()
+
+    def _options_with(self, channel: str, feature: str) -> None:
+        options = self.node.rules.options(channel)
+        enabled = options.presence if feature == "presence" else options.history_enabled
+        if not enabled:
+            raise ReplyError(ErrorCode.NOT_AVAILABLE)

@@ -1,14 +1,19 @@
-"""A recording map event handler, shared by the map engine suites."""
+"""Map channels for tests: the namespaces the suites share, and a recording event handler."""
 
 from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import pytest
 
+from tests.conftest import standard_channels
 from tidings.brokers.maps import MapEntry
+from tidings.channels import ChannelOptions
+from tidings.config import ChannelsConfig
+from tidings.maps_config import MapOptions
 from tidings.protocol.messages import StreamPosition
 
 WAIT = 5.0
@@ -54,3 +59,51 @@ class MapRecorder:
                     await self._changed.wait()
         except TimeoutError:
             pytest.fail(f"timed out after {within} s waiting for {what}")
+
+
+def map_namespace(subscription_type: str = "map", **map_options: Any) -> ChannelOptions:
+    return ChannelOptions(
+        subscription_type=subscription_type,
+        allow_subscribe_for_client=True,
+        map=MapOptions(**map_options).checked("test", subscription_type),
+    )
+
+
+def map_channels() -> ChannelsConfig:
+    """The standard namespaces plus maps of every mode, a cursor map and map presence."""
+    channels = standard_channels()
+    channels.namespaces.update(
+        {
+            "prices": map_namespace(
+                mode="recoverable",
+                key_ttl=60,
+                stream_size=1000,
+                allow_publish_for_subscriber=True,
+                allow_remove_for_subscriber=True,
+            ),
+            "eph": map_namespace(mode="ephemeral", key_ttl=30),
+            "tight": map_namespace(
+                mode="persistent",
+                min_page_size=1,
+                default_page_size=10,
+                max_page_size=10,
+                live_transition_max_publication_limit=5,
+                stream_size=20,
+            ),
+            "cursors": map_namespace(
+                mode="ephemeral",
+                key_ttl=30,
+                client_key="client_id",
+                remove_client_on_unsubscribe=True,
+                allow_publish_for_subscriber=True,
+            ),
+            "game": ChannelOptions(
+                allow_subscribe_for_client=True,
+                map_clients_presence_channel_prefix="clients:",
+                map_users_presence_channel_prefix="users:",
+            ),
+            "clients": map_namespace("map_clients", mode="recoverable", key_ttl=60),
+            "users": map_namespace("map_users", mode="recoverable", key_ttl=60),
+        }
+    )
+    return channels

@@ -17,67 +17,19 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import make_config, standard_channels
+from tests.conftest import make_config
 from tests.support.clock import FakeClock
+from tests.support.maps import map_channels
 from tests.support.polling import eventually
 from tests.support.sessions import Harness
 from tidings.brokers.memory_map import MemoryMapBroker
-from tidings.channels import ChannelOptions
 from tidings.errors import Disconnect
-from tidings.maps_config import MapOptions
 from tidings.node import Node
 from tidings.protocol.codec import encode_reply
 from tidings.protocol.messages import Command, SubscribeRequest
 from tidings.session import commands
 
 pytestmark = pytest.mark.timeout(30)
-
-
-def map_namespace(subscription_type: str = "map", **map_options: Any) -> ChannelOptions:
-    return ChannelOptions(
-        subscription_type=subscription_type,
-        allow_subscribe_for_client=True,
-        map=MapOptions(**map_options).checked("test", subscription_type),
-    )
-
-
-def map_channels() -> Any:
-    channels = standard_channels()
-    channels.namespaces.update(
-        {
-            "prices": map_namespace(
-                mode="recoverable",
-                key_ttl=60,
-                stream_size=1000,
-                allow_publish_for_subscriber=True,
-                allow_remove_for_subscriber=True,
-            ),
-            "eph": map_namespace(mode="ephemeral", key_ttl=30),
-            "tight": map_namespace(
-                mode="persistent",
-                min_page_size=1,
-                default_page_size=10,
-                max_page_size=10,
-                live_transition_max_publication_limit=5,
-                stream_size=20,
-            ),
-            "cursors": map_namespace(
-                mode="ephemeral",
-                key_ttl=30,
-                client_key="client_id",
-                remove_client_on_unsubscribe=True,
-                allow_publish_for_subscriber=True,
-            ),
-            "game": ChannelOptions(
-                allow_subscribe_for_client=True,
-                map_clients_presence_channel_prefix="clients:",
-                map_users_presence_channel_prefix="users:",
-            ),
-            "clients": map_namespace("map_clients", mode="recoverable", key_ttl=60),
-            "users": map_namespace("map_users", mode="recoverable", key_ttl=60),
-        }
-    )
-    return channels
 
 
 @pytest.fixture

@@ -39,9 +39,10 @@ DEFAULT_SCENARIOS = ("A", "B", "C")
 @click.option(
     "--scenario",
     "scenarios",
-    type=click.Choice(list("ABCDEF"), case_sensitive=False),
+    type=click.Choice(list("ABCDEFM"), case_sensitive=False),
     multiple=True,
-    help="Scenario to run; repeatable. Default: A, B and C.",
+    help="Scenario to run; repeatable. Default: A, B and C. M: map updates against plain "
+    "publications in the same run.",
 )
 @click.option(
     "--subscribers",
@@ -49,7 +50,8 @@ DEFAULT_SCENARIOS = ("A", "B", "C")
     type=click.IntRange(min=1),
     multiple=True,
     help="Receivers (A, B, F), connections (C, D) or chat clients (E); repeat for several "
-    "sizes. Default per scenario: A 1000 and 10000, B 1000, C 10000, D 100000, E 10000, F 1000.",
+    "sizes. Default per scenario: A 1000 and 10000, B 1000, C 10000, D 100000, E 10000, F 1000, "
+    "M 1000.",
 )
 @click.option(
     "--duration",
@@ -236,7 +238,7 @@ def _run(
     scenarios = [s.upper() for s in dict.fromkeys(options["scenarios"] or DEFAULT_SCENARIOS)]
     sizes = dict(DEFAULT_SIZES)
     if options["sizes"]:
-        sizes = {scenario: tuple(options["sizes"]) for scenario in "ABCDEF"}
+        sizes = {scenario: tuple(options["sizes"]) for scenario in "ABCDEFM"}
     generator_cpus = options["generator_cpus"]
     if generator_cpus is None and options["spawn"]:
         generator_cpus = "0"

@@ -42,6 +42,10 @@ HEADLINES: dict[str, tuple[Metric, ...]] = {
         Metric("deliveries_per_s", "deliveries/s", "/s", "higher"),
         Metric("publications_per_s", "publications/s", "/s", "higher"),
     ),
+    "M": (
+        Metric("deliveries_per_s", "deliveries/s", "/s", "higher"),
+        Metric("publications_per_s", "updates/s", "/s", "higher"),
+    ),
 }
 
 TITLES = {
@@ -51,6 +55,7 @@ TITLES = {
     "D": "many idle connections, one publication to all",
     "E": "chat: rooms of 10, every room publishing",
     "F": "Redis broker, 1 vs 2 worker processes",
+    "M": "map updates vs plain publications, one channel, same run",
 }
 
 

@@ -698,3 +698,69 @@ async def test_the_reply_is_encoded_as_the_sheet_shows() -> None:
         b'{"id":2,"subscribe":{"type":1,"phase":2,"epoch":"E1","offset":5,"cursor":"b",'
         b'"state":[{"key":"a","offset":1},{"key":"b","offset":2}]}}'
     )
+
+
+async def test_an_epoch_change_between_pages_is_112(node: Node, client: Harness) -> None:
+    await fill(node, "prices:pg", 250)
+    first = (
+        await client.request(
+            "subscribe", {"channel": "prices:pg", "type": 1, "phase": 2, "limit": 100}
+        )
+    )["subscribe"]
+    await node.map_clear("prices:pg")
+    second = await client.request(
+        "subscribe",
+        {
+            "channel": "prices:pg",
+            "type": 1,
+            "phase": 2,
+            "limit": 100,
+            "cursor": first["cursor"],
+            "offset": first["offset"],
+            "epoch": first["epoch"],
+        },
+    )
+    assert second["error"]["code"] == 112
+    assert "prices:pg" not in client.session.subscriptions  # the SDK starts over: no 105
+    assert (await sdk_subscribe(client, "prices:pg")).state == {}
+
+
+async def test_a_stream_request_with_another_epoch_than_the_flows_is_112(
+    node: Node, client: Harness
+) -> None:
+    await fill(node, "prices:se", 250)
+    replies = []
+
+    async def write_more() -> None:
+        await fill(node, "prices:se", 150, start=1000)
+
+    first = (
+        await client.request(
+            "subscribe", {"channel": "prices:se", "type": 1, "phase": 2, "limit": 100}
+        )
+    )["subscribe"]
+    cursor, offset, epoch = first["cursor"], first["offset"], first["epoch"]
+    while cursor:
+        await write_more()
+        page = (
+            await client.request(
+                "subscribe",
+                {
+                    "channel": "prices:se",
+                    "type": 1,
+                    "phase": 2,
+                    "limit": 100,
+                    "cursor": cursor,
+                    "offset": offset,
+                    "epoch": epoch,
+                },
+            )
+        )["subscribe"]
+        replies.append(page)
+        cursor = page.get("cursor", "")
+    assert replies[-1]["phase"] == 2  # far behind: the client must read the stream
+    wrong = await client.request(
+        "subscribe",
+        {"channel": "prices:se", "type": 1, "phase": 1, "offset": offset, "epoch": "other"},
+    )
+    assert wrong["error"]["code"] == 112

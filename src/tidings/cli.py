@@ -1,4 +1,4 @@
-"""The ``tidings`` command: serve, token, publish, bench."""
+"""The ``tidings`` command: serve, token, publish, bench, asyncapi."""
 
 from __future__ import annotations
 
@@ -223,11 +223,7 @@ def run_server(config: Config, application: Tidings | None = None) -> int:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
         await stop.wait()
-        log.info("shutting down: disconnecting clients with 3001")
-        try:
-            await asyncio.wait_for(server.stop(), timeout=config.shutdown_timeout + 2)
-        except TimeoutError:
-            log.warning("shutdown timed out; exiting anyway")
+        await server.shut_down()
         return 0
 
     result: int = _loop_runner()(serve_forever())
@@ -405,3 +401,72 @@ def _add_bench() -> None:
 
 
 _add_bench()
+
+
+def _websocket_url(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is not None and not value.startswith(("ws://", "wss://")):
+        raise click.BadParameter(f"expected a ws:// or wss:// URL, got {value!r}")
+    return value
+
+
+@main.command(short_help="Print an application's AsyncAPI 3.0 document.")
+@click.argument("app", metavar="MODULE:ATTRIBUTE")
+@click.option(
+    "--app-dir",
+    default=".",
+    show_default=True,
+    help="Directory to import the module from (put first on the module path).",
+)
+@click.option(
+    "--format",
+    "output_format",
+    type=click.Choice(["json", "yaml"]),
+    default="json",
+    show_default=True,
+    help="Output format.",
+)
+@click.option(
+    "--title", default=None, help="info.title [default: the application's title, or the module]."
+)
+@click.option(
+    "--api-version", default=None, help="info.version [default: the application's version, 1.0.0]."
+)
+@click.option(
+    "--url",
+    default=None,
+    callback=_websocket_url,
+    help="The WebSocket URL clients connect to "
+    "[default: ws://HOST:PORT/connection/websocket from the configuration].",
+)
+def asyncapi(
+    app: str,
+    app_dir: str,
+    output_format: str,
+    title: str | None,
+    api_version: str | None,
+    url: str | None,
+) -> None:
+    """Print the AsyncAPI 3.0 document of an application (like myapp:rt) on stdout.
+
+    Channels (namespaces, typed channels, handler patterns, with their options),
+    publication schemas, and each RPC method's params and result; docs/asyncapi.md.
+    """
+    import contextlib
+
+    from tidings.asyncapi import build_document, to_json, to_yaml
+    from tidings.loading import AppNotFound, load_app
+
+    try:
+        # Whatever the module prints while it loads must not land in the document.
+        with contextlib.redirect_stdout(sys.stderr):
+            application = load_app(app, app_dir)
+    except AppNotFound as error:
+        click.echo(f"tidings: cannot load the application: {error}", err=True)
+        sys.exit(1)
+    except ConfigError as error:
+        _fail_config(error)
+        return
+    if title is None and getattr(application, "title", None) is None:
+        title = app.partition(":")[0]
+    document = build_document(application, title=title, version=api_version, url=url)
+    sys.stdout.write(to_yaml(document) if output_format == "yaml" else to_json(document))

@@ -219,6 +219,10 @@ class Handlers:
         """A typed channel: every publication into ``pattern`` must fit ``schema``."""
         self.channels.append((pattern, Validator(schema)))
 
+    def patterns(self, event: str) -> list[tuple[str, Registered]]:
+        """The ``(pattern, handler)`` pairs of a per-channel event, in registration order."""
+        return list(self._patterns[event])
+
     def _match(self, event: str, channel: str) -> Registered | None:
         for pattern, entry in self._patterns[event]:
             if fnmatch.fnmatchcase(channel, pattern):

@@ -31,7 +31,8 @@ def load_app(spec: str, app_dir: str | None = None) -> Tidings:
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
-        if exc.name and module_name.startswith(exc.name):
+        missing = exc.name or ""
+        if missing == module_name or module_name.startswith(missing + "."):
             raise AppNotFound(
                 f"{spec!r}: no module {module_name!r} in {directory} (set --app-dir)"
             ) from None
@@ -42,6 +43,7 @@ def load_app(spec: str, app_dir: str | None = None) -> Tidings:
             raise AppNotFound(f"{spec!r}: module {module_name!r} has no attribute {attribute!r}")
         target = getattr(target, part)
     if not isinstance(target, Tidings):
-        kind = type(target).__name__
-        raise AppNotFound(f"{spec!r} is a {kind}, not a Tidings application")
+        kind = target.__name__ if isinstance(target, type) else type(target).__name__
+        what = "the class" if isinstance(target, type) else "an object of type"
+        raise AppNotFound(f"{spec!r} is {what} {kind}, not a Tidings application")
     return target

@@ -61,7 +61,7 @@ async def test_serve_runs_the_application(app_dir: Path) -> None:
     [
         ("nosuchmodule:rt", 1, "no module 'nosuchmodule'"),
         ("cliapp:missing", 1, "has no attribute 'missing'"),
-        ("cliapp:not_an_app", 1, "is a int, not a Tidings application"),
+        ("cliapp:not_an_app", 1, "is an object of type int, not a Tidings application"),
         ("cliapp", 1, "expected MODULE:ATTRIBUTE"),
     ],
 )

@@ -47,6 +47,7 @@ LAYERS: dict[str, int] = {
     "tidings.server.feeds": 6,
     "tidings.server": 7,
     "tidings.application": 8,
+    "tidings.asyncapi": 8,
     "tidings.handlers": 8,
     "tidings.testing": 8,
     "tidings.loading": 8,

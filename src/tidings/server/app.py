@@ -198,6 +198,14 @@ class TidingsServer:
         self.port = self._server.sockets[0].getsockname()[1]
         return self.port
 
+    async def shut_down(self) -> None:
+        """A signalled shutdown: :meth:`stop`, bounded by ``shutdown_timeout`` (plus slack)."""
+        log.info("shutting down: disconnecting clients with 3001")
+        try:
+            await asyncio.wait_for(self.stop(), timeout=self.config.shutdown_timeout + 2)
+        except TimeoutError:
+            log.warning("shutdown timed out; exiting anyway")
+
     async def stop(self) -> None:
         """Stop accepting, disconnect every client with 3001, wait for them to go, bounded."""
         if self._server is not None:

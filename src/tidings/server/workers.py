@@ -385,9 +385,5 @@ async def _serve(config: Config, ready: Connection, app: AppSpec | None = None) 
     ready.send(port)
     ready.close()
     await stop.wait()
-    log.info("shutting down: disconnecting clients with 3001")
-    try:
-        await asyncio.wait_for(server.stop(), timeout=config.shutdown_timeout + 2)
-    except TimeoutError:
-        log.warning("shutdown timed out; exiting anyway")
+    await server.shut_down()
     return 0

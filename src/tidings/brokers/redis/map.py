@@ -286,21 +286,23 @@ class RedisMapBroker:
             str(EXPIRE_BATCH),
         ]
         call = self._run("map publish", scripts.MAP_PUBLISH, channel, args)
-        if retention.key_ttl:
-            deadline = self._index_score(retention.key_ttl)
-            index = bounded(
-                "map expiry index",
-                self._timeout,
-                self._client.execute_command(
-                    "ZADD", self._index_key(channel), "LT", deadline, channel
-                ),
-            )
-            # Concurrently: one round trip's wait. The index is a hint for idle channels;
-            # every script on the channel removes its due keys anyway.
-            _, result = await asyncio.gather(index, call)
-        else:
-            result = await call
+        if not retention.key_ttl:
+            return _update_result(await call)
+        # The expiry index, concurrently (one round trip's wait). It is a hint for idle
+        # channels: every script on a channel removes its due keys anyway, so a failed
+        # index write only delays an idle channel's expiry to its next access.
+        index = self._register_deadline(channel, retention.key_ttl)
+        outcomes: list[Any] = await asyncio.gather(index, call, return_exceptions=True)
+        noted, result = outcomes
+        if isinstance(result, BaseException):
+            raise result
+        if isinstance(noted, BaseException):
+            logger.warning("map expiry index not updated for %r: %s", channel, noted)
         return _update_result(result)
+
+    async def _register_deadline(self, channel: str, ttl: float) -> None:
+        command = ("ZADD", self._index_key(channel), "LT", self._index_score(ttl), channel)
+        await bounded("map expiry index", self._timeout, self._client.execute_command(*command))
 
     def _index_score(self, ttl: float) -> str:
         return str(round(((self._clock or time.time)() + ttl) * 1000))

@@ -292,7 +292,7 @@ class RedisMapBroker:
         # channels: every script on a channel removes its due keys anyway, so a failed
         # index write only delays an idle channel's expiry to its next access.
         index = self._register_deadline(channel, retention.key_ttl)
-        outcomes: list[Any] = await asyncio.gather(index, call, return_exceptions=True)
+        outcomes: tuple[Any, ...] = await asyncio.gather(index, call, return_exceptions=True)
         noted, result = outcomes
         if isinstance(result, BaseException):
             raise result

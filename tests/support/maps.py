@@ -7,6 +7,7 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import msgspec
 import pytest
 
 from tests.conftest import standard_channels
@@ -82,6 +83,9 @@ def map_channels() -> ChannelsConfig:
                 allow_remove_for_subscriber=True,
             ),
             "eph": map_namespace(mode="ephemeral", key_ttl=30),
+            "pmap": msgspec.structs.replace(
+                map_namespace(mode="persistent"), presence=True, join_leave=True
+            ),
             "tight": map_namespace(
                 mode="persistent",
                 min_page_size=1,

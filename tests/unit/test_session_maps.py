@@ -764,3 +764,13 @@ async def test_a_stream_request_with_another_epoch_than_the_flows_is_112(
         {"channel": "prices:se", "type": 1, "phase": 1, "offset": offset, "epoch": "other"},
     )
     assert wrong["error"]["code"] == 112
+
+
+async def test_presence_of_a_map_namespace(node: Node, client: Harness) -> None:
+    """The namespace's own ``presence`` works for map subscribers as for streams."""
+    await sdk_subscribe(client, "pmap:1")
+    assert set(await node.presence_of("pmap:1")) == {client.session.client_id}
+    await client.send({"id": 90, "unsubscribe": {"channel": "pmap:1"}})
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert await node.presence_of("pmap:1") == {}

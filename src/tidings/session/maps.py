@@ -369,6 +369,10 @@ async def _go_live(
         reply.epoch = since.epoch
     if flow.data:
         reply.data = Raw(flow.data)
+    if subscription.options.presence and not session.closed:  # as a stream subscribe does
+        await node.add_presence(channel, session, session.channel_info(subscription))
+        if session.subscriptions.get(channel) is not subscription:  # ended meanwhile
+            await node.remove_presence(channel, session)
     ttl = subscriptions.subscription_ttl(session, subscription)
     if ttl is not None:
         reply.expires = True

@@ -28,7 +28,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 REFERENCE = ROOT / "benchmarks" / "reference"
-ALL_SCENARIOS = ("A", "B", "C", "D", "E", "F")
+ALL_SCENARIOS = ("A", "B", "C", "D", "E", "F", "M")
 
 
 def ensure_reference_packages() -> None:

@@ -67,7 +67,25 @@ def comparison_rows(results: Sequence[ScenarioResult]) -> list[Row]:
                 row.ratio = ratio(values["tidings"], values["reference"])
             rows.append(row)
     _scaling_ratios(rows)
+    _map_ratios(rows)
     return rows
+
+
+def _map_ratios(rows: list[Row]) -> None:
+    """Scenario M compares tidings' map updates with its plain publications of the same run
+    (the reference has no maps)."""
+    plains = {
+        (row.label.removesuffix(" plain"), row.metric.key): row
+        for row in rows
+        if row.scenario == "M" and row.label.endswith(" plain")
+    }
+    for row in rows:
+        if row.scenario != "M" or not row.label.endswith(" map"):
+            continue
+        plain = plains.get((row.label.removesuffix(" map"), row.metric.key))
+        if plain is not None:
+            row.baseline = plain.label
+            row.ratio = ratio(row.values.get("tidings"), plain.values.get("tidings"))
 
 
 def _scaling_ratios(rows: list[Row]) -> None:

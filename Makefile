@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: help install serve test lint typecheck bench conformance clean
+.PHONY: help install serve test lint typecheck bench conformance clean sdk-suites
 
 help:
 	@echo "make serve   install what serving needs (Python packages only), then run the server"
@@ -72,3 +72,11 @@ clean:
 # skips with a message when no Python 2.7 exists. Not part of `make test`.
 conformance: install
 	$(BIN)/python tests/conformance/run_autobahn.py
+
+# The SDKs' own test suites against `tidings serve` (tests/sdk/tidings-sdk.toml, port 8000):
+# centrifuge-python's unittest suite from its published sdist (pinned in tests/sdk/run.py),
+# minus tests/sdk/excluded.txt. centrifuge-js' Jest suite is not published: it runs only with
+# SDK_JS_SRC=<a centrifuge-js checkout with its node_modules>. Not part of `make test`.
+SDK_JS_SRC ?=
+sdk-suites: install
+	$(BIN)/python tests/sdk/run.py $(if $(SDK_JS_SRC),--js-src $(SDK_JS_SRC))

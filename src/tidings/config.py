@@ -346,6 +346,19 @@ OPTIONS: tuple[Option, ...] = (
         "Let cross-origin pages send cookies to those endpoints (needs explicit origins).",
     ),
     Option(
+        "subscribe_to_user_personal_channel",
+        "bool",
+        False,
+        "Subscribe every authenticated connection, on the server's initiative, to its user's "
+        "personal channel #USER (in personal_channel_namespace), as Centrifugo does.",
+    ),
+    Option(
+        "personal_channel_namespace",
+        "str",
+        "",
+        "Namespace of the users' personal channels (NAMESPACE:#USER); empty: #USER.",
+    ),
+    Option(
         "handler_timeout",
         "duration",
         5.0,
@@ -480,6 +493,8 @@ class Config:
     http_header_timeout: float = 10.0
     cors_allowed_origins: list[str] = field(default_factory=list)
     cors_allow_credentials: bool = False
+    subscribe_to_user_personal_channel: bool = False
+    personal_channel_namespace: str = ""
     handler_timeout: float = 5.0
     longpoll_timeout: float = 25.0
     sse_heartbeat_interval: float = 15.0

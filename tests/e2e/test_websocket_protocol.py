@@ -550,3 +550,18 @@ async def test_unknown_path_and_plain_get(server: RunningServer) -> None:
     first = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
     assert first.startswith(b"HTTP/1.1 400")
     writer.close()
+
+
+async def test_an_empty_subprotocol_header_is_ignored(server: RunningServer) -> None:
+    """centrifuge-python 0.6 sends ``Sec-WebSocket-Protocol:`` empty; Centrifugo accepts it."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(
+        b"GET /connection/websocket HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+        b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: \r\n\r\n"
+    )
+    await writer.drain()
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert head.startswith(b"HTTP/1.1 101")
+    assert b"sec-websocket-protocol" not in head.lower()
+    writer.close()

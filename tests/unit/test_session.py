@@ -381,3 +381,32 @@ async def test_nothing_is_written_after_close(harness: Harness) -> None:
     await asyncio.sleep(0)
     harness.clock.advance(60)  # pings, expiry: nothing may write
     assert harness.transport.take() == []
+
+
+async def test_flag_asks_for_112_instead_of_not_recovered(harness: Harness) -> None:
+    """The SDKs set ``flag`` bit 2 when the app can reload its state (centrifuge-js getState)."""
+    await harness.node.publish("chat:f", {"n": 1})
+    await harness.connect()
+    reply = await harness.call(
+        {
+            "id": 2,
+            "subscribe": {
+                "channel": "chat:f",
+                "recover": True,
+                "offset": 1,
+                "epoch": "gone",
+                "flag": 3,
+            },
+        }
+    )
+    assert reply["error"] == {"code": 112, "message": "unrecoverable position"}
+    assert "chat:f" not in harness.session.subscriptions
+
+
+async def test_personal_channel_is_subscribed_on_connect(node: Node, clock: FakeClock) -> None:
+    node.config.subscribe_to_user_personal_channel = True
+    node.config.personal_channel_namespace = "chat"
+    harness = Harness(node, clock)
+    result = await harness.connect("zoe")
+    assert list(result["subs"]) == ["chat:#zoe"]
+    assert "chat:#zoe" in harness.session.subscriptions

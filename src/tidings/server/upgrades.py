@@ -118,6 +118,12 @@ class WebSocketUpgrades:
         )
         headers = Headers()
         for name, value in request.headers:
+            if name.lower() == b"sec-websocket-protocol":
+                # Some clients send the header empty (centrifuge-python <= 0.6); like
+                # Centrifugo, read it as a list and drop what is empty.
+                value = b", ".join(part.strip() for part in value.split(b",") if part.strip())
+                if not value:
+                    continue
             headers[name.decode("latin-1")] = value.decode("latin-1")
         response = ws.accept(WsRequest(request.raw_path.decode("latin-1"), headers))
         ws.send_response(response)

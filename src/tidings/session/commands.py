@@ -225,6 +225,10 @@ async def connect(session: Session, command_id: int, request: ConnectRequest) ->
         server_channels.update(token.subs)
     for channel in application_channels:
         server_channels.setdefault(channel, TokenSubscription())
+    if session.user and node.config.subscribe_to_user_personal_channel:
+        namespace = node.config.personal_channel_namespace
+        personal = f"{namespace}:#{session.user}" if namespace else f"#{session.user}"
+        server_channels.setdefault(personal, TokenSubscription())
     results: dict[str, SubscribeResult] = {}
     opened: list[tuple[Subscription, StreamPosition | None]] = []
     for channel, token_sub in server_channels.items():

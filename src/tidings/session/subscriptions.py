@@ -60,6 +60,10 @@ log = logging.getLogger("tidings.session")
 MAX_TTL = 2**32 - 1
 """``ttl`` is a uint32 in the protocol."""
 
+FLAG_REJECT_UNRECOVERABLE = 2
+"""Subscribe ``flag`` bit: answer 112 instead of ``recovered: false`` when recovery fails
+(the SDKs set it when the app has a ``getState`` to reload from; docs/protocol.md section 7)."""
+
 
 class Subscription:
     """One channel a session is in, with the options that hold for it."""
@@ -280,6 +284,8 @@ async def _read_position(
     if request.recover and subscription.recoverable:
         since = StreamPosition(request.offset, request.epoch or "")
         publications, top, recovered = await node.recover(channel, since)
+        if not recovered and request.flag & FLAG_REJECT_UNRECOVERABLE:
+            raise ReplyError(ErrorCode.UNRECOVERABLE_POSITION)
         result.was_recovering = True
         result.recovered = recovered
         result.epoch = top.epoch

@@ -1,0 +1,322 @@
+"""Run the SDKs' own test suites against ``tidings serve`` (``make sdk-suites``).
+
+    .venv/bin/python tests/sdk/run.py [--only python|js] [--js-src DIR] [--timeout 30]
+
+What it does:
+
+1. starts ``tidings serve --config tests/sdk/tidings-sdk.toml`` on 127.0.0.1:8000
+   (the suites hard-code ``localhost:8000``, as their CI runs Centrifugo there);
+2. centrifuge-python: downloads the published sdist of the pinned version from
+   PyPI into ``.cache/sdk`` (it ships its ``tests/``), and runs every test of its
+   unittest suite in a process of its own with ``--timeout`` seconds, because the
+   SDK reconnects forever and some tests await a publication with no deadline;
+3. centrifuge-js: its Jest suite is not published (the npm package ships only
+   ``build/`` and ``dist/``), so it runs only when ``--js-src`` names a checkout of
+   centrifuge-js whose dependencies are installed; otherwise it is reported as not
+   run;
+4. reads ``tests/sdk/excluded.txt``: a test listed there runs (Python: is
+   skipped) but its outcome does not count; every other test must pass.
+
+Prints each failure with its traceback, then a summary per suite and one closing
+line, and exits 1 when a test that counts failed. Every Python outcome, subtests
+included, is kept in ``.cache/sdk/run/python-records.jsonl``; Jest's report in
+``.cache/sdk/run/jest.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tarfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
+CACHE = ROOT / ".cache" / "sdk"
+CONFIG = HERE / "tidings-sdk.toml"
+EXCLUDED = HERE / "excluded.txt"
+WORKER = HERE / "unittest_worker.py"
+
+CENTRIFUGE_PYTHON = "0.7.0"
+"""The centrifuge-python release whose sdist (tests included) is run; the test extra installs
+the same version (pyproject.toml), whose package the suite imports from the sdist."""
+
+PORT = 8000
+
+
+@dataclass
+class Outcome:
+    """What one test came to: passed, failed (with why), or excluded (did not count)."""
+
+    suite: str
+    test: str
+    status: str
+    detail: str = ""
+
+
+@dataclass
+class Exclusions:
+    """``tests/sdk/excluded.txt``: ``<suite> <test id or name> | <reason>`` per line."""
+
+    reasons: dict[tuple[str, str], str] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, path: Path) -> Exclusions:
+        reasons = {}
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            entry, separator, reason = line.partition(" | ")
+            suite, _, test = entry.partition(" ")
+            if not separator or suite not in ("python", "js") or not test or not reason.strip():
+                raise SystemExit(f"{path}:{number}: expected '<python|js> <test> | <reason>'")
+            reasons[(suite, test.strip())] = reason.strip()
+        return cls(reasons)
+
+    def reason(self, suite: str, test: str) -> str | None:
+        return self.reasons.get((suite, test))
+
+
+# --------------------------------------------------------------------------- the server
+
+
+def port_in_use(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+@contextlib.contextmanager
+def tidings_server(log: Path) -> Iterator[None]:
+    if port_in_use(PORT):
+        raise SystemExit(f"port {PORT} is taken: the SDK suites need it (they hard-code it)")
+    tidings = Path(sys.executable).with_name("tidings")
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [str(tidings), "serve", "--config", str(CONFIG)], stdout=out, stderr=subprocess.STDOUT
+        )
+        try:
+            deadline = time.monotonic() + 20
+            while not port_in_use(PORT):
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit(f"tidings serve did not start; see {log}")
+                time.sleep(0.05)
+            yield
+        finally:
+            process.terminate()
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+# --------------------------------------------------------------------------- centrifuge-python
+
+
+def python_suite_dir() -> Path:
+    """The pinned sdist from PyPI, unpacked once into .cache/sdk."""
+    target = CACHE / f"centrifuge_python-{CENTRIFUGE_PYTHON}"
+    if (target / "tests").is_dir():
+        return target
+    CACHE.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--no-deps",
+            "--no-binary",
+            ":all:",
+            "--dest",
+            str(CACHE),
+            f"centrifuge-python=={CENTRIFUGE_PYTHON}",
+        ],
+        check=True,
+    )
+    archive = CACHE / f"centrifuge_python-{CENTRIFUGE_PYTHON}.tar.gz"
+    with tarfile.open(archive) as tar:
+        tar.extractall(CACHE, filter="data")
+    return target
+
+
+def run_python_suite(exclusions: Exclusions, timeout: float, work: Path) -> list[Outcome]:
+    suite_dir = python_suite_dir()
+    listed = subprocess.run(
+        [sys.executable, str(WORKER), "--list", "tests"],
+        cwd=suite_dir,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    outcomes = []
+    for index, test_id in enumerate(listed, 1):
+        reason = exclusions.reason("python", test_id)
+        if reason is not None:
+            outcomes.append(Outcome("python", test_id, "excluded", reason))
+            continue
+        outcome = run_python_test(suite_dir, test_id, exclusions, timeout, work)
+        print(f"[{index}/{len(listed)}] {outcome.status:8} {test_id}", flush=True)
+        outcomes.append(outcome)
+    return outcomes
+
+
+def run_python_test(
+    suite_dir: Path, test_id: str, exclusions: Exclusions, timeout: float, work: Path
+) -> Outcome:
+    """One test in its own process; subtests listed in excluded.txt do not count."""
+    records_file = work / "record.jsonl"
+    records_file.unlink(missing_ok=True)
+    timed_out = False
+    try:
+        subprocess.run(
+            [sys.executable, str(WORKER), "--run", "tests", str(records_file), test_id],
+            cwd=suite_dir,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        timed_out = True
+    records = []
+    if records_file.exists():
+        records = [json.loads(line) for line in records_file.read_text().splitlines()]
+        with (work / "python-records.jsonl").open("a") as log:
+            log.write(records_file.read_text())
+    failures = []
+    passed_subtests = 0
+    finished = False
+    for record in records:
+        name = f"{test_id} {record['subtest']}".strip()
+        if record["subtest"] and exclusions.reason("python", name) is not None:
+            continue
+        if record["outcome"] == "failed":
+            failures.append(f"{name}\n{record['detail']}")
+        elif record["subtest"]:
+            passed_subtests += 1
+        if not record["subtest"]:
+            finished = True
+    if failures:
+        return Outcome("python", test_id, "failed", "\n".join(failures))
+    if timed_out and not finished:
+        if passed_subtests and has_excluded_subtests(exclusions, test_id):
+            # The counted subtests passed, then an excluded one (a Protobuf variant) hung.
+            # The suites run the JSON variant first; a counted subtest that hung after the
+            # excluded one would go unseen, which only lasts until the exclusion is lifted.
+            return Outcome("python", test_id, "passed", "an excluded subtest did not finish")
+        return Outcome("python", test_id, "failed", f"timed out after {timeout:.0f} s")
+    if not records:
+        return Outcome("python", test_id, "failed", "no result (the test process died)")
+    return Outcome("python", test_id, "passed")
+
+
+def has_excluded_subtests(exclusions: Exclusions, test_id: str) -> bool:
+    return any(
+        suite == "python" and name.startswith(test_id + " (") for suite, name in exclusions.reasons
+    )
+
+
+# --------------------------------------------------------------------------- centrifuge-js
+
+
+def run_js_suite(source: Path, exclusions: Exclusions, work: Path) -> list[Outcome]:
+    """Jest in a centrifuge-js checkout; a test counts unless listed (by file or full name)."""
+    report = work / "jest.json"
+    npx = shutil.which("npx") or "npx"
+    subprocess.run(
+        # --forceExit: the SDK's reconnect timers outlive some tests and keep Jest running.
+        [npx, "jest", "--json", f"--outputFile={report}", "--runInBand", "--forceExit"],
+        cwd=source,
+        check=False,
+        env={**os.environ, "CI": "true"},
+    )
+    results = json.loads(report.read_text())
+    outcomes = []
+    for file_result in results["testResults"]:
+        file_name = Path(file_result["name"]).name
+        file_reason = exclusions.reason("js", file_name)
+        assertions = file_result["assertionResults"]
+        if not assertions and file_result.get("message"):
+            status = "excluded" if file_reason else "failed"
+            outcomes.append(Outcome("js", file_name, status, file_reason or file_result["message"]))
+        for assertion in assertions:
+            name = assertion["fullName"]
+            reason = file_reason or exclusions.reason("js", name)
+            if reason is not None:
+                outcomes.append(Outcome("js", name, "excluded", reason))
+            elif assertion["status"] == "passed":
+                outcomes.append(Outcome("js", name, "passed"))
+            elif assertion["status"] in ("pending", "skipped", "todo", "disabled"):
+                outcomes.append(Outcome("js", name, "skipped"))
+            else:
+                detail = "\n".join(assertion.get("failureMessages") or [])
+                outcomes.append(Outcome("js", f"{file_name}: {name}", "failed", detail))
+    return outcomes
+
+
+# --------------------------------------------------------------------------- report
+
+
+def summarise(outcomes: list[Outcome], ran: set[str], exclusions: Exclusions) -> int:
+    for outcome in outcomes:
+        if outcome.status == "failed":
+            print(f"\nFAILED [{outcome.suite}] {outcome.test}\n{outcome.detail}")
+    print()
+    for suite in ("python", "js"):
+        mine = [o for o in outcomes if o.suite == suite]
+        if suite not in ran:
+            why = "not asked for" if suite == "python" else "its Jest suite is not published"
+            print(f"{suite + ':':7} not run ({why}; see tests/sdk/run.py)")
+            continue
+        counts = {s: sum(o.status == s for o in mine) for s in ("passed", "failed", "excluded")}
+        skipped = sum(o.status == "skipped" for o in mine)
+        subtests = sum(s == suite and " (" in t for s, t in exclusions.reasons)
+        excluded = f"{counts['excluded']} excluded"
+        if subtests:
+            excluded += f" (and {subtests} subtests of counted tests)"
+        print(
+            f"{suite + ':':7} {counts['passed']} passed, {counts['failed']} failed, "
+            f"{excluded} by tests/sdk/excluded.txt, {skipped} skipped by the suite"
+        )
+    passed = sum(o.status == "passed" for o in outcomes)
+    failed = sum(o.status == "failed" for o in outcomes)
+    print(f"sdk-suites: {passed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", choices=("python", "js"))
+    parser.add_argument("--js-src", type=Path, help="centrifuge-js checkout with its node_modules")
+    parser.add_argument("--timeout", type=float, default=30.0, help="seconds per Python test")
+    args = parser.parse_args()
+    exclusions = Exclusions.load(EXCLUDED)
+    work = CACHE / "run"
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "python-records.jsonl").unlink(missing_ok=True)
+    outcomes: list[Outcome] = []
+    ran = set()
+    with tidings_server(work / "tidings.log"):
+        if args.only in (None, "python"):
+            outcomes += run_python_suite(exclusions, args.timeout, work)
+            ran.add("python")
+        if args.only in (None, "js") and args.js_src is not None:
+            outcomes += run_js_suite(args.js_src.resolve(), exclusions, work)
+            ran.add("js")
+    return summarise(outcomes, ran, exclusions)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

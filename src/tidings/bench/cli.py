@@ -190,7 +190,8 @@ def bench(**options: Any) -> None:
     Scenarios: A one channel, flat-out publishing, deliveries/s; B fixed rate,
     publish-to-receive latency; C server RSS per idle connection; D many idle
     connections, one publication to all; E chat rooms; F Redis broker, 1 vs 2
-    workers. Every receiver checks it got every publication exactly once, in order.
+    workers; M map updates against plain publications, same run. Every receiver
+    checks it got every publication exactly once, in order.
     """
     console = Console(stderr=False)
     if options["self_test"]:

@@ -34,7 +34,7 @@ class Row:
     values: dict[str, float | None]
     ok: dict[str, bool]
     baseline: str | None = None
-    """What the ratio compares against: "reference", or a row label (scenario F)."""
+    """What the ratio compares against: "reference", or a row label (scenarios F, M)."""
     ratio: float | None = None
 
 
@@ -167,7 +167,12 @@ def print_table(console: Console, results: Sequence[ScenarioResult]) -> None:
 def _ratio_text(row: Row) -> str:
     if row.ratio is None:
         return "-"
-    suffix = "" if row.baseline == "reference" else " vs 1 worker"
+    if row.baseline == "reference":
+        suffix = ""
+    elif row.scenario == "M":
+        suffix = " vs plain"
+    else:
+        suffix = " vs 1 worker"
     return f"{row.ratio:.2f}x{suffix}"
 
 

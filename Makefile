@@ -5,11 +5,12 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: help install serve test lint typecheck bench conformance clean sdk-suites
+.PHONY: help install serve editor test lint typecheck bench conformance clean sdk-suites
 
 help:
-	@echo "make serve   install what serving needs (Python packages only), then run the server"
-	@echo "             with the demo on http://127.0.0.1:8000"
+	@echo "make serve   install what serving needs (Python packages only), then run the chat"
+	@echo "             example (examples/chat) on http://127.0.0.1:8000"
+	@echo "make editor  the same for the collaborative editor (examples/editor; needs npm)"
 	@echo "make test    install everything (Python, npm, chromium), then run the whole test suite"
 	@echo "make bench   run the benchmarks against the Node.js reference and write docs/benchmarks.md"
 
@@ -18,23 +19,34 @@ $(BIN)/python:
 		{ echo "tidings needs Python >= 3.11 (set PYTHON=python3.11)"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 
-# Serving needs the package alone: no test or benchmark tools, no Node.js (the demo's
-# centrifuge-js bundle ships inside the package).
+# Serving needs the package alone: no test or benchmark tools, no Node.js (the chat
+# example's page loads the centrifuge-js bundle that ships inside the package).
 $(VENV)/.serve-installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e .
 	touch $@
 
-# Everything else: the test suite, the Redis broker and the load generator.
+# The editor example also needs pycrdt (the examples extra) and its page's bundle from npm.
+$(VENV)/.examples-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[examples]'
+	touch $@ $(VENV)/.serve-installed
+
+# Everything else: the test suite, the Redis broker, the load generator and the examples.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test,redis,bench]'
-	touch $@ $(VENV)/.serve-installed
+	$(BIN)/pip install --quiet -e '.[test,redis,bench,examples]'
+	touch $@ $(VENV)/.serve-installed $(VENV)/.examples-installed
 
 node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
-install: $(VENV)/.installed node_modules/.installed
+# The example applications' browser bundles (esbuild, from npm), gitignored.
+EDITOR_BUNDLE := examples/editor/static/dist/editor.js
+
+$(EDITOR_BUNDLE): node_modules/.installed $(wildcard examples/editor/src/*.js)
+	npm run --silent build
+
+install: $(VENV)/.installed node_modules/.installed $(EDITOR_BUNDLE)
 
 # Debian packages the tests drive: chromium for the browser tests (Playwright drives it and
 # never downloads its own) and slowhttptest for the slow-header flood.
@@ -48,14 +60,18 @@ system-deps:
 	fi
 
 serve: $(VENV)/.serve-installed
-	$(BIN)/tidings serve
+	$(BIN)/tidings serve examples.chat.app:rt
+
+editor: $(VENV)/.examples-installed $(EDITOR_BUNDLE)
+	$(BIN)/tidings serve examples.editor.app:rt
 
 lint: install
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks examples
+	$(BIN)/ruff format --check src tests benchmarks examples
 
 typecheck: install
 	$(BIN)/mypy
+	$(BIN)/mypy --strict --explicit-package-bases examples
 
 test: install system-deps lint typecheck
 	$(BIN)/pytest $(PYTEST_ARGS)

@@ -12,6 +12,8 @@
 4. Runs scenario D at its full 100,000 connections with ``benchmarks/hundred_thousand.py``
    (workers sharing Redis: one process may not hold that many sockets here) and appends
    its figures to ``docs/benchmarks.md``.
+5. Measures the ASGI mount (``rt.asgi()`` under uvicorn) against the standalone server with
+   ``benchmarks/asgi_mount.py`` and appends that section too.
 
 Arguments are passed on to ``tidings bench``; a later option overrides the
 defaults here, and naming any ``--scenario`` replaces the default set. For a
@@ -28,7 +30,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 REFERENCE = ROOT / "benchmarks" / "reference"
-ALL_SCENARIOS = ("A", "B", "C", "D", "E", "F", "M")
+ALL_SCENARIOS = ("A", "B", "C", "D", "E", "F", "G", "M")
 
 
 def ensure_reference_packages() -> None:
@@ -82,6 +84,16 @@ def main() -> None:
             [
                 sys.executable,
                 str(ROOT / "benchmarks" / "hundred_thousand.py"),
+                "--markdown",
+                str(ROOT / "docs" / "benchmarks.md"),
+            ],
+            check=True,
+        )
+        # The ASGI mount against the standalone server (see that script).
+        subprocess.run(
+            [
+                sys.executable,
+                str(ROOT / "benchmarks" / "asgi_mount.py"),
                 "--markdown",
                 str(ROOT / "docs" / "benchmarks.md"),
             ],

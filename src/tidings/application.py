@@ -10,11 +10,14 @@ API, typed, working across nodes on Redis.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+import inspect
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 
@@ -28,7 +31,12 @@ from tidings.protocol.messages import ClientInfo as WireClientInfo
 from tidings.protocol.messages import Publication as WirePublication
 from tidings.protocol.messages import StreamPosition
 
+if TYPE_CHECKING:
+    from tidings.server.asgi import AsgiMount
+
 H = TypeVar("H", bound=Handler)
+
+log = logging.getLogger("tidings.application")
 
 
 # --------------------------------------------------------------------------- results
@@ -101,6 +109,11 @@ def _json(value: Any) -> bytes:
     return encode_json(value)
 
 
+def _require_async(function: Any, what: str) -> None:
+    if not inspect.iscoroutinefunction(function):
+        raise TypeError(f"{what} hook {function.__qualname__} must be `async def`")
+
+
 # --------------------------------------------------------------------------- the application
 
 
@@ -118,8 +131,14 @@ class Tidings:
             self.config = config.with_overrides(overrides) if overrides else config
         else:
             self.config = load_config(config, overrides=overrides)
+        if self.config.demo == "auto":
+            # An application decides who connects (tokens, on_connect): the built-in demo's
+            # anonymous namespace stays closed unless asked for with demo = "on".
+            self.config = self.config.with_overrides({"demo": "off"})
         self.handlers = Handlers(lambda: self.config.handler_timeout)
         self.static_routes: list[tuple[str, Path]] = []
+        self._startup: list[Callable[[], Awaitable[None]]] = []
+        self._shutdown: list[Callable[[], Awaitable[None]]] = []
         self._node: Node | None = None
         self._started = False
 
@@ -193,6 +212,27 @@ class Tidings:
         source (clients, the HTTP API, ``rt.publish``), must fit ``schema``."""
         self.handlers.add_channel(pattern, schema)
 
+    def namespace(self, name: str, **options: Any) -> None:
+        """Configure the namespace ``name`` in code, with the options its TOML table would
+        have (``rt.namespace("chat", history_size=100, history_ttl="300s", presence=True)``).
+        Only before the node exists."""
+        if self._node is not None:
+            raise RuntimeError("namespaces are set before the node starts")
+        self.config = self.config.with_namespace(name, options)
+
+    def on_startup(self, function: H) -> H:
+        """``async def start() -> None``: runs once the node has started (open clients,
+        start background tasks); ``tidings serve`` and every worker run it too."""
+        _require_async(function, "on_startup")
+        self._startup.append(function)
+        return function
+
+    def on_shutdown(self, function: H) -> H:
+        """``async def stop() -> None``: runs before the node stops (stop background tasks)."""
+        _require_async(function, "on_shutdown")
+        self._shutdown.append(function)
+        return function
+
     def static(self, prefix: str, directory: str | Path) -> None:
         """Serve the files under ``directory`` at the URL ``prefix`` on the standalone server
         (``rt.static("/", Path(__file__).parent / "static")``: the application's pages).
@@ -210,6 +250,8 @@ class Tidings:
         if self._node is None:
             self._node = Node(self.config)
             self._node.hooks = self.handlers
+            self.handlers.observers.append(self._node.metrics.handler_duration)
+            self.handlers.tracing = self._node.tracing
         return self._node
 
     def use_config(self, config: Config) -> None:
@@ -222,16 +264,32 @@ class Tidings:
         self.config = config
 
     async def start(self) -> None:
-        """Start the node (its broker connection, timers). ``async with rt:`` does it."""
+        """Start the node (its broker connection, timers), then the ``on_startup`` hooks.
+        ``async with rt:`` and ``tidings serve`` do it."""
         if not self._started:
             self._started = True
             await self.node.start()
+            for hook in self._startup:
+                await hook()
 
     async def stop(self) -> None:
-        """Disconnect every client (3001) and stop the node."""
+        """Run the ``on_shutdown`` hooks, then disconnect every client (3001) and stop."""
         if self._started:
             self._started = False
-            await self.node.shutdown()
+            try:
+                for hook in self._shutdown:
+                    await hook()
+            finally:
+                await self.node.shutdown()
+
+    async def stop_within(self, timeout: float) -> None:
+        """:meth:`stop`, bounded by ``timeout`` seconds; a failing hook is logged."""
+        try:
+            await asyncio.wait_for(self.stop(), timeout)
+        except TimeoutError:
+            log.warning("the application's shutdown ran past %s s", timeout)
+        except Exception:
+            log.exception("the application's shutdown failed")
 
     async def __aenter__(self) -> Tidings:
         await self.start()
@@ -239,6 +297,19 @@ class Tidings:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+    def asgi(self) -> AsgiMount:
+        """An ASGI 3 application serving this node's endpoints where it is mounted:
+        ``app.mount("/rt", rt.asgi())`` in FastAPI or Starlette, with
+        ``FastAPI(lifespan=rt.lifespan)``; or on its own (``uvicorn module:app``
+        with ``app = rt.asgi()``), where it answers the lifespan itself.
+
+        Each call makes a new mount; every mount and a standalone listener of the
+        same process share the node, so ``await rt.publish(...)`` reaches them all.
+        """
+        from tidings.server.asgi import AsgiMount
+
+        return AsgiMount(self.node, start=self.start, stop=self.stop)
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app: object = None) -> AsyncIterator[None]:
@@ -259,12 +330,17 @@ class Tidings:
         skip_history: bool = False,
         tags: Mapping[str, str] | None = None,
         idempotency_key: str = "",
+        key: str = "",
+        delta: bool | None = None,
     ) -> PublishResult:
         """Publish to every subscriber of ``channel`` on every node.
 
         ``data`` is anything JSON-encodable (dicts, Structs, dataclasses, pydantic
         models). Channel permissions do not apply; a typed channel's schema does:
-        an invalid payload raises :class:`ClientError` 107.
+        an invalid payload raises :class:`ClientError` 107. ``key`` names what the
+        publication is the latest value of (conflating channels keep the latest per
+        key for slow subscribers); ``delta`` sends it as a fossil delta to subscribers
+        that negotiated one (``None``: the namespace's ``delta_publish``).
         """
         try:
             return await self.node.publish(
@@ -273,6 +349,8 @@ class Tidings:
                 skip_history=skip_history,
                 tags=dict(tags) if tags else None,
                 idempotency_key=idempotency_key,
+                key=key,
+                delta=delta,
             )
         except ReplyError as exc:
             raise _client_error(exc) from None

@@ -45,6 +45,7 @@ from urllib.parse import urlsplit
 
 from tidings.channels import NAMESPACE_BOUNDARY, PRIVATE_PREFIX, ChannelOptions
 from tidings.handlers import Handlers, Registered, Validator
+from tidings.server.upgrades import JSON_SUBPROTOCOL
 from tidings.version import __version__
 
 if TYPE_CHECKING:
@@ -52,7 +53,7 @@ if TYPE_CHECKING:
 
 ASYNCAPI_VERSION = "3.0.0"
 WEBSOCKET_PATH = "/connection/websocket"
-SUBPROTOCOL = "centrifuge-json"
+SUBPROTOCOL = str(JSON_SUBPROTOCOL)
 SERVER_KEY = "tidings"
 ANY_PUBLICATION = "publication"
 """The component message of channels whose publications may hold any JSON value."""

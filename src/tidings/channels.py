@@ -68,18 +68,35 @@ class ChannelOptions(Struct, forbid_unknown_fields=True, kw_only=True):
     allow_presence_for_client: bool = False
     allow_presence_for_anonymous: bool = False
     allow_user_limited_channels: bool = False
+    allowed_delta_types: list[str] = []
+    """Delta encodings a subscriber may negotiate (``["fossil"]``); empty: none
+    (docs/protocol.md, "Delta compression")."""
+    delta_publish: bool = False
+    """Every publication asks for delta encoding, as the server API's ``delta`` flag does."""
+    conflate_by: str = ""
+    """``"key"``: a subscriber that cannot keep up, or asks for a rate, gets the latest
+    publication of each key instead of every one (docs/protocol.md, "Latest-value
+    conflation"); ``"none"``: never; ``""``: the subscription type's default (off for
+    streams; map channels conflate unless ``"none"``)."""
+    max_frequency: float = 0.0
+    """Default rate, in updates per second per key, of a subscriber to a conflating
+    channel; 0: as fast as it reads."""
     # Map subscriptions (docs/protocol.md section 13), with Centrifugo's names.
     subscription_type: str = "stream"
     """``stream``, ``map``, ``map_clients`` or ``map_users``: the one kind of subscription
     the namespace accepts (a subscribe of another ``type`` gets 103)."""
     map: MapOptions | None = None
     """The ``map`` table of a map namespace (required for the map types)."""
-    allowed_delta_types: list[str] = []
-    """Delta encodings clients may negotiate (``["fossil"]``)."""
     map_clients_presence_channel_prefix: str = ""
     """Keep one entry per subscribed client in the map channel ``<prefix><channel>``."""
     map_users_presence_channel_prefix: str = ""
     """Keep one entry per subscribed user in the map channel ``<prefix><channel>``."""
+
+    @property
+    def conflates(self) -> bool:
+        """Publications here may be conflated by key (``conflate_by = "key"``, or a map
+        namespace unless ``conflate_by = "none"``)."""
+        return self.conflate_by == "key" or (self.is_map and self.conflate_by != "none")
 
     @property
     def is_map(self) -> bool:
@@ -102,6 +119,12 @@ class ChannelOptions(Struct, forbid_unknown_fields=True, kw_only=True):
 
 DURATION_OPTIONS = frozenset({"history_ttl", "history_meta_ttl"})
 """Channel options given as durations ("300s", "5m", or seconds)."""
+
+DELTA_TYPES = frozenset({"fossil"})
+"""What ``allowed_delta_types`` may name: the encodings tidings implements."""
+
+CONFLATE_BY = ("", "key", "none")
+"""What ``conflate_by`` may be."""
 
 
 @dataclass(frozen=True, slots=True)

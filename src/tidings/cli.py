@@ -209,6 +209,8 @@ def run_server(config: Config, application: Tidings | None = None) -> int:
         static = application.static_routes if application is not None else ()
         server = TidingsServer(node, static=static)
         try:
+            if application is not None:
+                await application.start()  # the node, then the application's on_startup
             port = await server.start()
         except BrokerUnavailable as exc:
             log.error("cannot start: the broker is unreachable: %s", exc)
@@ -217,12 +219,18 @@ def run_server(config: Config, application: Tidings | None = None) -> int:
             log.error("%s", describe_listen_error(config.host, config.port, exc))
             await node.shutdown()
             return 1
+        except Exception:
+            log.exception("cannot start: the application's on_startup failed")
+            await node.shutdown()
+            return 1
         announce(config, port)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
         await stop.wait()
+        if application is not None:
+            await application.stop_within(config.shutdown_timeout)
         await server.shut_down()
         return 0
 

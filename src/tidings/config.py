@@ -23,7 +23,13 @@ from typing import Any
 
 import msgspec
 
-from tidings.channels import DURATION_OPTIONS, NAMESPACE_NAME, ChannelOptions
+from tidings.channels import (
+    CONFLATE_BY,
+    DELTA_TYPES,
+    DURATION_OPTIONS,
+    NAMESPACE_NAME,
+    ChannelOptions,
+)
 from tidings.errors import ConfigError
 from tidings.maps_config import check_namespace, map_table_seconds
 
@@ -140,6 +146,33 @@ OPTIONS: tuple[Option, ...] = (
         "line: time, level, logger, message and fields such as client, user, channel, code).",
     ),
     Option(
+        "metrics",
+        "bool",
+        False,
+        "Count Prometheus metrics and serve them at GET /metrics (with --workers, every "
+        "worker's, summed).",
+    ),
+    Option(
+        "metrics_token",
+        "str",
+        "",
+        "When set, GET /metrics needs it in an Authorization: Bearer header. Empty: anyone who "
+        "reaches the port may read the metrics.",
+    ),
+    Option(
+        "readiness_timeout",
+        "duration",
+        1.0,
+        "How long GET /ready waits for the broker to answer before it says 503 (not ready).",
+    ),
+    Option(
+        "opentelemetry",
+        "bool",
+        False,
+        "OpenTelemetry spans of server API and application handler calls (needs the "
+        "opentelemetry-api package; spans go to the process's tracer provider).",
+    ),
+    Option(
         "token_hmac_secret",
         "str",
         "",
@@ -196,8 +229,8 @@ OPTIONS: tuple[Option, ...] = (
         "demo",
         "str",
         "auto",
-        'The chat demo at /: "auto" (on while no token secret is configured), "on" or "off". '
-        'While on, anonymous clients may connect and use the "demo" namespace only.',
+        'Demo mode: "auto" (on while no token secret is configured), "on" or "off". While on, '
+        'anonymous clients may connect and use the "demo" namespace only, and / says so.',
     ),
     Option("ping_interval", "duration", 25.0, "Server ping period; 0 disables pings."),
     Option("pong_timeout", "duration", 8.0, "Time for a client's pong before disconnect 3012."),
@@ -440,6 +473,10 @@ class Config:
     workers: int = 1
     log_level: str = "info"
     log_format: str = "text"
+    metrics: bool = False
+    metrics_token: str = ""
+    readiness_timeout: float = 1.0
+    opentelemetry: bool = False
     token_hmac_secret: str = ""
     token_algorithms: list[str] = field(
         default_factory=lambda: [
@@ -504,6 +541,18 @@ class Config:
     admin_token: str = ""
     channels: ChannelsConfig = field(default_factory=ChannelsConfig)
 
+    def with_namespace(self, name: str, options: Mapping[str, Any]) -> Config:
+        """A copy with the namespace ``name`` set to ``options`` (as its TOML table would
+        say them: durations like ``"300s"`` allowed), validated."""
+        table = _channel_options_from_toml(
+            dict(options), f"channels.namespaces.{name}", ChannelOptions
+        )
+        namespaces = {**self.channels.namespaces, name: table}
+        channels = msgspec.structs.replace(self.channels, namespaces=namespaces)
+        config = dataclasses.replace(self, channels=channels)
+        config.validate()
+        return config
+
     def with_overrides(self, overrides: Mapping[str, Any]) -> Config:
         """A copy with some options replaced (``None`` values are ignored), validated."""
         config = dataclasses.replace(self, **_converted_overrides(overrides))
@@ -554,6 +603,15 @@ class Config:
         if self.log_format not in ("text", "json"):
             raise ConfigError(f'log_format: expected "text" or "json", got {self.log_format!r}')
         self._validate_admin()
+        if self.readiness_timeout <= 0:
+            raise ConfigError(
+                f"readiness_timeout: expected a duration above 0, got {self.readiness_timeout}"
+            )
+        if self.opentelemetry and not _importable("opentelemetry.trace"):
+            raise ConfigError(
+                "opentelemetry: needs the opentelemetry-api package "
+                "(pip install 'tidings[tracing]'), and an SDK to send the spans somewhere"
+            )
         for name in ("max_message_size", "channel_max_length", "client_channel_limit"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: expected a number >= 1, got {getattr(self, name)}")
@@ -646,6 +704,16 @@ class Config:
             )
 
 
+def _importable(module: str) -> bool:
+    """Whether ``module`` can be imported, without importing it (its parents excepted)."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
 ADMIN_PASSWORD_MIN = 12
 ADMIN_TOKEN_MIN = 32
 
@@ -673,6 +741,13 @@ def announce(config: Config, port: int, *, workers: int = 1) -> None:
     )
     if config.admin:
         log.info("admin page on http://%s:%d/admin", config.host, port)
+    if config.metrics:
+        log.info(
+            "Prometheus metrics on http://%s:%d/metrics%s",
+            config.host,
+            port,
+            "" if config.metrics_token else " (no metrics_token: open to whoever reaches the port)",
+        )
 
 
 def _validate_channel_options(key: str, options: ChannelOptions) -> None:
@@ -685,6 +760,23 @@ def _validate_channel_options(key: str, options: ChannelOptions) -> None:
         )
     if options.force_recovery and not options.history_enabled:
         raise ConfigError(f"{key}.force_recovery: needs history_size and history_ttl")
+    unknown = sorted(set(options.allowed_delta_types) - DELTA_TYPES)
+    if unknown:
+        raise ConfigError(
+            f"{key}.allowed_delta_types: unknown delta type {unknown[0]!r} "
+            f"(known: {', '.join(sorted(DELTA_TYPES))})"
+        )
+    if options.conflate_by not in CONFLATE_BY:
+        raise ConfigError(
+            f'{key}.conflate_by: expected "key", "none" or "" (the default), '
+            f"got {options.conflate_by!r}"
+        )
+    if options.max_frequency < 0:
+        raise ConfigError(
+            f"{key}.max_frequency: expected updates per second >= 0, got {options.max_frequency}"
+        )
+    if options.max_frequency and not options.conflates:
+        raise ConfigError(f'{key}.max_frequency: needs conflate_by = "key"')
 
 
 # --------------------------------------------------------------------------- parsing

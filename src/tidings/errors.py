@@ -69,6 +69,7 @@ class ApiErrorCode:
     """Server HTTP API errors: same numbers, a few different texts."""
 
     INTERNAL = Error(100, "internal server error")
+    UNAUTHORIZED = Error(101, "unauthorized")
     UNKNOWN_CHANNEL = Error(102, "unknown channel")
     NOT_FOUND = Error(104, "not found")
     BAD_REQUEST = Error(107, "bad request")

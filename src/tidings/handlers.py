@@ -49,6 +49,7 @@ from tidings.hooks import (
     SubscribeContext,
     SubscribeResult,
 )
+from tidings.tracing import Tracing
 
 log = logging.getLogger("tidings.handlers")
 
@@ -160,6 +161,17 @@ def _data_annotation(function: Handler, what: str) -> Any:
     return hints.get(parameters[1].name, inspect.Parameter.empty)
 
 
+def _span_attributes(args: tuple[Any, ...]) -> dict[str, str]:
+    """What a handler span says of its call: the context's client, user and channel."""
+    ctx = args[0] if args else None
+    attributes = {"tidings.transport": getattr(ctx, "transport", "")}
+    for name in ("client", "user", "channel", "method"):
+        value = getattr(ctx, name, None)
+        if value:
+            attributes[f"tidings.{name}"] = str(value)
+    return attributes
+
+
 def _check_async(function: Handler, what: str) -> None:
     if not inspect.iscoroutinefunction(function):
         raise TypeError(f"{what} handler {function.__qualname__} must be `async def`")
@@ -190,6 +202,8 @@ class Handlers:
         self.rpcs: dict[str, Registered] = {}
         self.channels: list[tuple[str, Validator]] = []
         self.observers: list[Observer] = []
+        self.tracing: Tracing = Tracing()
+        """Spans of handler calls when OpenTelemetry is on (the application sets the node's)."""
 
     # ------------------------------------------------------------------ registration
 
@@ -318,8 +332,9 @@ class Handlers:
         started = time.perf_counter()
         outcome = "ok"
         try:
-            async with asyncio.timeout(self._timeout()):
-                return await function(*args)
+            with self.tracing.span(f"tidings.handler.{event}", attributes=_span_attributes(args)):
+                async with asyncio.timeout(self._timeout()):
+                    return await function(*args)
         except ClientError as exc:
             outcome = "client_error"
             raise ReplyError(Error(exc.code, exc.message)) from None
@@ -373,9 +388,20 @@ class Handlers:
         if not isinstance(result, SubscribeResult):
             log.error("%s returned %s, not a SubscribeResult or None", what, type(result).__name__)
             raise ReplyError(ErrorCode.INTERNAL, logged=True)
+        snapshot = None
+        data = result.data
+        if callable(data):
+            producer = data
+
+            async def snapshot() -> bytes:
+                return self._encode(what, await self._call("subscribe", producer))
+
+            data = None
         return SubscribeAnswer(
             info=b"" if result.info is None else self._encode(what, result.info),
-            data=b"" if result.data is None else self._encode(what, result.data),
+            data=b"" if data is None else self._encode(what, data),
             expire_at=result.expire_at,
             override=result.override,
+            snapshot=snapshot,
+            max_frequency=result.max_frequency,
         )

@@ -19,7 +19,7 @@ Python values are encoded; that is the handlers' job.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -161,7 +161,10 @@ class SubscribeResult:
     """Allow a subscription from ``on_subscribe`` (or extend it from ``on_sub_refresh``).
 
     ``info`` is the subscriber's channel info (``chan_info``); ``data`` goes
-    to the client in the subscribe reply; ``expire_at`` ends the subscription
+    to the client in the subscribe reply (an ``async`` function instead is called
+    once the subscription has joined the channel, so a snapshot it reads misses
+    nothing published after it; it may overlap what follows live);
+    ``expire_at`` ends the subscription
     then, unless ``on_sub_refresh`` extends it; ``override`` switches channel
     options for this subscription, as a subscription token's claim does.
     """
@@ -170,6 +173,9 @@ class SubscribeResult:
     data: Any = None
     expire_at: int | None = None
     override: SubscriptionOverride | None = None
+    max_frequency: float | None = None
+    """On a conflating channel: at most this many updates per second per key for this
+    subscriber (the latest value of each key in between); ``None``: what it asked for."""
 
 
 class ClientError(Exception):
@@ -215,12 +221,18 @@ class ConnectAnswer:
 
 @dataclass(frozen=True, slots=True)
 class SubscribeAnswer:
-    """A subscribe (or sub-refresh) handler's answer, encoded for the core."""
+    """A subscribe (or sub-refresh) handler's answer, encoded for the core.
+
+    ``snapshot``, when set, produces the reply's data once the subscription has
+    joined the channel (so nothing published after the snapshot is missed).
+    """
 
     info: bytes = b""
     data: bytes = b""
     expire_at: int | None = None
     override: SubscriptionOverride | None = None
+    snapshot: Callable[[], Awaitable[bytes]] | None = None
+    max_frequency: float | None = None
 
 
 class ApplicationHooks(Protocol):

@@ -21,6 +21,25 @@ Ordering rules kept here:
   publications were lost between broker and node, and every positioned
   subscriber is told so (insufficient state) to recover.
 
+Two kinds of subscriber do not share the plain frames, and still cost no
+per-recipient encoding:
+
+* **Delta subscribers** (docs/protocol.md, "Delta compression") are grouped
+  under a variant of their wire format (:meth:`WireFormat.for_delta`), so the
+  delta of each publication against the previous one is made once per channel
+  and its frame once per batch, like any wire format's. The hub hands each
+  publication the payload of the previous one (``PreparedPush.base``) only when
+  it saw the stream's previous offset itself; otherwise the publication goes out
+  whole. A delta subscriber that holds no previous publication yet (it just went
+  live, or conflation made it skip some) gets its next batch in the "start"
+  variant (the first publication whole, the rest deltas), then moves to the
+  "deltas" variant; conflated drains are "strings" (every publication whole).
+* **Conflated subscribers** (:meth:`Hub.conflate`) are not written publications
+  at all: each has a :class:`~tidings.conflation.Conflator` that keeps the latest
+  publication per key, drained when the subscriber's rate allows (a timer on the
+  hub's clock) or when a slow one can take more (:meth:`Hub.release`). Memory per
+  conflated subscriber is bounded by the number of keys.
+
 The hub knows nothing of brokers, sessions or feeds: it talks to the
 :class:`Subscriber` interface, which both implement.
 """
@@ -29,11 +48,16 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Hashable, Iterator
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
+from tidings.clock import Clock, LoopClock, Timer
+from tidings.conflation import Conflator
 from tidings.protocol.codec import PreparedPush
 from tidings.protocol.messages import StreamPosition
 from tidings.protocol.wire import WireFormat, Writer
+
+if TYPE_CHECKING:
+    from tidings.metrics import FanOutMeter
 
 
 class Subscriber(Hashable, Protocol):
@@ -60,13 +84,34 @@ _Group = dict[WireFormat, dict[Subscriber, Writer]]
 class _Pending:
     """A subscribe in progress (``buffer``) or waiting for the stream to pass ``position``."""
 
-    __slots__ = ("buffer", "join_leave", "position", "positioned")
+    __slots__ = ("buffer", "conflator", "delta", "held", "join_leave", "position", "positioned")
 
     def __init__(self) -> None:
         self.buffer: list[tuple[PreparedPush, bool]] | None = []
         self.position: StreamPosition | None = None
         self.join_leave = False
         self.positioned = False
+        self.delta = False
+        self.conflator: Conflator[PreparedPush] | None = None
+        self.held = False
+
+
+class _Conflated:
+    """A live subscriber whose publications go through a conflator instead of its writer.
+
+    ``held``: its connection cannot take more now (nothing is drained until
+    :meth:`Hub.release`).
+    """
+
+    __slots__ = ("conflator", "delta", "held", "join_leave")
+
+    def __init__(
+        self, conflator: Conflator[PreparedPush], *, join_leave: bool, delta: bool, held: bool
+    ) -> None:
+        self.conflator = conflator
+        self.join_leave = join_leave
+        self.delta = delta
+        self.held = held
 
 
 class _Channel:
@@ -74,13 +119,19 @@ class _Channel:
         "batch",
         "batch_bytes",
         "batch_join_leave",
+        "conflated",
+        "drain_timer",
         "epoch",
+        "fresh",
         "join_leave",
         "last_offset",
         "name",
         "pending",
         "plain",
         "positioned",
+        "previous",
+        "previous_offset",
+        "variant",
     )
 
     def __init__(self, name: str) -> None:
@@ -94,15 +145,34 @@ class _Channel:
         self.batch_join_leave = False
         self.last_offset = -1
         self.epoch = ""
+        self.previous: PreparedPush | None = None
+        """The last publication queued here (its payload is the base of the next delta)."""
+        self.previous_offset = 0
+        """Its offset (0: it had none, so no stream continuity can be vouched for)."""
+        self.variant: dict[Subscriber, WireFormat] = {}
+        """Delta subscribers' group keys (every other subscriber is grouped under its wire)."""
+        self.fresh: set[Subscriber] = set()
+        """Delta subscribers owed full payloads until their next batch of publications."""
+        self.conflated: dict[Subscriber, _Conflated] = {}
+        self.drain_timer: Timer | None = None
 
     def is_empty(self) -> bool:
-        return not (self.pending or any(self.plain.values()) or any(self.join_leave.values()))
+        return not (
+            self.pending
+            or self.conflated
+            or any(self.plain.values())
+            or any(self.join_leave.values())
+        )
 
     def count(self) -> int:
         """Subscribers whose subscribe reply is out: live ones and those waiting to go live."""
         waiting = sum(1 for pending in self.pending.values() if pending.buffer is None)
         live = sum(map(len, self.plain.values())) + sum(map(len, self.join_leave.values()))
-        return live + waiting
+        return live + waiting + len(self.conflated)
+
+    def key_of(self, subscriber: Subscriber) -> WireFormat:
+        """The group key a live subscriber is filed under."""
+        return self.variant.get(subscriber) or subscriber.wire
 
 
 class Hub:
@@ -113,7 +183,13 @@ class Hub:
         *,
         coalesce_delay: float = 0.0,
         coalesce_max_bytes: int = 64 * 1024,
+        clock: Clock | None = None,
+        meter: FanOutMeter | None = None,
     ) -> None:
+        self._clock: Clock = clock or LoopClock()
+        """Timers of rate-limited conflated subscribers (their conflators read the same clock)."""
+        self._meter = meter
+        """Told once per batch and wire format what was written (metrics); never per recipient."""
         self._channels: dict[str, _Channel] = {}
         self._dirty: list[_Channel] = []
         self._flush_handle: asyncio.Handle | None = None
@@ -157,6 +233,8 @@ class Hub:
         join_leave: bool,
         positioned: bool,
         position: StreamPosition | None,
+        delta: bool = False,
+        conflator: Conflator[PreparedPush] | None = None,
     ) -> None:
         """The subscribe reply is out: replay what was buffered, then go live.
 
@@ -166,6 +244,11 @@ class Hub:
         not yet seen the stream reach ``position`` (another node's publication
         may still be on its way), the subscriber waits, skipping offsets up to
         ``position``, and goes live with the first newer one.
+
+        ``delta``: the subscriber negotiated delta compression (its publications
+        carry data as JSON strings, deltas once it holds the previous one).
+        ``conflator``: it asked for a rate; it goes live conflated (see
+        :meth:`conflate`).
         """
         state = self._channels.get(channel)
         if state is None:
@@ -182,6 +265,8 @@ class Hub:
         pending.join_leave = join_leave
         pending.positioned = positioned
         pending.position = position
+        pending.delta = delta
+        pending.conflator = conflator
         documents: list[PreparedPush] = []
         for push, is_join_leave in buffered:
             if is_join_leave:
@@ -196,8 +281,15 @@ class Hub:
                 subscriber.insufficient_state(channel)
                 return
             documents.append(push)
+        holds_previous = False
         if documents:
-            subscriber.writer(subscriber.wire.frame_pushes(documents))
+            wire = subscriber.wire.for_delta("start") if delta else subscriber.wire
+            frame = wire.frame_pushes(documents)
+            subscriber.writer(frame)
+            if self._meter is not None:
+                self._meter.delivered(subscriber.wire, len(documents), 1, len(frame))
+            # The replay ended with the channel's last publication: deltas from the next on.
+            holds_previous = documents[-1] is state.previous
         position = pending.position
         if (
             position is None
@@ -205,7 +297,7 @@ class Hub:
             or (state.epoch == position.epoch and state.last_offset >= position.offset)
         ):
             del state.pending[subscriber]
-            self._go_live(state, subscriber, join_leave=join_leave, positioned=positioned)
+            self._go_live(state, subscriber, pending, holds_previous=holds_previous)
 
     @staticmethod
     def _advance(pending: _Pending, push: PreparedPush) -> bool | None:
@@ -227,15 +319,80 @@ class Hub:
         return True
 
     def _go_live(
-        self, state: _Channel, subscriber: Subscriber, *, join_leave: bool, positioned: bool
+        self,
+        state: _Channel,
+        subscriber: Subscriber,
+        pending: _Pending,
+        *,
+        holds_previous: bool = False,
     ) -> None:
-        group = state.join_leave if join_leave else state.plain
-        members = group.get(subscriber.wire)
-        if members is None:
-            members = group[subscriber.wire] = {}
-        members[subscriber] = subscriber.writer
-        if positioned:
+        if pending.positioned:
             state.positioned.add(subscriber)
+        if pending.conflator is not None:
+            state.conflated[subscriber] = _Conflated(
+                pending.conflator,
+                join_leave=pending.join_leave,
+                delta=pending.delta,
+                held=pending.held,
+            )
+            return
+        self._join_group(
+            state,
+            subscriber,
+            join_leave=pending.join_leave,
+            delta=pending.delta,
+            holds_previous=holds_previous,
+        )
+
+    @staticmethod
+    def _join_group(
+        state: _Channel,
+        subscriber: Subscriber,
+        *,
+        join_leave: bool,
+        delta: bool,
+        holds_previous: bool = False,
+    ) -> None:
+        key = subscriber.wire
+        if delta and holds_previous:
+            key = state.variant[subscriber] = key.for_delta("deltas")
+        elif delta:  # a full payload first: the subscriber holds no previous publication yet
+            key = state.variant[subscriber] = key.for_delta("start")
+            state.fresh.add(subscriber)
+        group = state.join_leave if join_leave else state.plain
+        members = group.get(key)
+        if members is None:
+            members = group[key] = {}
+        members[subscriber] = subscriber.writer
+
+    @staticmethod
+    def _leave_group(
+        state: _Channel, subscriber: Subscriber, *, prune: bool = True
+    ) -> tuple[bool, bool] | None:
+        """Take a live subscriber out of its group: ``(join_leave, delta)``, or ``None``
+        when it is in none (pending, conflated or gone).
+
+        ``prune=False`` leaves an emptied group in place: a flush may be iterating
+        the groups (a write that fills a connection conflates its subscriber), and
+        the flush loops do not copy them (:meth:`_prune` runs after them).
+        """
+        key = state.key_of(subscriber)
+        for group, join_leave in ((state.plain, False), (state.join_leave, True)):
+            members = group.get(key)
+            if members is not None and members.pop(subscriber, None) is not None:
+                if prune and not members:
+                    del group[key]
+                delta = state.variant.pop(subscriber, None) is not None
+                state.fresh.discard(subscriber)
+                return join_leave, delta
+        return None
+
+    @staticmethod
+    def _prune(state: _Channel) -> None:
+        """Drop the groups conflation emptied."""
+        for group in (state.plain, state.join_leave):
+            for key in [key for key, members in group.items() if not members]:
+                del group[key]
 
     def remove(self, channel: str, subscriber: Subscriber) -> bool:
         """Forget a subscriber (live or pending). ``True`` when the channel is now empty."""
@@ -244,14 +401,14 @@ class Hub:
             return False
         state.pending.pop(subscriber, None)
         state.positioned.discard(subscriber)
-        wire = subscriber.wire
-        for group in (state.plain, state.join_leave):
-            members = group.get(wire)
-            if members is not None and members.pop(subscriber, None) is not None and not members:
-                del group[wire]
+        if state.conflated.pop(subscriber, None) is not None:
+            self._prune(state)
+        self._leave_group(state, subscriber)
         if state.is_empty():
             if state.batch:
                 state.batch = []
+            if state.drain_timer is not None:
+                state.drain_timer.cancel()
             del self._channels[channel]
             return True
         return False
@@ -269,10 +426,169 @@ class Hub:
         state = self._channels.get(channel)
         if state is None:
             return
+        key = state.key_of(subscriber)
         for group in (state.plain, state.join_leave):
-            members = group.get(subscriber.wire)
+            members = group.get(key)
             if members is not None and subscriber in members:
                 members[subscriber] = writer
+
+    # ------------------------------------------------------------------ conflation
+
+    def conflate(
+        self,
+        channel: str,
+        subscriber: Subscriber,
+        conflator: Conflator[PreparedPush],
+        *,
+        held: bool = False,
+    ) -> bool:
+        """From now on ``channel``'s publications reach the live ``subscriber`` through
+        ``conflator`` (the latest per key), not one by one.
+
+        ``held``: its connection cannot take more (it is slow); nothing is written
+        until :meth:`release`. Otherwise the conflator is drained whenever its
+        rate allows. A subscriber already conflated keeps its conflator (and
+        becomes held if asked); one whose reply is out but that waits for the
+        stream to reach its position goes live conflated. ``False`` when the
+        subscriber's subscribe is still in progress, or it is not here.
+        Join and leave pushes it asked for still reach it one by one.
+        """
+        state = self._channels.get(channel)
+        if state is None:
+            return False
+        pending = state.pending.get(subscriber)
+        if pending is not None:
+            if pending.buffer is not None:
+                return False
+            if pending.conflator is None:
+                pending.conflator = conflator
+            pending.held = pending.held or held
+            return True
+        entry = state.conflated.get(subscriber)
+        if entry is not None:
+            entry.held = entry.held or held
+            return True
+        located = self._leave_group(state, subscriber, prune=False)
+        if located is None:
+            return False
+        join_leave, delta = located
+        state.conflated[subscriber] = _Conflated(
+            conflator, join_leave=join_leave, delta=delta, held=held
+        )
+        return True
+
+    def release(self, channel: str, subscriber: Subscriber) -> None:
+        """A held subscriber can take more: write what its conflator kept.
+
+        One that asked for no rate then shares the channel's frames again (a
+        delta subscriber starting with a full payload); a rate-limited one stays
+        conflated and is drained when its rate allows.
+        """
+        state = self._channels.get(channel)
+        if state is None:
+            return
+        pending = state.pending.get(subscriber)
+        if pending is not None and pending.conflator is not None:
+            pending.held = False
+            if not pending.conflator.interval:
+                pending.conflator = None
+            return
+        entry = state.conflated.get(subscriber)
+        if entry is None:
+            return
+        entry.held = False
+        conflator = entry.conflator
+        if conflator.interval:
+            if conflator.ready():
+                self._drain(subscriber, entry)
+            self._schedule_drain(state)
+            return
+        del state.conflated[subscriber]
+        items = conflator.drain()
+        self._prune(state)
+        self._join_group(state, subscriber, join_leave=entry.join_leave, delta=entry.delta)
+        # Last: the write may find the connection full again, and conflate it anew.
+        if items:
+            self._write_conflated(subscriber, entry, items)
+
+    def conflation_backlog(self, channel: str, subscriber: Subscriber) -> int | None:
+        """Keys waiting in a conflated subscriber's conflator (``None``: not conflated).
+
+        Never more than the number of distinct keys published to the channel,
+        however fast they change: what a slow subscriber costs the server.
+        """
+        state = self._channels.get(channel)
+        if state is None:
+            return None
+        entry = state.conflated.get(subscriber)
+        if entry is not None:
+            return len(entry.conflator)
+        pending = state.pending.get(subscriber)
+        if pending is not None and pending.conflator is not None:
+            return len(pending.conflator)
+        return None
+
+    def _offer_conflated(
+        self,
+        state: _Channel,
+        conflated: list[tuple[Subscriber, _Conflated]],
+        publications: list[PreparedPush],
+        batch: list[tuple[PreparedPush, bool]],
+        has_join_leave: bool,
+    ) -> None:
+        """A flushed batch reaches the conflated subscribers: into each one's conflator
+        (no encoding), drained at once where its rate allows."""
+        join_leave = [push for push, is_join_leave in batch if is_join_leave]
+        for subscriber, entry in conflated:
+            if state.conflated.get(subscriber) is not entry:
+                continue  # left, or released, during the shared writes
+            conflator = entry.conflator
+            for push in publications:
+                conflator.offer(push.key, push)
+            if has_join_leave and entry.join_leave:
+                subscriber.writer(subscriber.wire.frame_pushes(join_leave))
+            if not entry.held and conflator.ready():
+                self._drain(subscriber, entry)
+        self._schedule_drain(state)
+
+    def _drain(self, subscriber: Subscriber, entry: _Conflated) -> None:
+        items = entry.conflator.drain()
+        if items:
+            self._write_conflated(subscriber, entry, items)
+
+    def _write_conflated(
+        self, subscriber: Subscriber, entry: _Conflated, items: list[PreparedPush]
+    ) -> None:
+        data = _conflated_wire(subscriber, entry).frame_pushes(items)
+        if self._meter is not None:
+            self._meter.delivered(subscriber.wire, len(items), 1, len(data))
+        subscriber.writer(data)
+
+    def _schedule_drain(self, state: _Channel) -> None:
+        """Arm the channel's timer for the earliest rate-limited drain still owed."""
+        if state.drain_timer is not None:
+            return
+        due = min(
+            (
+                entry.conflator.due()
+                for entry in state.conflated.values()
+                if not entry.held and entry.conflator
+            ),
+            default=None,
+        )
+        if due is not None:
+            delay = max(0.0, due - self._clock.monotonic())
+            state.drain_timer = self._clock.call_later(delay, self._drain_due, state)
+
+    def _drain_due(self, state: _Channel) -> None:
+        state.drain_timer = None
+        if self._channels.get(state.name) is not state:
+            return
+        for subscriber, entry in list(state.conflated.items()):
+            ready = not entry.held and entry.conflator.ready()
+            if ready and state.conflated.get(subscriber) is entry:
+                self._drain(subscriber, entry)
+        self._schedule_drain(state)
 
     # ------------------------------------------------------------------ fan-out
 
@@ -288,10 +604,18 @@ class Hub:
                     return
                 if offset != state.last_offset + 1:
                     self._lost_publications(state)
+                elif push.delta and state.previous_offset == state.last_offset:
+                    # This node queued the stream's previous publication itself: a delta
+                    # against it is what every delta subscriber here holds.
+                    previous = state.previous
+                    if previous is not None:
+                        push.base = previous.payload
             elif state.epoch and push.epoch != state.epoch:
                 self._lost_publications(state)
             state.last_offset = offset
             state.epoch = push.epoch
+        state.previous = push
+        state.previous_offset = offset
         if state.pending:
             self._offer_to_pending(state, push, False)
         self._enqueue(state, push, False)
@@ -318,7 +642,10 @@ class Hub:
                 continue
             if is_join_leave:
                 if pending.join_leave:
-                    subscriber.writer(subscriber.wire.frame_pushes([push]))
+                    frame = subscriber.wire.frame_pushes([push])
+                    subscriber.writer(frame)
+                    if self._meter is not None:
+                        self._meter.delivered(subscriber.wire, 1, 1, len(frame))
                 continue
             verdict = self._advance(pending, push)
             if verdict is None:
@@ -331,12 +658,7 @@ class Hub:
                 # subscriber: write them to the others before it goes live.
                 if state.batch:
                     self._flush_channel(state)
-                self._go_live(
-                    state,
-                    subscriber,
-                    join_leave=pending.join_leave,
-                    positioned=pending.positioned,
-                )
+                self._go_live(state, subscriber, pending)
         for subscriber in insufficient:
             subscriber.insufficient_state(state.name)
 
@@ -381,14 +703,53 @@ class Hub:
             if has_join_leave
             else everything
         )
+        # Taken before the writes: one of them may fill a connection, and the subscriber
+        # conflated then already got this batch (it leaves its group, which stays).
+        conflated = list(state.conflated.items()) if state.conflated else None
         frames: dict[WireFormat, bytes] = {}
+        meter = self._meter
         if publications:
             for wire, members in state.plain.items():
                 data = frames[wire] = wire.frame_pushes(publications)
+                if meter is not None:  # once per wire group: a len, never per recipient
+                    meter.delivered(wire, len(publications), len(members), len(data))
                 _write_all(members, data)
         for wire, members in state.join_leave.items():
             shared = frames.get(wire) if not has_join_leave else None
-            _write_all(members, shared if shared is not None else wire.frame_pushes(everything))
+            data = shared if shared is not None else wire.frame_pushes(everything)
+            if meter is not None:
+                pushes = len(everything) if shared is None else len(publications)
+                meter.delivered(wire, pushes, len(members), len(data))
+            _write_all(members, data)
+        if meter is not None:
+            meter.flushed(len(batch))
+        if state.fresh and publications:
+            self._promote_fresh(state)
+        if state.conflated:
+            self._prune(state)
+            if conflated:
+                self._offer_conflated(state, conflated, publications, batch, has_join_leave)
+
+    @staticmethod
+    def _promote_fresh(state: _Channel) -> None:
+        """Delta subscribers that were just sent full payloads hold the channel's last
+        publication now: from the next batch on they share the deltas' frames."""
+        for subscriber in list(state.fresh):
+            first = state.variant[subscriber]
+            key = state.variant[subscriber] = first.for_delta("deltas")
+            for group in (state.plain, state.join_leave):
+                members = group.get(first)
+                if members is not None and subscriber in members:
+                    writer = members.pop(subscriber)
+                    if not members:
+                        del group[first]
+                    group.setdefault(key, {})[subscriber] = writer
+        state.fresh.clear()
+
+
+def _conflated_wire(subscriber: Subscriber, entry: _Conflated) -> WireFormat:
+    """Conflated publications skip others: a delta subscriber gets them whole."""
+    return subscriber.wire.for_delta("strings") if entry.delta else subscriber.wire
 
 
 def _write_all(members: dict[Subscriber, Writer], data: bytes) -> None:

@@ -156,5 +156,6 @@ def configure_for(config: Config, *, label: str = "") -> None:
             config.token_hmac_secret,
             config.admin_password,
             config.admin_token,
+            config.metrics_token,
         ),
     )

@@ -186,9 +186,6 @@ def map_options_from_table(
 
 # --------------------------------------------------------------------------- namespaces
 
-DELTA_TYPES = frozenset({"fossil"})
-"""What ``allowed_delta_types`` may list."""
-
 STREAM_ONLY_OPTIONS = (
     "history_size",
     "history_ttl",
@@ -237,8 +234,7 @@ def check_namespace(
     """Raise :class:`ConfigError` unless a namespace's map settings hold together.
 
     ``subscription_type`` must be known; a map type needs its ``map`` table and
-    none of the stream-only options; ``allowed_delta_types`` lists known
-    encodings; a map presence prefix names a configured namespace of the right
+    none of the stream-only options; a map presence prefix names a configured namespace of the right
     type (``clients:`` -> ``[channels.namespaces.clients]`` of ``map_clients``).
     """
     kind = options.subscription_type
@@ -262,11 +258,6 @@ def check_namespace(
                     f"{key}.{name}: a stream option, not used by a {kind} namespace "
                     "(see its map table)"
                 )
-    for delta in options.allowed_delta_types:
-        if delta not in DELTA_TYPES:
-            raise ConfigError(
-                f"{key}.allowed_delta_types: expected some of {sorted(DELTA_TYPES)}, got {delta!r}"
-            )
     for option, wanted in (
         ("map_clients_presence_channel_prefix", "map_clients"),
         ("map_users_presence_channel_prefix", "map_users"),

@@ -37,6 +37,7 @@ from tidings.brokers.memory_map import MemoryMapBroker
 from tidings.channels import ChannelOptions, ChannelRules
 from tidings.clock import Clock, LoopClock, Timer
 from tidings.config import Config
+from tidings.conflation import Conflator
 from tidings.control import (
     ChannelsReply,
     ChannelsSurvey,
@@ -65,9 +66,11 @@ from tidings.hooks import ApplicationHooks, NoHooks
 from tidings.hub import Hub, Subscriber
 from tidings.jwks import JwksClient
 from tidings.map_channels import MapChannels, payload
+from tidings.metrics import Metrics, metrics_for
 from tidings.protocol.codec import (
     EMPTY_DOCUMENT,
     JSON_INPUT_ERRORS,
+    PreparedPush,
     compact_raw,
     prepare_join,
     prepare_leave,
@@ -75,6 +78,7 @@ from tidings.protocol.codec import (
 )
 from tidings.protocol.messages import NO_DATA, ClientInfo, Publication, StreamPosition
 from tidings.protocol.wire import WireFormat, Writer
+from tidings.tracing import Tracing, tracing_for
 from tidings.version import __version__
 
 log = logging.getLogger("tidings.node")
@@ -195,13 +199,19 @@ class Node:
                 self.verifier,
                 refresh_interval=config.token_jwks_refresh_interval,
             )
+        self.metrics: Metrics = metrics_for(config.metrics)
+        """Prometheus meters (``metrics = true``); the base class counts nothing."""
+        self.tracing: Tracing = tracing_for(config.opentelemetry)
+        """OpenTelemetry spans (``opentelemetry = true``); the base class traces nothing."""
         if broker is None:
-            broker, presence_default = _build_engine(config, self.id)
+            broker, presence_default = _build_engine(config, self.id, self.metrics)
             presence = presence or presence_default
         self.broker: Broker = broker
         self.history: HistoryReader = broker  # a broker reads the streams it owns
         self.presence: PresenceStore = presence or MemoryPresence()
-        self.hub = Hub(coalesce_delay=config.coalesce_delay)
+        self.hub = Hub(
+            coalesce_delay=config.coalesce_delay, clock=self.clock, meter=self.metrics.fan_out
+        )
         self.map_broker: MapBroker = map_broker or _build_map_engine(config, self.id, self.clock)
         self.maps = MapChannels(
             self.rules,
@@ -285,6 +295,7 @@ class Node:
         await self.broker.close()
         await self.map_broker.close()
         await self.presence.close()
+        self.metrics.sync()  # a worker's last second of counts, before its process ends
 
     def spawn(self, coroutine: Coroutine[Any, Any, Any], *, daemon: bool = False) -> None:
         """Run a fire-and-forget coroutine that the node keeps a reference to.
@@ -341,6 +352,7 @@ class Node:
         """A client finished ``connect``: index it by client id and user, and ping it."""
         self.clients[client.client_id] = client
         self.users.setdefault(client.user, set()).add(client)
+        self.metrics.connected(client.wire)
         if self._ping_buckets:
             self._ping_buckets[self._tick % len(self._ping_buckets)].add(client)
 
@@ -358,6 +370,7 @@ class Node:
         self._all_clients.discard(client)
         if self.clients.get(client.client_id) is client:
             del self.clients[client.client_id]
+            self.metrics.disconnected(client.wire)
         clients = self.users.get(client.user)
         if clients is not None:
             clients.discard(client)
@@ -394,14 +407,23 @@ class Node:
         join_leave: bool,
         positioned: bool,
         position: StreamPosition | None,
+        delta: bool = False,
+        conflator: Conflator[PreparedPush] | None = None,
     ) -> None:
         """The subscribe's answer is out: replay what was buffered, deliver live from now.
 
-        ``position`` is where the answer left the subscriber (see
+        ``position`` is where the answer left the subscriber; ``delta`` and
+        ``conflator`` say how it is delivered to (see
         :meth:`tidings.hub.Hub.complete_subscribe`).
         """
         self.hub.complete_subscribe(
-            channel, subscriber, join_leave=join_leave, positioned=positioned, position=position
+            channel,
+            subscriber,
+            join_leave=join_leave,
+            positioned=positioned,
+            position=position,
+            delta=delta,
+            conflator=conflator,
         )
 
     def detach(self, channel: str, subscriber: Subscriber) -> None:
@@ -433,6 +455,22 @@ class Node:
         """Swap where a live subscriber's broadcasts go (a session does it while slow)."""
         for channel in channels:
             self.hub.set_writer(channel, subscriber, writer)
+
+    def conflate(
+        self,
+        channel: str,
+        subscriber: Subscriber,
+        conflator: Conflator[PreparedPush],
+        *,
+        held: bool = False,
+    ) -> bool:
+        """Deliver ``channel`` to a live subscriber as the latest value per key (see
+        :meth:`tidings.hub.Hub.conflate`); ``held`` while its connection is full."""
+        return self.hub.conflate(channel, subscriber, conflator, held=held)
+
+    def release(self, channel: str, subscriber: Subscriber) -> None:
+        """A held conflated subscriber can take more (see :meth:`tidings.hub.Hub.release`)."""
+        self.hub.release(channel, subscriber)
 
     # ------------------------------------------------------------------ presence
 
@@ -496,6 +534,7 @@ class Node:
         if now - self._last_node_info >= NODE_INFO_INTERVAL:
             self._last_node_info = now
             self.spawn(self._announce_node())
+        self.metrics.tick(self.clients.values())
 
     def _ping_frame(self, wire: WireFormat) -> bytes:
         frame = self._ping_frames.get(wire)
@@ -557,25 +596,31 @@ class Node:
         tags: dict[str, str] | None = None,
         idempotency_key: str = "",
         info: ClientInfo | None = None,
+        key: str = "",
+        delta: bool | None = None,
     ) -> PublishResult:
         """Publish from Python (or the server API) to every subscriber on every node.
 
         ``data`` is any JSON-serialisable value, or :class:`msgspec.Raw` holding
         JSON text. Channel permissions do not apply (this is the backend
-        speaking); an unknown namespace still raises error 102.
+        speaking); an unknown namespace still raises error 102. ``key`` names
+        what the publication is the latest value of (conflating channels keep
+        one per key); ``delta`` asks for delta encoding to subscribers that
+        negotiated it (``None``: the namespace's ``delta_publish``).
         """
         options = self.rules.options(channel)
         if isinstance(data, Raw):
             payload = Raw(compact_raw(bytes(data)))
         else:
             payload = Raw(msgspec.json.encode(data))
-        publication = Publication(data=payload, info=info, tags=tags or None)
+        publication = Publication(data=payload, info=info, tags=tags or None, key=key)
         position = await self.publish_publication(
             channel,
             publication,
             options,
             skip_history=skip_history,
             idempotency_key=idempotency_key,
+            delta=delta,
         )
         if position is None:
             return PublishResult()
@@ -589,13 +634,20 @@ class Node:
         *,
         skip_history: bool = False,
         idempotency_key: str = "",
+        delta: bool | None = None,
     ) -> StreamPosition | None:
+        """Publish a prepared publication (``delta``: ``None`` means the namespace's
+        ``delta_publish``)."""
         if options.is_map:  # a map channel takes keyed writes only (map_publish)
             raise ReplyError(ErrorCode.BAD_REQUEST)
         self.hooks.check_publication(channel, bytes(publication.data))
         history = None if skip_history else options.history_options(self.config.history_meta_ttl)
         return await self.broker.publish(
-            channel, publication, history=history, idempotency_key=idempotency_key
+            channel,
+            publication,
+            history=history,
+            idempotency_key=idempotency_key,
+            delta=options.delta_publish if delta is None else delta,
         )
 
     async def recover(
@@ -655,9 +707,16 @@ class Node:
     # ------------------------------------------------------------------ broker events
 
     def handle_publication(
-        self, channel: str, publication: Publication, position: StreamPosition | None
+        self,
+        channel: str,
+        publication: Publication,
+        position: StreamPosition | None,
+        *,
+        delta: bool = False,
     ) -> None:
-        push = prepare_publication(channel, publication, position.epoch if position else "")
+        self.metrics.publication_received()
+        epoch = position.epoch if position else ""
+        push = prepare_publication(channel, publication, epoch, delta=delta)
         self.hub.broadcast_publication(channel, push)
 
     def handle_join(self, channel: str, info: ClientInfo) -> None:
@@ -1048,13 +1107,16 @@ def _build_map_engine(config: Config, node_id: str, clock: Clock) -> MapBroker:
     return RedisMapBroker(url, prefix=config.broker_prefix, name=node_id[:8])
 
 
-def _build_engine(config: Config, node_id: str) -> tuple[Broker, PresenceStore]:
+def _build_engine(config: Config, node_id: str, metrics: Metrics) -> tuple[Broker, PresenceStore]:
     if config.broker == "memory":
         return MemoryBroker(), MemoryPresence()
-    from tidings.brokers.redis import RedisBroker, RedisPresence
+    from tidings.brokers.redis import RedisBroker, RedisPresence, RoundTrips
 
     prefix = config.broker_prefix
+    round_trips = (
+        RoundTrips(metrics.broker_round_trip, metrics.broker_error) if metrics.enabled else None
+    )
     return (
-        RedisBroker(config.broker, prefix=prefix, name=node_id[:8]),
-        RedisPresence(config.broker, prefix=prefix),
+        RedisBroker(config.broker, prefix=prefix, name=node_id[:8], round_trips=round_trips),
+        RedisPresence(config.broker, prefix=prefix, round_trips=round_trips),
     )

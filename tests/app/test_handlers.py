@@ -391,3 +391,31 @@ async def test_subscription_token_still_grants_on_its_own() -> None:
         await client.subscribe("chat:granted", token=sub_token)
         with pytest.raises(ClientError):
             await client.subscribe("chat:other")
+
+
+async def test_on_subscribe_sets_a_conflation_rate() -> None:
+    """On a conflating channel the application may slow one subscriber down: it gets the
+    latest value of each key, not every update."""
+    rt = Tidings(make_config())
+    rt.namespace("quotes", conflate_by="key", allow_subscribe_for_client=True)
+
+    @rt.on_subscribe("quotes:*")
+    async def join(ctx: SubscribeContext) -> SubscribeResult:
+        return SubscribeResult(max_frequency=2.0 if ctx.user == "slow" else None)
+
+    async with (
+        TestClient(rt, token=token("slow")) as slow,
+        TestClient(rt, token=token("fast")) as fast,
+    ):
+        slow_sub = await slow.subscribe("quotes:acme")
+        fast_sub = await fast.subscribe("quotes:acme")
+        for price in range(1, 21):
+            await rt.publish("quotes:acme", {"price": price}, key="ACME")
+            await asyncio.sleep(0)  # one publication per loop turn: no batching to hide in
+        fast_seen = [(await fast_sub.next()).data["price"] for _ in range(20)]
+        assert fast_seen == list(range(1, 21))
+        slow_seen = [(await slow_sub.next(timeout=2)).data["price"]]
+        while slow_seen[-1] != 20:
+            slow_seen.append((await slow_sub.next(timeout=2)).data["price"])
+        # At 2 per second: the first value at once, the latest half a second later.
+        assert slow_seen == [1, 20]

@@ -190,3 +190,31 @@ async def test_test_client_sees_joins_and_leaves() -> None:
             await visitor.subscribe("chat:jl")
             assert (await asyncio.wait_for(sub.joins.get(), 5)).user == "visitor"
         assert (await asyncio.wait_for(sub.leaves.get(), 5)).user == "visitor"
+
+
+async def test_handler_latency_reaches_the_metrics() -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    rt = app_with(metrics=True)
+
+    @rt.rpc("ping")
+    async def ping(ctx: Any, params: Any) -> str:
+        return "pong"
+
+    @rt.rpc("boom")
+    async def boom(ctx: Any, params: Any) -> str:
+        raise ClientError(4000, "no")
+
+    async with TestClient(rt, token=token()) as client:
+        await client.rpc("ping")
+        with pytest.raises(ClientError):
+            await client.rpc("boom")
+        text = rt.node.metrics.exposition(rt.node.clients.values()).decode()
+    counts = {
+        (sample.labels["event"], sample.labels["outcome"]): sample.value
+        for family in text_string_to_metric_families(text)
+        if family.name == "tidings_handler_duration_seconds"
+        for sample in family.samples
+        if sample.name.endswith("_count")
+    }
+    assert counts == {("rpc", "ok"): 1.0, ("rpc", "client_error"): 1.0}

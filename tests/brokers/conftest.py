@@ -47,15 +47,24 @@ class Recorder:
         self.leaves: dict[str, list[ClientInfo]] = defaultdict(list)
         self.controls: list[bytes] = []
         self.resubscribed: list[list[str]] = []
+        self.deltas: set[tuple[str, int]] = set()
+        """``(channel, offset)`` of the publications delivered with ``delta=True``."""
         self._changed = asyncio.Event()
 
     def _touch(self) -> None:
         self._changed.set()
 
     def handle_publication(
-        self, channel: str, publication: Publication, position: StreamPosition | None
+        self,
+        channel: str,
+        publication: Publication,
+        position: StreamPosition | None,
+        *,
+        delta: bool = False,
     ) -> None:
         self.publications[channel].append((publication, position))
+        if delta:
+            self.deltas.add((channel, publication.offset))
         self._touch()
 
     def handle_join(self, channel: str, info: ClientInfo) -> None:

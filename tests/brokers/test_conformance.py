@@ -208,6 +208,28 @@ async def test_publication_fields_survive_transport_and_history(engine: Engine) 
     assert delivered_position == position
 
 
+async def test_key_survives_and_the_delta_wish_reaches_every_node(engine: Engine) -> None:
+    """A publication's ``key`` is part of it; ``delta=True`` travels with the delivery
+    (to every node), is never stored, and is off unless asked, with or without history."""
+    (a, seen_a) = await engine.node("a")
+    nodes = [(a, seen_a)]
+    if engine.multi_node:
+        nodes.append(await engine.node("b"))
+    for broker, _ in nodes:
+        await broker.subscribe("chat")
+    keyed = Publication(data=msgspec.Raw(b'{"bid":1}'), key="ACME")
+    await a.publish("chat", keyed, history=KEEP, delta=True)
+    await a.publish("chat", pub(2), history=KEEP)
+    await a.publish("chat", pub(3), delta=True)  # no history: offset 0
+    for _, seen in nodes:
+        chat = seen.publications["chat"]
+        await seen.wait(lambda chat=chat: len(chat) >= 3, "three publications")
+        assert [p.key for p, _ in chat] == ["ACME", "", ""]
+        assert seen.deltas == {("chat", 1), ("chat", 0)}
+    [stored, _], _ = await a.history("chat", limit=-1)
+    assert stored.key == "ACME" and stored.delta is False
+
+
 async def test_channel_names_are_kept_apart(engine: Engine) -> None:
     """Braces and escapes in names must not merge streams (nor split a cluster slot)."""
     broker, _ = await engine.node()

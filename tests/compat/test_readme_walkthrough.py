@@ -215,8 +215,8 @@ async def test_the_readme_walkthrough_works_as_written(walk: Walkthrough, browse
     for step in readme_steps(walk.ports):
         if step.kind == "start":
             await start(walk, step)
-            if step.args[0] == "demo":
-                await check_the_demo_then_stop_it(walk, browser)
+            if step.args[0] == "chat":
+                await check_the_chat_then_stop_it(walk, browser)
             elif step.args[0] == "page":
                 app_page = await new_page(browser)
                 await app_page.goto(f"http://127.0.0.1:{walk.ports[3000]}/")
@@ -245,11 +245,16 @@ async def test_the_readme_walkthrough_works_as_written(walk: Walkthrough, browse
     assert "refused" not in server_log, server_log
 
 
-async def check_the_demo_then_stop_it(walk: Walkthrough, browser: Any) -> None:
-    """``make serve``: the demo chats, with Python alone, then Ctrl-C stops it."""
+async def check_the_chat_then_stop_it(walk: Walkthrough, browser: Any) -> None:
+    """``make serve``: the chat example chats, with Python alone, then Ctrl-C stops it."""
     page = await new_page(browser)
     await page.goto(f"http://127.0.0.1:{walk.ports[8000]}/")
+    await page.fill("#entry-name", "newcomer")
+    await page.click("#entry button[type=submit]")
     await page.wait_for_function("document.body.dataset.subscribed === 'true'")
+    await page.fill("#text", "hello from the README")
+    await page.press("#text", "Enter")
+    await expect_item(page, "hello from the README")
     await page.context.close()
     assert not (walk.checkout / "node_modules").exists()
     # Serving installed no test or benchmark tools; the load generator says what it needs.
@@ -257,8 +262,8 @@ async def check_the_demo_then_stop_it(walk: Walkthrough, browser: Any) -> None:
     assert code != 0
     code, output = await run(walk, [".venv/bin/tidings", "bench"], check=False)
     assert code == 1 and "pip install 'tidings[bench]'" in output
-    await ctrl_c(walk.terminals["demo"])
-    await eventually(lambda: not port_in_use(walk.ports[8000]), "the demo to free its port", 10)
+    await ctrl_c(walk.terminals["chat"])
+    await eventually(lambda: not port_in_use(walk.ports[8000]), "the chat to free its port", 10)
 
 
 def port_in_use(port: int) -> bool:

@@ -73,14 +73,17 @@ async def test_publish_command_reaches_a_subscriber(configured: ServerProcess) -
     await ws.close()
 
 
-async def test_no_configuration_serves_the_demo_loudly() -> None:
+async def test_no_configuration_runs_demo_mode_loudly() -> None:
     server = await spawn(env={"TIDINGS_TOKEN_HMAC_SECRET": "", "TIDINGS_API_KEY": ""})
     try:
         assert any("DEMO MODE" in line for line in server.log)
         status, headers, body = await http(server.port, "GET", "/")
-        assert status == 200 and b"/vendor/centrifuge.js" in body
+        # The status page: what runs, a live connection check, where the examples are.
+        assert status == 200 and b"demo mode" in body and b"/vendor/centrifuge.js" in body
+        assert b"examples.chat.app:rt" in body
+        assert (await http(server.port, "GET", "/demo/chat.js"))[0] == 404  # the old demo
         status, headers, body = await http(server.port, "GET", "/vendor/centrifuge.js")
-        # Served from the package itself: no Node.js or npm needed to serve the demo.
+        # Served from the package itself: no Node.js or npm needed to serve pages.
         assert status == 200 and headers["content-type"].startswith("text/javascript")
         assert body == (VENDORED / "centrifuge.js").read_bytes()
         # Anonymous access is confined to the demo namespace.

@@ -166,19 +166,24 @@ class InterleavingBroker(MemoryBroker):
 class _Deferred:
     def __init__(self, handler: BrokerEventHandler) -> None:
         self._handler = handler
-        self._queue: list[tuple[str, Publication, StreamPosition | None]] = []
+        self._queue: list[tuple[str, Publication, StreamPosition | None, bool]] = []
 
     def handle_publication(
-        self, channel: str, publication: Publication, position: StreamPosition | None
+        self,
+        channel: str,
+        publication: Publication,
+        position: StreamPosition | None,
+        *,
+        delta: bool = False,
     ) -> None:
         loop = asyncio.get_running_loop()
         # Keep order: deliveries are queued, and each hop drains the oldest.
-        self._queue.append((channel, publication, position))
+        self._queue.append((channel, publication, position, delta))
         loop.call_soon(lambda: loop.call_soon(self._drain_one))
 
     def _drain_one(self) -> None:
-        channel, publication, position = self._queue.pop(0)
-        self._handler.handle_publication(channel, publication, position)
+        channel, publication, position, delta = self._queue.pop(0)
+        self._handler.handle_publication(channel, publication, position, delta=delta)
 
     def handle_join(self, channel: str, info: Any) -> None:
         self._handler.handle_join(channel, info)

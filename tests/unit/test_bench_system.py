@@ -75,8 +75,15 @@ def test_reference_needs_its_packages(tmp_path: Path) -> None:
 
 
 def test_unknown_kind(tmp_path: Path) -> None:
-    with pytest.raises(SpawnError, match="tidings or reference"):
+    with pytest.raises(SpawnError, match="tidings, reference or mount"):
         ServerSpec("nginx", tmp_path, cpus=None).command(9000)
+
+
+def test_the_mount_runs_under_uvicorn_with_the_bench_config(tmp_path: Path) -> None:
+    argv, env, _ = ServerSpec("mount", tmp_path, cpus=None).command(9000)
+    assert argv[1:4] == ["-m", "uvicorn", "tidings.bench.mount:app"]
+    assert argv[argv.index("--port") + 1] == "9000"
+    assert env["TIDINGS_BENCH_CONFIG"] == str(tmp_path / "benchmarks" / "tidings-bench.toml")
 
 
 def test_repository_root_is_found_from_this_checkout() -> None:

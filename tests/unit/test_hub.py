@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import json
+from collections.abc import Callable, Sequence
+from typing import Any
 
+import pytest
+from msgspec import Raw
+
+from tests.support.clock import FakeClock
+from tidings.conflation import Conflator
 from tidings.hub import Hub
-from tidings.protocol.codec import PreparedPush, join_documents
-from tidings.protocol.messages import StreamPosition
+from tidings.protocol import codec, fossil
+from tidings.protocol.codec import PreparedPush, join_documents, prepare_publication
+from tidings.protocol.messages import Publication, StreamPosition
 from tidings.protocol.wire import WireFormat
 
 
@@ -17,6 +25,7 @@ class LinesWire(WireFormat):
 
 
 WIRE = LinesWire("lines", envelope=False)
+OTHER_WIRE = LinesWire("other lines", envelope=False)
 
 
 class FakeSubscriber:
@@ -48,6 +57,23 @@ def doc(offset: int) -> bytes:
 
 async def next_turn() -> None:
     await asyncio.sleep(0)
+
+
+class Calls:
+    count = 0
+
+
+def count_calls(monkeypatch: pytest.MonkeyPatch, module: object, name: str) -> Calls:
+    """Count the calls of ``module.name`` (still calling it)."""
+    calls = Calls()
+    original: Callable[..., Any] = getattr(module, name)
+
+    def counting(*args: Any) -> Any:
+        calls.count += 1
+        return original(*args)
+
+    monkeypatch.setattr(module, name, counting)
+    return calls
 
 
 def live(
@@ -180,3 +206,260 @@ async def test_writer_swap_for_slow_clients() -> None:
     hub.broadcast_publication("c", pub(1))
     await next_turn()
     assert diverted == [doc(1)] and a.writes == []
+
+
+# --------------------------------------------------------------------------- delta compression
+
+
+def quote(
+    offset: int, bid: int, *, delta: bool = True, key: str = "", epoch: str = "E"
+) -> PreparedPush:
+    """A ticker publication (~250 bytes) where only ``bid`` changes between updates."""
+    data = {"symbol": "ACME", "bid": bid, "ask": 101, "venue": "XNAS", "note": "x" * 180}
+    publication = Publication(data=Raw(json.dumps(data).encode()), offset=offset, key=key)
+    return prepare_publication("c", publication, epoch, delta=delta)
+
+
+def pubs_of(subscriber: FakeSubscriber) -> list[dict[str, Any]]:
+    return [json.loads(document)["pub"] for document in subscriber.documents()]
+
+
+class SdkDecoder:
+    """What centrifuge-js does with the publications of a delta subscription."""
+
+    def __init__(self) -> None:
+        self.previous = b""
+
+    def decode(self, pub: dict[str, Any]) -> dict[str, Any]:
+        text = pub["data"]
+        assert isinstance(text, str), "a delta subscriber must get data as a JSON string"
+        full = fossil.apply(self.previous, text.encode()) if pub.get("delta") else text.encode()
+        self.previous = full
+        return dict(json.loads(full))
+
+
+def delta_live(hub: Hub, subscriber: FakeSubscriber, **kwargs: Any) -> None:
+    hub.begin_subscribe("c", subscriber)
+    hub.complete_subscribe(
+        "c",
+        subscriber,
+        join_leave=False,
+        positioned=True,
+        position=kwargs.pop("position", StreamPosition(0, "")),
+        delta=True,
+        **kwargs,
+    )
+
+
+async def test_delta_subscribers_get_full_strings_first_then_shared_deltas(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    deltas, variants = (
+        count_calls(monkeypatch, fossil, "create_for_json"),
+        count_calls(monkeypatch, codec, "_encode_variant"),
+    )
+    hub = Hub()
+    plain = FakeSubscriber("plain")
+    one, two = FakeSubscriber("one"), FakeSubscriber("two")
+    live(hub, plain)
+    delta_live(hub, one)
+    delta_live(hub, two)
+    hub.broadcast_publication("c", quote(1, 100))
+    await next_turn()
+    hub.broadcast_publication("c", quote(2, 101))
+    hub.broadcast_publication("c", quote(3, 102))
+    await next_turn()
+
+    assert [p["data"]["bid"] for p in pubs_of(plain)] == [100, 101, 102]  # plain: untouched
+    first, later = pubs_of(one)[0], pubs_of(one)[1:]
+    assert isinstance(first["data"], str) and "delta" not in first
+    assert all(p["delta"] is True for p in later)
+    assert len(later[0]["data"]) < len(first["data"]) / 4
+    sdk = SdkDecoder()
+    assert [sdk.decode(p)["bid"] for p in pubs_of(one)] == [100, 101, 102]
+    # Once per channel, not per recipient: one delta per publication, one frame per batch.
+    assert one.writes[1] is two.writes[1]
+    assert deltas.count == 2
+    assert variants.count == 1 + 2  # the first publication's strings, two deltas
+
+
+async def test_deltas_only_against_the_previous_offset_and_when_asked() -> None:
+    hub = Hub()
+    s = FakeSubscriber("s")
+    delta_live(hub, s)
+    hub.broadcast_publication("c", quote(1, 100))
+    await next_turn()
+    hub.broadcast_publication("c", quote(2, 101, delta=False))  # the publisher did not ask
+    await next_turn()
+    hub.broadcast_publication("c", quote(0, 102))  # no offset: no continuity to vouch for
+    await next_turn()
+    hub.broadcast_publication("c", quote(3, 103))  # its base would be offset 0's: whole
+    await next_turn()
+    hub.broadcast_publication("c", quote(4, 104))
+    await next_turn()
+    assert [p.get("delta", False) for p in pubs_of(s)] == [False, False, False, False, True]
+    sdk = SdkDecoder()
+    assert [sdk.decode(p)["bid"] for p in pubs_of(s)] == [100, 101, 102, 103, 104]
+
+
+async def test_no_delta_across_a_gap() -> None:
+    """Offsets 1 then 3: the node missed 2, so 3 has no base (and positioned subscribers,
+    delta ones included, are told to recover)."""
+    lost: list[tuple[str, str]] = []
+    hub = Hub()
+    s = FakeSubscriber("s", lost)
+    delta_live(hub, s)
+    hub.broadcast_publication("c", quote(1, 100))
+    third = quote(3, 102)
+    hub.broadcast_publication("c", third)
+    assert third.base is None and lost == [("c", "s")]
+    fourth = quote(4, 103)
+    hub.broadcast_publication("c", fourth)
+    assert fourth.base is third.payload
+
+
+async def test_delta_subscriber_replay_starts_whole_then_stays_on_deltas() -> None:
+    """What was buffered during the subscribe is consecutive: one full payload, then deltas,
+    and live ones go on from the replay's last publication."""
+    hub = Hub()
+    s = FakeSubscriber("s")
+    hub.begin_subscribe("c", s)
+    hub.broadcast_publication("c", quote(5, 100))
+    hub.broadcast_publication("c", quote(6, 101))
+    hub.complete_subscribe(
+        "c", s, join_leave=False, positioned=True, position=StreamPosition(4, "E"), delta=True
+    )
+    hub.broadcast_publication("c", quote(7, 102))
+    await next_turn()
+    hub.broadcast_publication("c", quote(8, 103))
+    await next_turn()
+    assert [p.get("delta", False) for p in pubs_of(s)] == [False, True, True, True]
+    sdk = SdkDecoder()
+    assert [sdk.decode(p)["bid"] for p in pubs_of(s)] == [100, 101, 102, 103]
+
+
+# --------------------------------------------------------------------------- conflation
+
+
+def tick(offset: int, key: str, price: int) -> PreparedPush:
+    publication = Publication(data=Raw(b'{"p":%d}' % price), offset=offset, key=key)
+    return prepare_publication("c", publication, "E")
+
+
+def latest(subscriber: FakeSubscriber) -> dict[str, int]:
+    values: dict[str, int] = {}
+    for pub in pubs_of(subscriber):
+        data = pub["data"]
+        values[pub["key"]] = (json.loads(data) if isinstance(data, str) else data)["p"]
+    return values
+
+
+async def test_rate_limited_subscriber_gets_the_latest_per_key_at_its_rate() -> None:
+    clock = FakeClock()
+    hub = Hub(clock=clock)
+    fast, slow = FakeSubscriber("fast"), FakeSubscriber("slow")
+    live(hub, fast)
+    hub.begin_subscribe("c", slow)
+    conflator: Conflator[PreparedPush] = Conflator(max_frequency=10, clock=clock.monotonic)
+    hub.complete_subscribe(
+        "c", slow, join_leave=False, positioned=False, position=None, conflator=conflator
+    )
+    offset = 0
+    for round_ in range(5):
+        for key in ("A", "B", "C"):
+            offset += 1
+            hub.broadcast_publication("c", tick(offset, key, 10 * round_ + ord(key)))
+        await next_turn()
+    assert len(pubs_of(fast)) == 15
+    assert [p["key"] for p in pubs_of(slow)] == ["A", "B", "C"]  # the first drain, at once
+    assert len(conflator) == 3  # the rest waits, one item per key
+    clock.advance(0.1)
+    assert latest(slow) == {"A": 40 + 65, "B": 40 + 66, "C": 40 + 67}
+    assert len(pubs_of(slow)) == 6 and clock.pending() == 0
+
+
+async def test_held_subscriber_is_released_with_the_latest_then_shares_frames() -> None:
+    hub = Hub()
+    fast, slow = FakeSubscriber("fast"), FakeSubscriber("slow")
+    live(hub, fast)
+    live(hub, slow)
+    conflator: Conflator[PreparedPush] = Conflator()
+    assert hub.conflate("c", slow, conflator, held=True)
+    for offset in range(1, 1001):
+        hub.broadcast_publication("c", tick(offset, f"k{offset % 10}", offset))
+        if offset % 100 == 0:
+            await next_turn()
+    assert slow.writes == [] and len(conflator) == 10  # bounded by the keys, not the rate
+    hub.release("c", slow)
+    assert latest(slow) == {f"k{n % 10}": n for n in range(991, 1001)}
+    assert [p["offset"] for p in pubs_of(slow)] == list(range(991, 1001))  # in offset order
+    hub.broadcast_publication("c", tick(1001, "k1", 1001))
+    await next_turn()
+    assert slow.writes[-1] is fast.writes[-1]  # back in the shared group
+    assert len(pubs_of(fast)) == 1001
+
+
+async def test_conflated_delta_subscriber_gets_strings_then_deltas_again() -> None:
+    hub = Hub()
+    s = FakeSubscriber("s")
+    delta_live(hub, s)
+    hub.broadcast_publication("c", quote(1, 100))
+    await next_turn()
+    hub.conflate("c", s, Conflator(), held=True)
+    hub.broadcast_publication("c", quote(2, 101))
+    hub.broadcast_publication("c", quote(3, 102))
+    await next_turn()
+    hub.release("c", s)
+    hub.broadcast_publication("c", quote(4, 103))
+    await next_turn()
+    hub.broadcast_publication("c", quote(5, 104))
+    await next_turn()
+    assert [p["offset"] for p in pubs_of(s)] == [1, 3, 4, 5]
+    assert [p.get("delta", False) for p in pubs_of(s)] == [False, False, False, True]
+    sdk = SdkDecoder()
+    assert [sdk.decode(p)["bid"] for p in pubs_of(s)] == [100, 102, 103, 104]
+
+
+async def test_removing_a_conflated_subscriber_empties_the_channel() -> None:
+    clock = FakeClock()
+    hub = Hub(clock=clock)
+    s = FakeSubscriber("s")
+    hub.begin_subscribe("c", s)
+    conflator: Conflator[PreparedPush] = Conflator(max_frequency=1, clock=clock.monotonic)
+    hub.complete_subscribe(
+        "c", s, join_leave=False, positioned=False, position=None, conflator=conflator
+    )
+    hub.broadcast_publication("c", tick(1, "A", 1))
+    await next_turn()  # drained at once
+    hub.broadcast_publication("c", tick(2, "A", 2))
+    await next_turn()  # waits a second: the timer is armed
+    assert dict(hub.channels()) == {"c": 1}
+    assert clock.pending() == 1 and [p["offset"] for p in pubs_of(s)] == [1]
+    assert hub.remove("c", s) is True
+    assert clock.pending() == 0 and "c" not in hub
+
+
+async def test_conflating_the_last_member_of_a_group_mid_flush() -> None:
+    """A write that fills a connection conflates its subscriber while the flush is iterating
+    the groups: the loop carries on, that subscriber got the batch once, and the emptied
+    group is dropped afterwards."""
+    hub = Hub()
+    fast = FakeSubscriber("fast")
+    live(hub, fast)
+    slow = FakeSubscriber("slow")
+    slow.wire = OTHER_WIRE
+    live(hub, slow)
+
+    def fills_up(data: bytes) -> None:
+        slow.writes.append(data)
+        hub.conflate("c", slow, Conflator(), held=True)
+
+    hub.set_writer("c", slow, fills_up)
+    hub.broadcast_publication("c", tick(1, "A", 1))
+    await next_turn()
+    hub.broadcast_publication("c", tick(2, "A", 2))
+    await next_turn()
+    assert [p["offset"] for p in pubs_of(slow)] == [1]
+    assert [p["offset"] for p in pubs_of(fast)] == [1, 2]
+    assert hub.conflation_backlog("c", slow) == 1
+    assert OTHER_WIRE not in hub._channels["c"].plain

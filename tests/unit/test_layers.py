@@ -37,6 +37,8 @@ LAYERS: dict[str, int] = {
     "tidings.config": 2,
     "tidings.maps_config": 2,
     "tidings.jwks": 2,
+    "tidings.metrics": 2,
+    "tidings.tracing": 2,
     "tidings.logs": 2,
     "tidings.hub": 3,
     "tidings.hooks": 3,

@@ -115,7 +115,7 @@ def test_the_map_engine_follows_the_broker_unless_named() -> None:
         ),
         (
             '[channels.namespaces.mm]\nallowed_delta_types = ["xdelta"]\n',
-            "channels.namespaces.mm.allowed_delta_types: expected some of ['fossil'], got 'xdelta'",
+            "channels.namespaces.mm.allowed_delta_types: unknown delta type 'xdelta'",
         ),
         (
             '[channels.namespaces.game]\nmap_clients_presence_channel_prefix = "who:"\n',

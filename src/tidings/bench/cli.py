@@ -26,20 +26,22 @@ DEFAULT_SCENARIOS = ("A", "B", "C")
 @click.option(
     "--target",
     "targets",
-    type=click.Choice(["tidings", "reference"]),
+    type=click.Choice(["tidings", "reference", "mount"]),
     multiple=True,
-    help="Server kind to measure; repeat for both (reference first makes the baseline). "
+    help="Server kind to measure; repeat for several (reference first makes the baseline). "
+    "mount: rt.asgi() in a FastAPI app under uvicorn (needs fastapi and uvicorn). "
     "Default: tidings.",
 )
 @click.option(
     "--url",
     help="WebSocket URL of a running server (without --spawn). Default: "
-    "ws://127.0.0.1:8000/connection/websocket (tidings), ws://127.0.0.1:8080/ (reference).",
+    "ws://127.0.0.1:8000/connection/websocket (tidings), ws://127.0.0.1:8080/ (reference), "
+    "ws://127.0.0.1:8000/rt/connection/websocket (mount).",
 )
 @click.option(
     "--scenario",
     "scenarios",
-    type=click.Choice(list("ABCDEFM"), case_sensitive=False),
+    type=click.Choice(list("ABCDEFGM"), case_sensitive=False),
     multiple=True,
     help="Scenario to run; repeatable. Default: A, B and C. M: map updates against plain "
     "publications in the same run.",
@@ -49,9 +51,9 @@ DEFAULT_SCENARIOS = ("A", "B", "C")
     "sizes",
     type=click.IntRange(min=1),
     multiple=True,
-    help="Receivers (A, B, F), connections (C, D) or chat clients (E); repeat for several "
-    "sizes. Default per scenario: A 1000 and 10000, B 1000, C 10000, D 100000, E 10000, F 1000, "
-    "M 1000.",
+    help="Receivers (A, B, F, G, M), connections (C, D) or chat clients (E); repeat for "
+    "several sizes. Default per scenario: A 1000 and 10000, B 1000, C 10000, D 100000, "
+    "E 10000, F 1000, G 100, M 1000.",
 )
 @click.option(
     "--duration",
@@ -239,7 +241,7 @@ def _run(
     scenarios = [s.upper() for s in dict.fromkeys(options["scenarios"] or DEFAULT_SCENARIOS)]
     sizes = dict(DEFAULT_SIZES)
     if options["sizes"]:
-        sizes = {scenario: tuple(options["sizes"]) for scenario in "ABCDEFM"}
+        sizes = {scenario: tuple(options["sizes"]) for scenario in "ABCDEFGM"}
     generator_cpus = options["generator_cpus"]
     if generator_cpus is None and options["spawn"]:
         generator_cpus = "0"

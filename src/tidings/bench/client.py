@@ -603,4 +603,5 @@ class TidingsMapClient(TidingsClient):
 CLIENT_CLASSES: dict[str, type[BenchClient]] = {
     "tidings": TidingsClient,
     "reference": ReferenceClient,
+    "mount": TidingsClient,  # the same protocol, through rt.asgi() under uvicorn
 }

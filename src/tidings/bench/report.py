@@ -278,7 +278,7 @@ def draw_chart(path: Path, results: Sequence[ScenarioResult]) -> None:
     panels = chart_panels(results)
     if not panels:
         raise ValueError("nothing to draw: no scenario produced a headline figure")
-    colours = {"reference": "#8c8c8c", "tidings": "#2a7ab9"}
+    colours = {"reference": "#8c8c8c", "tidings": "#2a7ab9", "mount": "#d9822b"}
     columns = min(4, len(panels))
     lines = math.ceil(len(panels) / columns)
     figure, axes = plt.subplots(lines, columns, figsize=(3.4 * columns, 2.9 * lines), squeeze=False)

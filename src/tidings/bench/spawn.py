@@ -9,13 +9,16 @@ Commands:
 
 * tidings: ``python -m tidings serve --config FILE --port N`` (plus
   ``--broker URL --workers N`` for scenario F);
-* reference: ``node benchmarks/reference/server.js`` with ``PORT=N``.
+* reference: ``node benchmarks/reference/server.js`` with ``PORT=N``;
+* mount: ``python -m uvicorn tidings.bench.mount:app --port N`` (``rt.asgi()`` at ``/rt``
+  in a FastAPI app), reading the tidings config named by ``TIDINGS_BENCH_CONFIG``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import os
 import shutil
 import signal
@@ -100,8 +103,29 @@ class ServerSpec:
                     part for part in (str(source), env.get("PYTHONPATH", "")) if part
                 )
             cwd = self.root
+        elif self.kind == "mount":
+            for module in ("uvicorn", "fastapi"):
+                if importlib.util.find_spec(module) is None:
+                    raise SpawnError(
+                        f"the mount target needs {module}: pip install fastapi uvicorn "
+                        "(the test extra has both)"
+                    )
+            config = self.config or self.root / "benchmarks" / "tidings-bench.toml"
+            env["TIDINGS_BENCH_CONFIG"] = str(config)
+            argv = [sys.executable, "-m", "uvicorn", "tidings.bench.mount:app"]
+            argv += ["--host", self.host, "--port", str(port), "--log-level", "warning"]
+            argv += ["--no-access-log", "--lifespan", "on", "--http", "httptools"]
+            argv += ["--ws", "websockets-sansio", "--loop", "uvloop"]
+            source = self.root / "src"
+            if source.is_dir():
+                env["PYTHONPATH"] = os.pathsep.join(
+                    part for part in (str(source), env.get("PYTHONPATH", "")) if part
+                )
+            cwd = self.root
         else:
-            raise SpawnError(f"expected a server kind of tidings or reference, got {self.kind!r}")
+            raise SpawnError(
+                f"expected a server kind of tidings, reference or mount, got {self.kind!r}"
+            )
         if self.cpus:
             if shutil.which("taskset") is None:
                 raise SpawnError("pinning the server needs `taskset` (util-linux)")
@@ -132,7 +156,9 @@ class SpawnedServer:
 
     @property
     def url(self) -> str:
-        path = "/connection/websocket" if self.spec.kind == "tidings" else "/"
+        path = {"tidings": "/connection/websocket", "mount": "/rt/connection/websocket"}.get(
+            self.spec.kind, "/"
+        )
         return f"ws://{self.spec.host}:{self.port}{path}"
 
     async def __aenter__(self) -> SpawnedServer:

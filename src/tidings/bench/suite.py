@@ -18,6 +18,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tidings.bench.delta import delta_bytes
 from tidings.bench.progress import Progress
 from tidings.bench.results import ScenarioResult
 from tidings.bench.scenarios import (
@@ -34,6 +35,7 @@ from tidings.bench.system import parse_cpu_list
 DEFAULT_URLS = {
     "tidings": "ws://127.0.0.1:8000/connection/websocket",
     "reference": "ws://127.0.0.1:8080/",
+    "mount": "ws://127.0.0.1:8000/rt/connection/websocket",
 }
 
 
@@ -72,7 +74,7 @@ async def run_suite(options: SuiteOptions, progress: Progress) -> list[ScenarioR
 async def _one(
     options: SuiteOptions, progress: Progress, target: str, scenario: str, size: int
 ) -> ScenarioResult:
-    run = SCENARIOS[scenario]
+    run = SCENARIOS[scenario] if scenario != "G" else delta_bytes
     title = f"{target} · scenario {scenario} @ {size:,}"
     try:
         async with _server(options, target) as (url, pid):
@@ -119,7 +121,7 @@ async def _scenario_f(
     """
     label = f"F@{size}"
     if target != "tidings":
-        skipped = "the reference has no broker or workers"
+        skipped = f"F compares tidings serve --workers; the {target} target has none"
         return [ScenarioResult(target, "F", label, skipped=skipped)]
     if not options.spawn:
         skipped = "needs --spawn (it restarts tidings with 1 and 2 workers)"

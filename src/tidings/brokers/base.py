@@ -63,12 +63,18 @@ class BrokerEventHandler(Protocol):
     """
 
     def handle_publication(
-        self, channel: str, publication: Publication, position: StreamPosition | None
+        self,
+        channel: str,
+        publication: Publication,
+        position: StreamPosition | None,
+        *,
+        delta: bool = False,
     ) -> None:
         """A publication for a channel this node subscribed to.
 
         ``position`` is the stream position after it (``None`` when the
         channel keeps no history, in which case ``publication.offset`` is 0).
+        ``delta``: its publisher asked for delta encoding (``publish(delta=True)``).
         """
 
     def handle_join(self, channel: str, info: ClientInfo) -> None: ...
@@ -146,6 +152,9 @@ class Broker(HistoryReader, Protocol):
       after its last. Publications, joins and leaves reach a node only for
       channels it is interested in; control messages reach every node.
     * ``publish`` never keeps or changes the caller's ``Publication`` object.
+    * ``publish(delta=True)`` reaches every node's handler with ``delta=True``:
+      the publisher asks subscribers that negotiated delta compression to get
+      it as a delta against the previous publication. Nothing is stored of it.
     * When a stream's history is lost (restart without persistence, flush,
       metadata expiry) its epoch changes. Offsets mean nothing across epochs.
     * A call that cannot reach the engine in time raises
@@ -169,6 +178,7 @@ class Broker(HistoryReader, Protocol):
         *,
         history: HistoryOptions | None = None,
         idempotency_key: str = "",
+        delta: bool = False,
     ) -> StreamPosition | None: ...
 
     async def publish_join(self, channel: str, info: ClientInfo) -> None: ...
@@ -176,6 +186,16 @@ class Broker(HistoryReader, Protocol):
     async def publish_leave(self, channel: str, info: ClientInfo) -> None: ...
 
     async def publish_control(self, message: bytes) -> None: ...
+
+    async def ping(self) -> None:
+        """Return when the engine answers and carries traffic; raise ``BrokerUnavailable``
+        otherwise. Readiness (``GET /ready``) asks it, under its own deadline.
+
+        A networked broker makes one round trip and checks that its pub/sub
+        links are connected and hold the control channel (a node whose link is
+        down hears no publications). The memory broker always answers.
+        """
+        ...
 
 
 @runtime_checkable

@@ -85,9 +85,10 @@ class MemoryBroker:
         *,
         history: HistoryOptions | None = None,
         idempotency_key: str = "",
+        delta: bool = False,
     ) -> StreamPosition | None:
         return self.publish_now(
-            channel, publication, history=history, idempotency_key=idempotency_key
+            channel, publication, history=history, idempotency_key=idempotency_key, delta=delta
         )
 
     def publish_now(
@@ -97,6 +98,7 @@ class MemoryBroker:
         *,
         history: HistoryOptions | None = None,
         idempotency_key: str = "",
+        delta: bool = False,
     ) -> StreamPosition | None:
         """``publish`` without the coroutine: the memory engine never waits."""
         now = self._clock()
@@ -122,7 +124,7 @@ class MemoryBroker:
         if self._publishes_since_sweep >= 10_000:
             self._sweep(now)
         if self._handler is not None and channel in self._interest:
-            self._handler.handle_publication(channel, publication, position)
+            self._handler.handle_publication(channel, publication, position, delta=delta)
         return position
 
     def _sweep(self, now: float) -> None:
@@ -142,6 +144,10 @@ class MemoryBroker:
     async def publish_control(self, message: bytes) -> None:
         if self._handler is not None:
             self._handler.handle_control(message)
+
+    async def ping(self) -> None:
+        """In the process: nothing to reach."""
+        return None
 
     async def history(
         self,

@@ -17,6 +17,7 @@ import msgspec
 from msgspec import Raw
 
 from tidings.errors import Error, ProtocolViolation
+from tidings.protocol import fossil
 from tidings.protocol.messages import (
     CHANNEL_METHODS,
     METHODS,
@@ -153,9 +154,28 @@ class PreparedPush:
     ``epoch`` let the hub check order without decoding anything; ``channel``,
     ``kind`` and ``body`` (the typed push, a :class:`Publication` for ``pub``)
     let a wire format render the push its own way without decoding the JSON.
+
+    A publication also carries what delta compression needs: ``delta`` (the
+    publisher asked for delta encoding) and ``base`` (the payload it may be
+    encoded against, which the hub sets when it holds the stream's previous
+    publication). Subscribers that negotiated delta get :meth:`string_document`
+    or :meth:`delta_document`; each is encoded on first use and then shared,
+    like the plain documents. Conflation reads the publication's ``key``
+    (:attr:`key`).
     """
 
-    __slots__ = ("bare", "body", "channel", "envelope", "epoch", "kind", "offset")
+    __slots__ = (
+        "_variants",
+        "bare",
+        "base",
+        "body",
+        "channel",
+        "delta",
+        "envelope",
+        "epoch",
+        "kind",
+        "offset",
+    )
 
     def __init__(
         self,
@@ -165,6 +185,7 @@ class PreparedPush:
         encoded_body: bytes,
         offset: int = 0,
         epoch: str = "",
+        delta: bool = False,
     ) -> None:
         self.channel = channel
         self.kind = kind
@@ -173,10 +194,95 @@ class PreparedPush:
         self.envelope = b'{"push":{' + encoded_body + b"}}"
         self.offset = offset
         self.epoch = epoch
+        self.delta = delta
+        self.base: Raw | None = None
+        # Per-publication costs matter (the hot path's only encoding step): the delta
+        # variants' cache is one slot, [strings pair, deltas pair], made on first use.
+        self._variants: list[tuple[bytes, bytes] | None] | None = None
+
+    @property
+    def key(self) -> str:
+        """A publication's key (what it is the latest value of); ``""`` for other pushes.
+
+        A map change (:class:`tidings.protocol.maps.MapPublication`, which imports this
+        module) has its own ``key``: conflation keeps the latest change of each key.
+        """
+        body = self.body
+        if isinstance(body, Publication):
+            return body.key
+        key = getattr(body, "key", "")
+        return key if isinstance(key, str) else ""
+
+    @property
+    def payload(self) -> Raw | None:
+        """A publication's ``data``; ``None`` for other pushes."""
+        body = self.body
+        return body.data if isinstance(body, Publication) else None
 
     def document(self, envelope: bool) -> bytes:
         """The document a transport sends: wrapped (bidirectional) or bare."""
         return self.envelope if envelope else self.bare
+
+    def string_document(self, envelope: bool) -> bytes:
+        """The document for a delta subscriber owed the full payload: ``data`` as a JSON
+        string (docs/protocol.md, "Delta compression"). Other pushes are unchanged."""
+        body = self.body
+        if not isinstance(body, Publication):
+            return self.document(envelope)
+        pair = self._strings(body)
+        return pair[0] if envelope else pair[1]
+
+    def delta_document(self, envelope: bool) -> bytes:
+        """The document for a delta subscriber that holds ``base``: ``data`` a fossil delta
+        against it when the publisher asked for one and it is smaller, else as
+        :meth:`string_document`."""
+        body = self.body
+        if not isinstance(body, Publication):
+            return self.document(envelope)
+        variants = self._variants
+        pair = variants[1] if variants is not None else None
+        if pair is None:
+            delta = None
+            if self.delta and self.base is not None:
+                delta = fossil.create_for_json(bytes(self.base), bytes(body.data))
+            if delta is None:
+                pair = self._strings(body)
+            else:
+                pair = _encode_variant(self, Raw(_encoder.encode(delta.decode())), True)
+            variants = self._variants
+            if variants is None:
+                variants = self._variants = [None, None]
+            variants[1] = pair
+            self.base = None  # encoded: the previous payload is no longer needed
+        return pair[0] if envelope else pair[1]
+
+    def _strings(self, body: Publication) -> tuple[bytes, bytes]:
+        variants = self._variants
+        if variants is None:
+            variants = self._variants = [None, None]
+        pair = variants[0]
+        if pair is None:
+            pair = variants[0] = _encode_variant(self, string_payload(body.data), False)
+        return pair
+
+
+def string_payload(payload: Raw) -> Raw:
+    """A payload as the JSON string of its JSON text (what a delta subscriber is sent)."""
+    return Raw(_encoder.encode(bytes(payload).decode()))
+
+
+def string_publication(publication: Publication) -> Publication:
+    """A copy of ``publication`` with its ``data`` as a JSON string (recovered
+    publications in the subscribe reply of a delta subscriber)."""
+    return msgspec.structs.replace(publication, data=string_payload(publication.data))
+
+
+def _encode_variant(push: PreparedPush, data: Raw, delta: bool) -> tuple[bytes, bytes]:
+    """``push`` (a publication) with another ``data``: its two documents."""
+    assert isinstance(push.body, Publication)
+    publication = msgspec.structs.replace(push.body, data=data, delta=delta)
+    encoded = _push_body(push.channel, b"pub", _encoder.encode(publication))
+    return b'{"push":{' + encoded + b"}}", b"{" + encoded + b"}"
 
 
 def _push_body(channel: str, kind: bytes, payload: bytes) -> bytes:
@@ -191,10 +297,16 @@ def prepare_push(channel: str, kind: str, body: object) -> PreparedPush:
     return PreparedPush(channel, kind, body, encoded)
 
 
-def prepare_publication(channel: str, publication: Publication, epoch: str = "") -> PreparedPush:
-    """Encode a publication push once: the hot path's only encoding step."""
+def prepare_publication(
+    channel: str, publication: Publication, epoch: str = "", *, delta: bool = False
+) -> PreparedPush:
+    """Encode a publication push once: the hot path's only encoding step.
+
+    ``delta``: the publisher asked for delta encoding (server API ``delta``, or the
+    namespace's ``delta_publish``).
+    """
     encoded = _push_body(channel, b"pub", _encoder.encode(publication))
-    return PreparedPush(channel, "pub", publication, encoded, publication.offset, epoch)
+    return PreparedPush(channel, "pub", publication, encoded, publication.offset, epoch, delta)
 
 
 def prepare_join(channel: str, info: ClientInfo) -> PreparedPush:

@@ -158,12 +158,20 @@ class ClientInfo(Struct, omit_defaults=True):
 
 
 class Publication(Struct, omit_defaults=True):
-    """One message in a channel. ``offset`` is 0 (left out) on channels without history."""
+    """One message in a channel. ``offset`` is 0 (left out) on channels without history.
+
+    ``key`` names what the publication is the latest value of (a ticker's symbol):
+    conflation keeps one publication per key. ``delta`` is only ever set on the copy
+    sent to a subscriber that negotiated delta compression: ``data`` is then a fossil
+    delta against that subscriber's previous publication, as a JSON string.
+    """
 
     data: Raw
     info: ClientInfo | None = None
     offset: Uint64 = 0
     tags: dict[str, str] | None = None
+    delta: bool = False
+    key: str = ""
 
 
 class StreamPosition(Struct, frozen=True):
@@ -193,6 +201,7 @@ class SubscribeResult(Struct, omit_defaults=True):
     positioned: bool = False
     data: Raw = NO_DATA
     was_recovering: bool = False
+    delta: bool = False
 
 
 class ConnectResult(Struct, omit_defaults=True):

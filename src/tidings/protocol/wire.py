@@ -34,11 +34,12 @@ class WireFormat:
     docs/protocol.md section 8).
     """
 
-    __slots__ = ("envelope", "name")
+    __slots__ = ("_variants", "envelope", "name")
 
     def __init__(self, name: str, *, envelope: bool) -> None:
         self.name = name
         self.envelope = envelope
+        self._variants: dict[str, WireFormat] | None = None
 
     def frame(self, documents: Sequence[bytes]) -> bytes:
         """Frame already encoded documents (replies, personal pushes)."""
@@ -55,8 +56,66 @@ class WireFormat:
             return self.frame([push.envelope for push in pushes])
         return self.frame([push.bare for push in pushes])
 
+    def for_delta(self, mode: str) -> WireFormat:
+        """This format for subscribers that negotiated delta compression.
+
+        ``mode`` is one of :data:`DELTA_MODES`: ``"deltas"`` (each publication a
+        fossil delta against the previous one where smaller: a subscriber that
+        holds the previous publication), ``"start"`` (the first publication of a
+        frame whole, the rest deltas: a subscriber that holds nothing yet, fed
+        consecutive publications) or ``"strings"`` (every publication whole: a
+        conflated subscriber, whose publications skip others). Data is always a
+        JSON string. The hub groups such subscribers under these formats like
+        under any other, so each variant of a batch is framed once for all.
+        """
+        variants = self._variants
+        if variants is None:
+            variants = self._variants = {name: DeltaVariant(self, name) for name in DELTA_MODES}
+        return variants[mode]
+
     def __repr__(self) -> str:
         return f"<WireFormat {self.name}>"
+
+
+DELTA_MODES = ("deltas", "start", "strings")
+"""How :class:`DeltaVariant` renders publications (see :meth:`WireFormat.for_delta`)."""
+
+
+class DeltaVariant(WireFormat):
+    """Another wire format's frames, with publications rendered for delta subscribers
+    (docs/protocol.md, "Delta compression"): their data a JSON string, whole or a delta."""
+
+    __slots__ = ("base", "mode")
+
+    def __init__(self, base: WireFormat, mode: str) -> None:
+        super().__init__(f"{base.name}+{mode}", envelope=base.envelope)
+        self.base = base
+        self.mode = mode
+
+    def frame(self, documents: Sequence[bytes]) -> bytes:
+        return self.base.frame(documents)
+
+    def frame_pushes(self, pushes: Sequence[PreparedPush]) -> bytes:
+        envelope = self.envelope
+        mode = self.mode
+        if mode == "deltas":
+            return self.base.frame([push.delta_document(envelope) for push in pushes])
+        if mode == "strings":
+            return self.base.frame([push.string_document(envelope) for push in pushes])
+        documents = []
+        whole = True
+        for push in pushes:
+            if push.kind != "pub":
+                documents.append(push.document(envelope))
+            elif whole:
+                documents.append(push.string_document(envelope))
+                whole = False
+            else:
+                documents.append(push.delta_document(envelope))
+        return self.base.frame(documents)
+
+    def for_delta(self, mode: str) -> WireFormat:
+        return self.base.for_delta(mode)
 
 
 # --------------------------------------------------------------------------- WebSocket

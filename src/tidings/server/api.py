@@ -22,7 +22,8 @@ import difflib
 import functools
 import hmac
 import logging
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import msgspec
@@ -34,7 +35,8 @@ from tidings.node import Node
 from tidings.protocol.codec import JSON_INPUT_ERRORS, compact_raw
 from tidings.protocol.messages import NO_DATA, StreamPosition
 from tidings.server import map_api
-from tidings.server.http import Request, Response, json_response
+from tidings.server.exchange import HttpRequest
+from tidings.server.http import Response, json_response
 
 log = logging.getLogger("tidings.api")
 
@@ -55,6 +57,8 @@ class PublishRequest(Struct):
     skip_history: bool = False
     tags: dict[str, str] | None = None
     idempotency_key: str = ""
+    delta: bool = False
+    key: str = ""
 
 
 class BroadcastRequest(Struct):
@@ -64,6 +68,8 @@ class BroadcastRequest(Struct):
     skip_history: bool = False
     tags: dict[str, str] | None = None
     idempotency_key: str = ""
+    delta: bool = False
+    key: str = ""
 
 
 class SubscribeRequest(Struct):
@@ -200,12 +206,38 @@ class ServerApi:
     def method_names(self) -> list[str]:
         return [*self._methods, "batch"]
 
-    async def call(self, method: str, params: bytes) -> Any:
+    async def call(
+        self, method: str, params: bytes, *, headers: Iterable[tuple[bytes, bytes]] | None = None
+    ) -> Any:
         """Run one method on its JSON params (bytes, decoded once); raises :class:`ApiError`.
 
         Params are decoded straight into the method's typed request, so a
-        publication's ``data`` stays the raw JSON text it arrived as.
+        publication's ``data`` stays the raw JSON text it arrived as. Each call
+        is counted (``tidings_api_requests_total``) and, with OpenTelemetry on,
+        traced as ``tidings.api.<method>``: a child of the caller's trace when
+        the request's ``headers`` carry a ``traceparent``.
         """
+        node = self.node
+        name = method if method in self._methods or method == "batch" else "unknown"
+        started = time.perf_counter()
+        code = 0
+        with node.tracing.span(
+            f"tidings.api.{name}", server=headers is not None, headers=headers
+        ) as span:
+            try:
+                return await self._run(method, params)
+            except ApiError as exc:
+                code = exc.error.code
+                span.fail(code, exc.error.message)
+                raise
+            except Exception:
+                code = ApiErrorCode.INTERNAL.code
+                span.fail(code, ApiErrorCode.INTERNAL.message)
+                raise
+            finally:
+                node.metrics.api_call(name, code, time.perf_counter() - started)
+
+    async def _run(self, method: str, params: bytes) -> Any:
         if method == "batch":
             return await self.batch(params)
         entry = self._methods.get(method)
@@ -290,6 +322,9 @@ class ServerApi:
             skip_history=request.skip_history,
             tags=request.tags,
             idempotency_key=request.idempotency_key,
+            key=request.key,
+            # Centrifugo's flag: asks for deltas; without it, the namespace's delta_publish.
+            delta=request.delta or None,
         )
         if not result.offset and not result.epoch:
             return {}
@@ -309,6 +344,8 @@ class ServerApi:
                         skip_history=request.skip_history,
                         tags=request.tags,
                         idempotency_key=request.idempotency_key,
+                        delta=request.delta,
+                        key=request.key,
                     )
                 )
                 responses.append({"result": result})
@@ -500,9 +537,6 @@ def _with_unknown_fields(detail: str, params: bytes, request_type: type[Struct])
 _TRANSPORT_ERROR_STATUS = {100: 500, 102: 404, 104: 404, 107: 400, 108: 400, 112: 416, 113: 409}
 
 
-_UNAUTHORIZED = Error(101, "unauthorized")
-
-
 class ApiEndpoint:
     """HTTP glue: authentication, body decoding, result shapes, error modes."""
 
@@ -511,10 +545,10 @@ class ApiEndpoint:
         self._key = api_key.encode()
         self._insecure = insecure
 
-    def authorized(self, request: Request) -> bool:
+    def authorized(self, request: HttpRequest) -> bool:
         return self._refusal(request) is None
 
-    def _refusal(self, request: Request) -> str | None:
+    def _refusal(self, request: HttpRequest) -> str | None:
         """None when the request may use the API; otherwise what to check, for the 401."""
         if self._insecure:
             return None
@@ -531,7 +565,7 @@ class ApiEndpoint:
         return None
 
     @staticmethod
-    def _supplied_key(request: Request) -> str | None:
+    def _supplied_key(request: HttpRequest) -> str | None:
         supplied = request.header("x-api-key")
         if supplied is None:
             authorization = request.header("authorization")
@@ -543,7 +577,7 @@ class ApiEndpoint:
             supplied = request.query_value("api_key")
         return supplied
 
-    async def handle(self, request: Request) -> Response:
+    async def handle(self, request: HttpRequest) -> Response:
         if request.method == "OPTIONS":
             return Response(204, b"", "text/plain", [("allow", "POST, OPTIONS")])
         if request.method != "POST":
@@ -556,7 +590,9 @@ class ApiEndpoint:
                 refusal,
                 extra={"client": request.client, "status": 401},
             )
-            return json_response(_encode({"error": _error_dict(_UNAUTHORIZED, refusal)}), 401)
+            return json_response(
+                _encode({"error": _error_dict(ApiErrorCode.UNAUTHORIZED, refusal)}), 401
+            )
         method = request.path[len("/api") :].strip("/")
         if not method:
             return await self._legacy(request)
@@ -567,7 +603,7 @@ class ApiEndpoint:
             return _malformed_body()
         transport_mode = (request.header("x-centrifugo-error-mode") or "").lower() == "transport"
         try:
-            result = await self.api.call(method, body)
+            result = await self.api.call(method, body, headers=request.headers)
         except ApiError as exc:
             error = _error_dict(exc.error, exc.detail)
             if transport_mode:
@@ -581,7 +617,7 @@ class ApiEndpoint:
             return json_response(_encode({"replies": result}))
         return json_response(_encode({"result": result}))
 
-    async def _legacy(self, request: Request) -> Response:
+    async def _legacy(self, request: HttpRequest) -> Response:
         """``POST /api`` with ``{"method":..,"params":..}`` lines, answered line by line."""
         lines = [line for line in request.body.split(b"\n") if line.strip()]
         if not lines:
@@ -597,7 +633,9 @@ class ApiEndpoint:
                 answers.append(_encode({"error": error}))
                 continue
             try:
-                result = await self.api.call(command.method, bytes(command.params) or b"{}")
+                result = await self.api.call(
+                    command.method, bytes(command.params) or b"{}", headers=request.headers
+                )
             except ApiError as exc:
                 answers.append(_encode({"error": _error_dict(exc.error, exc.detail)}))
                 continue

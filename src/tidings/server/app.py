@@ -1,4 +1,4 @@
-"""The standalone server: routes, the WebSocket upgrade, the demo, and the lifecycle.
+"""The standalone server: routes, the WebSocket upgrade, the status page, and the lifecycle.
 
 Everything HTTP-library specific stays in :mod:`tidings.server.http` and the
 transport adapters; the node and sessions never see it.
@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import mimetypes
 import socket
 import time
 from collections.abc import Sequence
@@ -29,6 +28,7 @@ from tidings.server.http import (
     json_response,
     text_response,
 )
+from tidings.server.monitoring import Monitoring
 from tidings.server.origins import OriginPolicy
 from tidings.server.static import StaticFiles
 from tidings.server.transport_routes import TransportRoutes, request_info
@@ -42,7 +42,8 @@ def find_centrifuge_js() -> Path | None:
     """The browser bundle of centrifuge-js, shipped inside the package (demo/vendor).
 
     Vendored from npm unchanged, with its licence and a VERSION note, so Python
-    alone serves the demo and the admin page; a test checks it against the npm
+    alone serves the pages that use it (the status page, the admin page, an
+    application's own pages such as examples/chat); a test checks it against the npm
     package of the version package-lock.json pins.
     """
     resource = resources.files("tidings") / "demo" / "vendor" / "centrifuge.js"
@@ -51,10 +52,10 @@ def find_centrifuge_js() -> Path | None:
 
 
 class TidingsServer:
-    """One listening node: HTTP edge + WebSocket + API + demo around a :class:`Node`.
+    """One listening node: HTTP edge + WebSocket + API + status page around a :class:`Node`.
 
     ``static`` are an application's ``(URL prefix, directory)`` pairs (``rt.static``);
-    they take precedence over the built-in demo.
+    they take precedence over the built-in status page at ``/``.
     """
 
     def __init__(self, node: Node, *, static: Sequence[tuple[str, Path]] = ()) -> None:
@@ -84,8 +85,8 @@ class TidingsServer:
         router.route("/api", self.api.handle)
         router.route("/api/*", self.api.handle)
         router.route("/health", self._health)
+        Monitoring(self.node).install(router)  # /ready, and /metrics with metrics = true
         router.route("/", self._index)
-        router.route("/demo/*", self._demo_asset)
         router.route("/vendor/centrifuge.js", self._centrifuge_js)
         self.transports.install(router)
         if self.config.admin:  # off by default; see tidings.server.admin
@@ -108,28 +109,15 @@ class TidingsServer:
             return Response(405, b"", "text/plain", [("allow", "GET, HEAD")])
         if not self.config.demo_enabled:
             return text_response(
-                "tidings is running. The demo is off because a token secret is configured "
-                '(set demo = "on" to serve it anyway).\n',
+                "tidings is running. Anonymous access (demo mode) is off because a token "
+                "secret is configured.\n",
                 200,
             )
-        return self._packaged("index.html")
-
-    async def _demo_asset(self, request: Request) -> Response:
-        if not self.config.demo_enabled:
-            return text_response("not found", 404)
-        name = request.path[len("/demo/") :]
-        if not name or "/" in name or name.startswith("."):
-            return text_response("not found", 404)
-        return self._packaged(name)
-
-    def _packaged(self, name: str) -> Response:
-        resource = resources.files("tidings") / "demo" / name
-        if not resource.is_file():
-            return text_response("not found", 404)
-        content_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
-        if content_type.startswith("text/") or content_type.endswith("javascript"):
-            content_type += "; charset=utf-8"
-        return Response(200, resource.read_bytes(), content_type, [("cache-control", "no-cache")])
+        # Demo mode with no application page at /: say what runs, with a live connection check.
+        page = resources.files("tidings") / "demo" / "index.html"
+        return Response(
+            200, page.read_bytes(), "text/html; charset=utf-8", [("cache-control", "no-cache")]
+        )
 
     async def _centrifuge_js(self, request: Request) -> Response:
         path = find_centrifuge_js()

@@ -238,8 +238,11 @@ class HttpStream:
     def write_buffer_size(self) -> int:
         return self.transport.get_write_buffer_size()
 
+    def set_high_water(self, high: int) -> None:
+        self.transport.set_write_buffer_limits(high=high)
 
-def _too_large(max_body: int) -> str:
+
+def body_too_large(max_body: int) -> str:
     """The 413 text names the setting, so whoever sent the body knows what to raise."""
     return f"request body over max_message_size ({max_body} bytes)"
 
@@ -371,14 +374,14 @@ class HttpProtocol(asyncio.Protocol):
         request.keep_alive = bool(self._parser.should_keep_alive())
         length = request.header("content-length")
         if length is not None and length.isdigit() and int(length) > self._max_body:
-            self._reply_and_close(413, _too_large(self._max_body))
+            self._reply_and_close(413, body_too_large(self._max_body))
         if self._parser.should_upgrade():
             self._upgrade = request
 
     def on_body(self, body: bytes) -> None:
         self._body_size += len(body)
         if self._body_size > self._max_body:
-            self._reply_and_close(413, _too_large(self._max_body))
+            self._reply_and_close(413, body_too_large(self._max_body))
             return
         self._body.append(body)
 

@@ -57,9 +57,10 @@ from tidings.protocol.wire import (
     WireFormat,
     chunk,
 )
+from tidings.server.exchange import HttpRequest, ResponseStream
 from tidings.server.feeds.events import EventsFeeds, EventsMember
 from tidings.server.feeds.longpoll import LongPollWaiter
-from tidings.server.http import HttpStream, RefusalLog, Request, Response, Router, json_response
+from tidings.server.http import RefusalLog, Request, Response, Router, json_response
 from tidings.server.origins import OriginPolicy
 from tidings.server.upgrades import WebSocketUpgrades, refuse
 from tidings.session import RequestInfo, Session
@@ -82,7 +83,7 @@ ERROR_STATUS = {100: 503, 101: 401, 102: 404, 103: 403, 106: 400, 107: 400, 108:
 """HTTP status of each protocol error code a plain-HTTP endpoint can answer with."""
 
 
-def request_info(request: Request) -> RequestInfo:
+def request_info(request: HttpRequest) -> RequestInfo:
     """What a session (and the application's handlers) may know of the opening request."""
     return RequestInfo.from_pairs(request.client, request.headers)
 
@@ -146,7 +147,7 @@ class Cors:
         self.policy = OriginPolicy(origins) if origins else None
         self.credentials = credentials
 
-    def headers(self, request: Request) -> list[tuple[str, str]]:
+    def headers(self, request: HttpRequest) -> list[tuple[str, str]]:
         origin = request.header("origin")
         policy = self.policy
         if origin is None or policy is None or not policy.allows(origin, request.header("host")):
@@ -158,7 +159,7 @@ class Cors:
             headers.append(("access-control-allow-credentials", "true"))
         return headers
 
-    def preflight(self, request: Request, methods: str) -> Response:
+    def preflight(self, request: HttpRequest, methods: str) -> Response:
         headers = self.headers(request)
         if headers:
             headers += [
@@ -169,7 +170,7 @@ class Cors:
         return Response(204, b"", "text/plain", headers)
 
 
-Handler = Callable[[Request], Awaitable[Response | None]]
+Handler = Callable[[HttpRequest], Awaitable[Response | None]]
 
 C = TypeVar("C", bound=Context)
 
@@ -179,7 +180,7 @@ class HttpIdentity:
 
     __slots__ = ("expire_at", "granted", "info", "request", "transport", "user")
 
-    def __init__(self, request: Request, transport: str, token: ConnectToken | None) -> None:
+    def __init__(self, request: HttpRequest, transport: str, token: ConnectToken | None) -> None:
         self.request = request
         self.transport = transport
         self.user = token.user if token is not None else ""
@@ -254,7 +255,7 @@ class TransportRoutes:
         allowed = {method.strip() for method in methods.split(",")}
         preflight_methods = f"{methods}, OPTIONS"
 
-        async def guarded(request: Request) -> Response | None:
+        async def guarded(request: HttpRequest) -> Response | None:
             if not self.upgrades.origin_allowed(request):
                 log.info(
                     "%s from %s refused: origin %r not allowed",
@@ -290,7 +291,7 @@ class TransportRoutes:
 
         return guarded
 
-    def _stream(self, request: Request, headers: list[tuple[str, str]]) -> HttpStream:
+    def _stream(self, request: HttpRequest, headers: list[tuple[str, str]]) -> ResponseStream:
         """Start a long-lived response whose body the wire formats chunk themselves."""
         return request.start_stream(
             200, [*headers, *self.cors.headers(request), CHUNKED], chunked=False
@@ -300,7 +301,7 @@ class TransportRoutes:
 
     def _open_session(
         self,
-        request: Request,
+        request: HttpRequest,
         headers: list[tuple[str, str]],
         wire: WireFormat,
         *,
@@ -323,7 +324,7 @@ class TransportRoutes:
             transport.on_end = lambda: node.unregister_emulation(session)
         return session
 
-    async def http_stream(self, request: Request) -> Response | None:
+    async def http_stream(self, request: HttpRequest) -> Response | None:
         """``POST /connection/http_stream``: the connect command in the body, replies streamed."""
         if (request.header("content-type") or "").startswith("application/octet-stream"):
             raise HttpError(400, HttpErrorCode.PROTOBUF_NOT_SUPPORTED)
@@ -333,7 +334,7 @@ class TransportRoutes:
         session.handle_frame(request.body)
         return None
 
-    async def sse(self, request: Request) -> Response | None:
+    async def sse(self, request: HttpRequest) -> Response | None:
         """``GET /connection/sse?cf_connect=<commands>`` (or ``POST`` with them as the body)."""
         commands = self._commands(request, required=True)
         session = self._open_session(
@@ -342,7 +343,7 @@ class TransportRoutes:
         session.handle_frame(commands)
         return None
 
-    async def emulation(self, request: Request) -> Response | None:
+    async def emulation(self, request: HttpRequest) -> Response | None:
         """``POST /emulation``: commands for an emulation session; replies go down its stream."""
         try:
             body = _emulation_decoder.decode(request.body)
@@ -364,7 +365,7 @@ class TransportRoutes:
         return Response(204, b"", "text/plain", self.cors.headers(request))
 
     @staticmethod
-    def _commands(request: Request, *, required: bool) -> bytes:
+    def _commands(request: HttpRequest, *, required: bool) -> bytes:
         if request.method == "POST":
             return request.body
         value = request.query_value("cf_connect")
@@ -381,7 +382,7 @@ class TransportRoutes:
         except ProtocolViolation:
             raise HttpError(400, ErrorCode.BAD_REQUEST) from None
 
-    async def uni_http_stream(self, request: Request) -> Response | None:
+    async def uni_http_stream(self, request: HttpRequest) -> Response | None:
         """``POST /connection/uni_http_stream``: a ConnectRequest body; bare pushes as lines."""
         connect = self._connect_request(request.body)
         session = self._open_session(
@@ -394,7 +395,7 @@ class TransportRoutes:
         self.node.spawn(session.connect_unidirectional(connect))
         return None
 
-    async def uni_sse(self, request: Request) -> Response | None:
+    async def uni_sse(self, request: HttpRequest) -> Response | None:
         """``GET /connection/uni_sse?cf_connect=<ConnectRequest>`` (missing: ``{}``) or POST."""
         connect = self._connect_request(self._commands(request, required=False))
         session = self._open_session(
@@ -403,7 +404,7 @@ class TransportRoutes:
         self.node.spawn(session.connect_unidirectional(connect))
         return None
 
-    async def expect_upgrade(self, request: Request) -> Response | None:
+    async def expect_upgrade(self, request: HttpRequest) -> Response | None:
         raise HttpError(400, ErrorCode.BAD_REQUEST)
 
     def uni_websocket_upgrade(
@@ -436,18 +437,18 @@ class TransportRoutes:
 
         def first_message(message: bytes) -> None:
             connection.on_text = ignore
-            self._connect_unidirectional(session, message)
+            self.connect_unidirectional(session, message)
 
         cf_connect = request.query_value("cf_connect")
         if cf_connect is not None:
             connection.on_text = ignore
-            self._connect_unidirectional(session, cf_connect.encode())
+            self.connect_unidirectional(session, cf_connect.encode())
         else:
             connection.on_text = first_message
         if rest:
             connection.data_received(rest)
 
-    def _connect_unidirectional(self, session: Session, body: bytes) -> None:
+    def connect_unidirectional(self, session: Session, body: bytes) -> None:
         try:
             request = decode_connect_request(body)
         except ProtocolViolation as violation:
@@ -458,7 +459,7 @@ class TransportRoutes:
 
     # ------------------------------------------------------------------ plain HTTP: shared
 
-    async def _credentials(self, request: Request, transport: str) -> HttpIdentity:
+    async def _credentials(self, request: HttpRequest, transport: str) -> HttpIdentity:
         """Who is asking: the connection token from ``Authorization: Bearer``, ``?token=``
         or the cookie, then the application's ``on_connect`` (which may authenticate a
         request that has no token, from its cookies)."""
@@ -495,7 +496,7 @@ class TransportRoutes:
             raise HttpError(401, ErrorCode.UNAUTHORIZED, challenge)
         return identity
 
-    async def _channels(self, request: Request, identity: HttpIdentity) -> list[str]:
+    async def _channels(self, request: HttpRequest, identity: HttpIdentity) -> list[str]:
         """The ``channel`` parameters (default: the granted channels), each one permitted.
 
         A channel the token's ``channels``/``subs`` claims (or ``on_connect``) name is
@@ -539,7 +540,7 @@ class TransportRoutes:
 
     # ------------------------------------------------------------------ /events
 
-    async def events(self, request: Request) -> Response | None:
+    async def events(self, request: HttpRequest) -> Response | None:
         """``GET /events``: publications as SSE events with cursor ids (see transports.events)."""
         identity = await self._credentials(request, "events")
         channels = await self._channels(request, identity)
@@ -583,7 +584,7 @@ class TransportRoutes:
 
     # ------------------------------------------------------------------ /longpoll
 
-    async def longpoll(self, request: Request) -> Response | None:
+    async def longpoll(self, request: HttpRequest) -> Response | None:
         """``GET /longpoll?channel=..&cursor=..`` waits; ``POST /longpoll`` publishes."""
         if request.method == "POST":
             return await self._longpoll_publish(request)
@@ -619,7 +620,7 @@ class TransportRoutes:
             waiter.release()
             self.waiters.discard(waiter)
 
-    async def _longpoll_publish(self, request: Request) -> Response:
+    async def _longpoll_publish(self, request: HttpRequest) -> Response:
         """``POST /longpoll`` with ``{"channel":..,"data":..}``, where clients may publish.
 
         The poster counts as a subscriber when it may subscribe to the channel

@@ -30,6 +30,7 @@ from websockets.typing import Subprotocol
 from tidings.config import Config
 from tidings.errors import Error
 from tidings.protocol.wire import JSON_WIRE, WebSocketDeflateWire, WireFormat
+from tidings.server.exchange import HttpRequest
 from tidings.server.http import Request
 from tidings.server.origins import OriginPolicy
 from tidings.transports.base import transport_high_water
@@ -81,7 +82,7 @@ class WebSocketUpgrades:
         self._all_closed: asyncio.Event | None = None
         self._deflate_wires: dict[tuple[int, int], WebSocketDeflateWire] = {}
 
-    def origin_allowed(self, request: Request) -> bool:
+    def origin_allowed(self, request: HttpRequest) -> bool:
         return self.origins.allows(request.header("origin"), request.header("host"))
 
     def _extensions(self) -> list[ServerPerMessageDeflateFactory] | None:

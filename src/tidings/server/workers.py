@@ -25,6 +25,12 @@ This process is the supervisor and never serves a request. Its contract:
   on Linux), so a killed supervisor leaves no orphan holding the port.
 
 Log lines name their process: ``[supervisor]`` or ``[worker N]``.
+
+With ``metrics = true`` the workers share their Prometheus values
+(``prometheus_client``'s multiprocess mode): the supervisor makes a fresh
+directory, hands it to every worker in ``PROMETHEUS_MULTIPROC_DIR``, forgets a
+dead worker's gauges (its counters stay in the sums) and removes the directory
+at exit. A scrape of ``/metrics``, whichever worker answers it, shows the sum.
 """
 
 from __future__ import annotations
@@ -36,11 +42,13 @@ import dataclasses
 import logging
 import multiprocessing
 import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any
@@ -66,6 +74,9 @@ KILL_GRACE = 5.0
 """Seconds past ``shutdown_timeout`` before a worker that has not exited is killed."""
 
 _PR_SET_PDEATHSIG = 1
+
+METRICS_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
+"""Where ``prometheus_client`` in multiprocess mode keeps each process's values."""
 
 
 AppSpec = tuple[str, str]
@@ -95,10 +106,37 @@ def run_workers(config: Config, *, app: AppSpec | None = None) -> int:
     except OSError as exc:
         log.error("cannot listen on %s:%d: %s", config.host, config.port, exc)
         return 1
-    with reservation:
+    with reservation, _shared_metrics(config) as metrics_dir:
         port = reservation.getsockname()[1]
-        supervisor = Supervisor(dataclasses.replace(config, port=port), app)
+        supervisor = Supervisor(
+            dataclasses.replace(config, port=port), app, metrics_dir=metrics_dir
+        )
         return asyncio.run(supervisor.run())
+
+
+@contextlib.contextmanager
+def _shared_metrics(config: Config) -> Iterator[str | None]:
+    """With metrics on, a fresh directory for the workers' values, removed at exit.
+
+    It is set in this process's environment before any worker starts, so each
+    worker's ``prometheus_client`` starts in multiprocess mode (it reads the
+    variable once, when first imported); the supervisor itself imports it only
+    to forget dead workers.
+    """
+    if not config.metrics:
+        yield None
+        return
+    directory = tempfile.mkdtemp(prefix="tidings-metrics-")
+    previous = os.environ.get(METRICS_DIR_VARIABLE)
+    os.environ[METRICS_DIR_VARIABLE] = directory
+    try:
+        yield directory
+    finally:
+        if previous is None:
+            os.environ.pop(METRICS_DIR_VARIABLE, None)
+        else:
+            os.environ[METRICS_DIR_VARIABLE] = previous
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def _reserve_port(host: str, port: int) -> socket.socket:
@@ -143,9 +181,12 @@ class _Worker:
 class Supervisor:
     """Starts, watches and stops the worker processes (see the module docstring)."""
 
-    def __init__(self, config: Config, app: AppSpec | None = None) -> None:
+    def __init__(
+        self, config: Config, app: AppSpec | None = None, *, metrics_dir: str | None = None
+    ) -> None:
         self.config = config
         self.app = app
+        self.metrics_dir = metrics_dir
         self._context = multiprocessing.get_context("spawn")
         self._workers = [_Worker(index) for index in range(1, config.workers + 1)]
         self._stopping = False
@@ -244,6 +285,7 @@ class Supervisor:
         process.join(KILL_GRACE)
         code = process.exitcode
         if code is not None:
+            self._forget_metrics(process.pid)
             process.close()
         worker.process = None
         self._changed.set()
@@ -271,6 +313,14 @@ class Supervisor:
         )
         handle = loop.call_later(worker.pause, self._restart, worker)
         self._restarts.add(handle)
+
+    def _forget_metrics(self, pid: int | None) -> None:
+        """A dead worker's gauges (its connections...) leave the sums; its counters stay."""
+        if self.metrics_dir is None or pid is None:
+            return
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid, self.metrics_dir)  # type: ignore[no-untyped-call]
 
     def _restart(self, worker: _Worker) -> None:
         self._restarts = {handle for handle in self._restarts if not handle.cancelled()}
@@ -374,6 +424,8 @@ async def _serve(config: Config, ready: Connection, app: AppSpec | None = None) 
         static = []
     server = TidingsServer(node, static=static)
     try:
+        if app is not None:
+            await application.start()  # the node, then the application's on_startup
         port = await server.start()
     except BrokerUnavailable as exc:
         log.error("cannot start: the broker is unreachable: %s", exc)
@@ -385,5 +437,7 @@ async def _serve(config: Config, ready: Connection, app: AppSpec | None = None) 
     ready.send(port)
     ready.close()
     await stop.wait()
+    if app is not None:
+        await application.stop_within(config.shutdown_timeout)
     await server.shut_down()
     return 0

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from msgspec import Raw
 
 from tidings.auth import ConnectToken, SubscriptionToken, TokenError, TokenSubscription
+from tidings.channels import parse_channel
 from tidings.errors import (
     BrokerUnavailable,
     Disconnect,
@@ -85,21 +86,35 @@ def refuse_token(use: str, exc: TokenError) -> Exception:
 async def dispatch(session: Session, method: str, command: Command) -> None:
     """Run one command and send its reply (or error reply); raise to disconnect."""
     command_id = command.id
+    metrics = session.node.metrics
     try:
         reply = await _run(session, command)
     except ReplyError as exc:
+        metrics.command(method, exc.error.code)
         if session.closed:
             return
         if not exc.logged:
             channel = _channel_of(command)
+            fields = session.log_fields(method=method, code=exc.error.code)
+            why = ""
+            if channel:
+                fields["channel"] = channel[:255]
+                if exc.error.code == ErrorCode.UNKNOWN_CHANNEL.code:
+                    namespace = fields["namespace"] = parse_channel(channel).namespace[:64]
+                    why = (
+                        f" (unknown namespace {namespace!r}; "
+                        f"configure it as [channels.namespaces.{namespace}])"
+                    )
             log.info(
-                "client %s (%s): %s%s refused: %d %s",
+                "client %s (%s): %s%s refused: %d %s%s",
                 session.client_id or "-",
                 session.remote,
                 method,
                 f" {channel[:64]!r}" if channel else "",
                 exc.error.code,
                 exc.error.message,
+                why,
+                extra=fields,
             )
         if method == "connect":
             session.refuse()
@@ -108,12 +123,23 @@ async def dispatch(session: Session, method: str, command: Command) -> None:
     except BrokerUnavailable as exc:
         # The engine did not answer within its bound: error 100 (temporary), so the
         # SDK retries; a connect (server-side subscriptions) reconnects (3004).
-        log.warning("client %s: %s failed: %s", session.client_id or "-", method, exc)
+        metrics.command(method, ErrorCode.INTERNAL.code)
+        log.warning(
+            "client %s: %s failed: %s",
+            session.client_id or "-",
+            method,
+            exc,
+            extra=session.log_fields(method=method, code=ErrorCode.INTERNAL.code),
+        )
         if method == "connect":
             raise DisconnectError(DisconnectCode.SERVER_ERROR) from None
         if not session.closed:
             session.send(encode_error_reply(command_id, ErrorCode.INTERNAL))
         return
+    except DisconnectError as exc:
+        metrics.command(method, exc.disconnect.code)
+        raise
+    metrics.command(method, 0)
     if reply is not None and not session.closed:
         session.send(reply)
 
@@ -180,12 +206,21 @@ async def connect(session: Session, command_id: int, request: ConnectRequest) ->
         try:
             token = await node.verify_connect_token(request.token)
         except TokenError as exc:
-            log.info("connect from %s refused: %s", session.remote, exc.reason)
+            log.info(
+                "connect from %s refused: %s",
+                session.remote,
+                exc.reason,
+                extra=session.log_fields(method="connect"),
+            )
             raise refuse_token("connect", exc) from None
     has_handler = hooks.handles("connect")
     anonymous_allowed = token is not None or node.config.allow_anonymous
     if not anonymous_allowed and not has_handler:
-        log.info("connect from %s refused: no token and anonymous access is off", session.remote)
+        log.info(
+            "connect from %s refused: no token and anonymous access is off",
+            session.remote,
+            extra=session.log_fields(method="connect", code=DisconnectCode.BAD_REQUEST.code),
+        )
         raise DisconnectError(DisconnectCode.BAD_REQUEST)
     session.client_id = str(uuid.uuid4())
     session.name = request.name[:16]
@@ -201,7 +236,11 @@ async def connect(session: Session, command_id: int, request: ConnectRequest) ->
     if has_handler:
         answer = await hooks.connect(session.context(ConnectContext, raw_data=bytes(request.data)))
         if answer is None and not anonymous_allowed:
-            log.info("connect from %s refused: no token, no on_connect answer", session.remote)
+            log.info(
+                "connect from %s refused: no token, no on_connect answer",
+                session.remote,
+                extra=session.log_fields(method="connect", code=DisconnectCode.BAD_REQUEST.code),
+            )
             raise DisconnectError(DisconnectCode.BAD_REQUEST)
         if answer is not None:
             session.user = answer.user
@@ -214,7 +253,12 @@ async def connect(session: Session, command_id: int, request: ConnectRequest) ->
                 session.server_refresh = hooks.handles("refresh")
     limit = node.config.client_user_connection_limit
     if limit and session.user and node.connections_of(session.user) >= limit:
-        log.info("connect of user %r refused: %d connections already", session.user, limit)
+        log.info(
+            "connect of user %r refused: %d connections already",
+            session.user,
+            limit,
+            extra=session.log_fields(code=DisconnectCode.CONNECTION_LIMIT.code),
+        )
         raise DisconnectError(DisconnectCode.CONNECTION_LIMIT)
     session.connected_as()
 
@@ -244,7 +288,12 @@ async def connect(session: Session, command_id: int, request: ConnectRequest) ->
                 session, subscription, recovery
             )
         except ReplyError as exc:
-            log.info("server-side subscription to %r failed: %s", channel, exc)
+            log.info(
+                "server-side subscription to %r failed: %s",
+                channel,
+                exc,
+                extra=session.log_fields(channel=channel, code=exc.error.code),
+            )
             continue
         if session.closed:
             return None
@@ -299,7 +348,9 @@ async def connect_unidirectional(session: Session, request: ConnectRequest) -> N
     except DisconnectError as exc:
         session.close(exc.disconnect)
     except Exception:
-        log.exception("unidirectional connect from %s failed", session.remote)
+        log.exception(
+            "unidirectional connect from %s failed", session.remote, extra=session.log_fields()
+        )
         session.close(DisconnectCode.SERVER_ERROR)
 
 
@@ -323,7 +374,9 @@ async def subscribe(session: Session, command_id: int, request: SubscribeRequest
         session, channel, server_side=False, sub_token=sub_token, data=bytes(request.data)
     )
     subscription = subscriptions.plan(session, channel, request, grant, server_side=False)
-    result, position = await subscriptions.open_subscription(session, subscription, request)
+    result, position = await subscriptions.open_subscription(
+        session, subscription, request, grant.snapshot
+    )
     if session.closed:
         return
     if grant.data:
@@ -340,14 +393,27 @@ async def _subscription_token(
     try:
         claims = await session.node.verify_subscription_token(token)
     except TokenError as exc:
-        log.info("client %s: %s token refused: %s", session.client_id, use, exc.reason)
+        log.info(
+            "client %s: %s token refused: %s",
+            session.client_id,
+            use,
+            exc.reason,
+            extra=session.log_fields(method=use, channel=channel),
+        )
         raise refuse_token(use, exc) from None
     if (
         claims.channel != channel
         or claims.user != session.user
         or (claims.client and claims.client != session.client_id)
     ):
-        log.info("client %s: %s refused: token for another channel/user", session.client_id, use)
+        log.info(
+            "client %s: %s refused: token for another channel/user",
+            session.client_id,
+            use,
+            extra=session.log_fields(
+                method=use, channel=channel, code=DisconnectCode.INVALID_TOKEN.code
+            ),
+        )
         raise DisconnectError(DisconnectCode.INVALID_TOKEN)
     return claims
 
@@ -450,7 +516,12 @@ async def send(session: Session, request: SendRequest) -> None:
         try:
             await hooks.message(session.context(MessageContext), bytes(request.data))
         except ReplyError as exc:  # nobody to answer: the handler's refusal is only logged
-            log.info("client %s: message refused: %d", session.client_id, exc.error.code)
+            log.info(
+                "client %s: message refused: %d",
+                session.client_id,
+                exc.error.code,
+                extra=session.log_fields(method="send", code=exc.error.code),
+            )
 
 
 async def rpc(session: Session, command_id: int, request: RPCRequest) -> bytes:
@@ -470,10 +541,19 @@ async def refresh(session: Session, command_id: int, request: RefreshRequest) ->
     try:
         claims = await session.node.verify_connect_token(request.token)
     except TokenError as exc:
-        log.info("client %s: refresh refused: %s", session.client_id, exc.reason)
+        log.info(
+            "client %s: refresh refused: %s",
+            session.client_id,
+            exc.reason,
+            extra=session.log_fields(method="refresh"),
+        )
         raise refuse_token("refresh", exc) from None
     if claims.user != session.user:
-        log.info("client %s: refresh token for another user", session.client_id)
+        log.info(
+            "client %s: refresh token for another user",
+            session.client_id,
+            extra=session.log_fields(method="refresh", code=DisconnectCode.INVALID_TOKEN.code),
+        )
         raise DisconnectError(DisconnectCode.INVALID_TOKEN)
     session.expire_at = claims.expire_at
     if claims.info:

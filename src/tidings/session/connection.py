@@ -196,6 +196,12 @@ class Session:
         self.node.register(self)
         self.schedule_expiry()
 
+    def log_fields(self, **fields: object) -> dict[str, object]:
+        """Structured fields of a log line about this connection (``extra=``, see
+        :mod:`tidings.logs`): its client id, user and peer address, plus ``fields``
+        (``channel``, ``code``...). Never a token."""
+        return {"client": self.client_id, "user": self.user, "remote": self.remote, **fields}
+
     @property
     def info(self) -> ClientInfo:
         return ClientInfo(self.user, self.client_id, raw(self.conn_info))
@@ -250,9 +256,15 @@ class Session:
                 else:
                     self._rate_strikes += 1
                     if self._rate_strikes > RATE_STRIKES_BEFORE_DISCONNECT:
-                        log.info("client %s (%s): command flood", self.client_id, self.remote)
+                        log.info(
+                            "client %s (%s): command flood",
+                            self.client_id,
+                            self.remote,
+                            extra=self.log_fields(code=DisconnectCode.TOO_MANY_REQUESTS.code),
+                        )
                         self.close(DisconnectCode.TOO_MANY_REQUESTS)
                         return
+                    self.node.metrics.command(method, ErrorCode.TOO_MANY_REQUESTS.code)
                     method = RATE_LIMITED
             queue.append((method, command))
         if queue and self._worker is None:
@@ -267,7 +279,13 @@ class Session:
         self._tokens_at = now
 
     def _violation(self, violation: ProtocolViolation) -> None:
-        log.info("client %s (%s): %s", self.client_id or "-", self.remote, violation)
+        log.info(
+            "client %s (%s): %s",
+            self.client_id or "-",
+            self.remote,
+            violation,
+            extra=self.log_fields(code=violation.disconnect.code),
+        )
         self.close(violation.disconnect)
 
     def _on_pong(self) -> None:
@@ -301,7 +319,9 @@ class Session:
             else:
                 self.close(exc.disconnect)
         except Exception:
-            log.exception("client %s: command failed", self.client_id or "-")
+            log.exception(
+                "client %s: command failed", self.client_id or "-", extra=self.log_fields()
+            )
             self.close(DisconnectCode.SERVER_ERROR)
         finally:
             self._worker = None
@@ -323,7 +343,9 @@ class Session:
         except DisconnectError as exc:
             self.close(exc.disconnect)
         except Exception:
-            log.exception("client %s: command failed", self.client_id or "-")
+            log.exception(
+                "client %s: command failed", self.client_id or "-", extra=self.log_fields()
+            )
             self.close(DisconnectCode.SERVER_ERROR)
 
     async def idle(self) -> None:
@@ -340,7 +362,9 @@ class Session:
         slow it queues behind them instead of overtaking them.
         """
         if self.state != CLOSED:
-            self.writer(self.wire.frame((document,)))
+            frame = self.wire.frame((document,))
+            self.writer(frame)
+            self.node.metrics.sent(self.wire, len(frame))
 
     def send_push(self, channel: str, kind: str, body: object) -> None:
         self.send(prepare_push(channel, kind, body).document(self.wire.envelope))
@@ -353,6 +377,11 @@ class Session:
         if expect_pong:
             self.awaiting_pong = True
 
+    @property
+    def write_paused(self) -> bool:
+        """The client reads too slowly: writes queue in the backlog."""
+        return self._backlog is not None
+
     def on_write_paused(self) -> None:
         """The transport's buffer passed its high-water mark: the client reads too slowly.
 
@@ -361,6 +390,10 @@ class Session:
         thousand stalled clients then hold a thousand lists of pointers to the
         same bytes, not a thousand copies. Past ``write_buffer_limit`` queued
         bytes, or after ``slow_timeout`` without draining, the client gets 3008.
+
+        Subscriptions to conflating channels queue nothing: they keep the latest
+        publication per key until the client reads again. A client whose every
+        subscription conflates is never timed out for being slow.
         """
         if self.state == CLOSED or self._backlog is not None:
             return
@@ -368,6 +401,8 @@ class Session:
         self._backlog_bytes = 0
         self.writer = self._write_while_slow
         self.node.set_writer(self.subscriptions, self, self.writer)
+        if subscriptions.hold_conflating(self):
+            return
         timeout = self.node.config.slow_timeout
         self._slow_handle = self.node.clock.call_later(timeout, self._on_slow)
 
@@ -383,6 +418,7 @@ class Session:
         if backlog:
             # One write for everything queued; if it pauses again, later writes queue anew.
             self.transport.write(b"".join(backlog))
+        subscriptions.release_conflating(self)
 
     def _write_while_slow(self, data: bytes) -> None:
         backlog = self._backlog
@@ -397,7 +433,12 @@ class Session:
     def _on_slow(self) -> None:
         self._slow_handle = self._slow_disconnect = None
         if self.state != CLOSED:
-            log.info("client %s (%s): too slow, disconnecting", self.client_id, self.remote)
+            log.info(
+                "client %s (%s): too slow, disconnecting",
+                self.client_id,
+                self.remote,
+                extra=self.log_fields(code=DisconnectCode.SLOW.code),
+            )
             self.close(DisconnectCode.SLOW)
 
     # ------------------------------------------------------------------ lifecycle
@@ -413,6 +454,7 @@ class Session:
             return
         self._release(disconnect)
         self.transport.close(disconnect)
+        self.node.metrics.disconnect(disconnect.code)
 
     def transport_closed(self) -> None:
         """The connection ended under us (client left, network dropped, frame-level failure)."""
@@ -479,7 +521,11 @@ class Session:
         if self.server_refresh and self.node.hooks.handles("refresh"):
             self.node.spawn(self._refresh_by_application())
             return
-        log.info("client %s: connection expired", self.client_id)
+        log.info(
+            "client %s: connection expired",
+            self.client_id,
+            extra=self.log_fields(code=DisconnectCode.EXPIRED.code),
+        )
         self.close(DisconnectCode.EXPIRED)
 
     async def _refresh_by_application(self) -> None:
@@ -494,7 +540,11 @@ class Session:
         if self.state != CONNECTED:
             return
         if answer is None or answer.expire_at is None or answer.expire_at <= self.node.clock.time():
-            log.info("client %s: connection expired (not extended)", self.client_id)
+            log.info(
+                "client %s: connection expired (not extended)",
+                self.client_id,
+                extra=self.log_fields(code=DisconnectCode.EXPIRED.code),
+            )
             self.close(DisconnectCode.EXPIRED)
             return
         if answer.info:

@@ -182,6 +182,13 @@ async def _open_flow(
     subscription.expire_at = grant.expire_at
     subscription.server_refresh = grant.server_refresh
     subscription.positioned = subscription.recoverable = map_options.has_stream
+    if grant.options.conflates:  # on by default for maps: the latest of each key when slow
+        if grant.max_frequency is not None:
+            subscription.max_frequency = grant.max_frequency
+        else:
+            subscription.max_frequency = subscriptions.requested_frequency(
+                request, grant.options.max_frequency
+            )
     # The grant's options may come from a token override; the map table stays the namespace's.
     flow = MapFlow(request.type, map_options, node.clock.monotonic(), grant.data)
     flow.recovering = request.phase == STREAM

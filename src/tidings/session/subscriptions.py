@@ -22,6 +22,7 @@ reply yet, is told after the reply (see :func:`unsubscribe`).
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -31,6 +32,7 @@ from msgspec import Raw
 from tidings.auth import SubscriptionOverride, SubscriptionToken, TokenSubscription
 from tidings.channels import ChannelOptions, ChannelRules, parse_channel
 from tidings.clock import Timer
+from tidings.conflation import Conflator
 from tidings.errors import (
     BrokerUnavailable,
     DisconnectCode,
@@ -41,8 +43,14 @@ from tidings.errors import (
     UnsubscribeCode,
 )
 from tidings.hooks import SubscribeContext
-from tidings.protocol.codec import prepare_publication
+from tidings.protocol.codec import (
+    JSON_INPUT_ERRORS,
+    PreparedPush,
+    prepare_publication,
+    string_publication,
+)
 from tidings.protocol.messages import (
+    NO_DATA,
     StreamPosition,
     SubscribePush,
     SubscribeRequest,
@@ -72,12 +80,14 @@ class Subscription:
         "answered",
         "chan_info",
         "channel",
+        "delta",
         "ended_by",
         "expire_at",
         "expiry_handle",
         "join_leave_push",
         "live",
         "map",
+        "max_frequency",
         "options",
         "positioned",
         "recoverable",
@@ -94,6 +104,11 @@ class Subscription:
         self.positioned = False
         self.recoverable = False
         self.join_leave_push = False
+        self.delta = False
+        """Delta compression negotiated: publications carry data as JSON strings."""
+        self.max_frequency: float | None = None
+        """``None``: never conflated. Otherwise conflated by key while the client is slow,
+        and always when above 0 (at most that many updates per second per key)."""
         self.expire_at: int | None = None
         self.expiry_handle: Timer | None = None
         self.server_refresh = False
@@ -143,6 +158,10 @@ class Grant:
     data: bytes = b""
     server_refresh: bool = False
     """The expiry came from the application, whose ``on_sub_refresh`` extends it."""
+    snapshot: Callable[[], Awaitable[bytes]] | None = None
+    """Produces ``data`` once the subscription has joined the channel (see open_subscription)."""
+    max_frequency: float | None = None
+    """The application's rate for this subscriber on a conflating channel (``on_subscribe``)."""
 
 
 async def authorize(
@@ -178,7 +197,15 @@ async def authorize(
         if answer.override is not None:
             options = effective_options(options, answer.override)
         server_refresh = answer.expire_at is not None and node.hooks.handles("sub_refresh", channel)
-        return Grant(options, answer.info, answer.expire_at, answer.data, server_refresh)
+        return Grant(
+            options,
+            answer.info,
+            answer.expire_at,
+            answer.data,
+            server_refresh,
+            answer.snapshot,
+            answer.max_frequency,
+        )
     else:
         options = rules.check_subscribe(channel, session.user, has_token=False)
     if sub_token is not None:
@@ -232,14 +259,62 @@ def plan(
     subscription.join_leave_push = options.join_leave and (
         options.force_push_join_leave or (request.join_leave and may_read_presence)
     )
+    # As in Centrifugo: deltas only to client-side subscriptions that are positioned, so the
+    # hub can vouch that each delta's base is the stream's previous publication.
+    subscription.delta = (
+        not server_side
+        and subscription.positioned
+        and bool(request.delta)
+        and request.delta in options.allowed_delta_types
+    )
+    if options.conflates:
+        if grant.max_frequency is not None:  # the application decided
+            subscription.max_frequency = grant.max_frequency
+        else:
+            subscription.max_frequency = requested_frequency(request, options.max_frequency)
     return subscription
 
 
+def requested_frequency(request: SubscribeRequest, default: float) -> float:
+    """The rate a subscriber to a conflating channel gets, in updates per second per key.
+
+    A client asks in its subscribe ``data``, ``{"max_frequency": N}`` (centrifuge-js:
+    the subscription's ``data`` option); anything else there is the application's and
+    ignored here. It may ask for less than the namespace's ``max_frequency``, never for
+    more; 0 means no limit (docs/protocol.md, "Latest-value conflation").
+    """
+    asked = 0.0
+    if request.data is not NO_DATA and len(request.data):
+        try:
+            wish = _frequency_decoder.decode(request.data)
+        except JSON_INPUT_ERRORS:
+            wish = None
+        if wish is not None and wish.max_frequency > 0:
+            asked = wish.max_frequency
+    if not asked:
+        return default
+    return min(asked, default) if default else asked
+
+
+class _FrequencyWish(msgspec.Struct):
+    max_frequency: float = 0.0
+
+
+_frequency_decoder = msgspec.json.Decoder(_FrequencyWish)
+
+
 async def open_subscription(
-    session: Session, subscription: Subscription, request: SubscribeRequest
+    session: Session,
+    subscription: Subscription,
+    request: SubscribeRequest,
+    snapshot: Callable[[], Awaitable[bytes]] | None = None,
 ) -> tuple[SubscribeResult, StreamPosition | None]:
     """Join the channel on this node and read what the reply needs; returns the reply
-    and the position it leaves the client at (``None`` when not positioned)."""
+    and the position it leaves the client at (``None`` when not positioned).
+
+    ``snapshot`` (the application's) runs after the join, while live pushes are
+    buffered: what it reads and what follows leave no gap.
+    """
     node = session.node
     channel = subscription.channel
     session.subscriptions[channel] = subscription
@@ -249,6 +324,8 @@ async def open_subscription(
         position: StreamPosition | None = None
         if subscription.positioned:
             position = await _read_position(session, subscription, request, result)
+        if snapshot is not None:
+            result.data = Raw(await snapshot())
         if subscription.options.presence and _current(session, subscription):
             info = session.channel_info(subscription)
             await node.add_presence(channel, session, info)
@@ -263,6 +340,11 @@ async def open_subscription(
     if ttl is not None:
         result.expires = True
         result.ttl = ttl
+    if subscription.delta:
+        result.delta = True
+        # Recovered publications go whole (as JSON strings): deltas between them would be
+        # encoded per subscriber, a cost a reconnect storm multiplies.
+        result.publications = [string_publication(p) for p in result.publications]
     return result, position
 
 
@@ -315,14 +397,21 @@ async def go_live(
             push = UnsubscribePush(reason.code, reason.reason)
             session.send_push(subscription.channel, "unsubscribe", push)
         return
+    rate = subscription.max_frequency
     session.node.go_live(
         subscription.channel,
         session,
         join_leave=subscription.join_leave_push,
         positioned=subscription.positioned,
         position=position if subscription.positioned else None,
+        delta=subscription.delta,
+        conflator=new_conflator(session, rate) if rate else None,
     )
     subscription.live = True
+    if rate is not None and session.write_paused:
+        session.node.conflate(
+            subscription.channel, session, new_conflator(session, rate), held=True
+        )
     schedule_expiry(session, subscription)
     if subscription.options.join_leave:
         try:
@@ -331,9 +420,48 @@ async def go_live(
             )
         except BrokerUnavailable as exc:  # the subscribe is answered: join is best effort
             log.warning(
-                "join of %s in %r not announced: %s", session.client_id, subscription.channel, exc
+                "join of %s in %r not announced: %s",
+                session.client_id,
+                subscription.channel,
+                exc,
+                extra=session.log_fields(channel=subscription.channel),
             )
     await map_presence.joined(session, subscription)
+
+
+# --------------------------------------------------------------------------- conflation
+
+
+def new_conflator(session: Session, max_frequency: float) -> Conflator[PreparedPush]:
+    """A conflator on the node's clock (the hub's drain timers read the same one)."""
+    return Conflator(max_frequency=max_frequency or None, clock=session.node.clock.monotonic)
+
+
+def hold_conflating(session: Session) -> bool:
+    """The client stopped reading: its conflating subscriptions keep the latest value per
+    key instead of queueing every publication. ``True`` when it has subscriptions and every
+    one conflates (nothing then grows without bound while the client is slow)."""
+    conflating = plain = 0
+    node = session.node
+    for subscription in list(session.subscriptions.values()):
+        rate = subscription.max_frequency
+        if rate is None:
+            plain += 1
+            continue
+        conflating += 1
+        if subscription.live:
+            node.conflate(subscription.channel, session, new_conflator(session, rate), held=True)
+    return conflating > 0 and not plain
+
+
+def release_conflating(session: Session) -> None:
+    """The client reads again: write what its conflating subscriptions kept, until its
+    connection is full again (then the rest stays held)."""
+    for subscription in list(session.subscriptions.values()):
+        if session.write_paused or session.closed:
+            return
+        if subscription.max_frequency is not None and subscription.live:
+            session.node.release(subscription.channel, session)
 
 
 async def server_subscribe(
@@ -358,7 +486,13 @@ async def server_subscribe(
         subscription = plan(session, channel, request, grant, server_side=True)
         result, position = await open_subscription(session, subscription, request)
     except (ReplyError, BrokerUnavailable) as exc:
-        log.info("server subscribe of %s to %r failed: %s", session.client_id, channel, exc)
+        log.info(
+            "server subscribe of %s to %r failed: %s",
+            session.client_id,
+            channel,
+            exc,
+            extra=session.log_fields(channel=channel),
+        )
         return
     if session.closed:
         return
@@ -407,7 +541,12 @@ def insufficient_state(session: Session, channel: str) -> None:
     subscription = session.subscriptions.get(channel)
     if subscription is None:
         return
-    log.info("client %s lost publications in %r: asking it to recover", session.client_id, channel)
+    log.info(
+        "client %s lost publications in %r: asking it to recover",
+        session.client_id,
+        channel,
+        extra=session.log_fields(channel=channel),
+    )
     if subscription.server_side:
         session.close(DisconnectCode.INSUFFICIENT_STATE)
     else:
@@ -425,7 +564,13 @@ async def announce_leave(session: Session, subscription: Subscription) -> None:
         if options.join_leave and subscription.live:
             await node.announce_leave(channel, session.channel_info(subscription))
     except Exception as exc:  # the client is gone; nobody to answer
-        log.warning("leave of %s in %r not announced: %s", session.client_id, channel, exc)
+        log.warning(
+            "leave of %s in %r not announced: %s",
+            session.client_id,
+            channel,
+            exc,
+            extra=session.log_fields(channel=channel),
+        )
     await map_presence.left(session, subscription)
 
 

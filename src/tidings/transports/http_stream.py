@@ -25,7 +25,7 @@ from tidings.protocol.wire import END_CHUNK, WireFormat
 from tidings.transports.base import transport_high_water
 
 if TYPE_CHECKING:
-    from tidings.server.http import HttpStream
+    from tidings.server.exchange import ResponseStream
     from tidings.session import Session
 
 NO_CACHE_HEADERS = [
@@ -58,7 +58,7 @@ class StreamTransport:
 
     def __init__(
         self,
-        stream: HttpStream,
+        stream: ResponseStream,
         wire: WireFormat,
         *,
         name: str,
@@ -93,7 +93,7 @@ class StreamTransport:
         """Bind the session: end of response -> ``transport_closed``; back-pressure -> slow."""
         self.session = session
         self.stream.on_close = self._ended
-        self.stream.transport.set_write_buffer_limits(high=transport_high_water(write_buffer_limit))
+        self.stream.set_high_water(transport_high_water(write_buffer_limit))
         self.stream.on_pause = session.on_write_paused
         self.stream.on_resume = session.on_write_resumed
 

@@ -17,6 +17,24 @@ import { EventSource } from 'eventsource';
 import WebSocket from 'ws';
 import readline from 'node:readline';
 
+// Bytes of the documents the server sent (WebSocket message payloads, SSE event data):
+// what delta compression saves. Frame headers and SSE field names are left out.
+let bytesReceived = 0;
+
+class CountingWebSocket extends WebSocket {
+  constructor(...args) {
+    super(...args);
+    this.on('message', (data) => { bytesReceived += data.length; });
+  }
+}
+
+class CountingEventSource extends EventSource {
+  constructor(...args) {
+    super(...args);
+    this.addEventListener('message', (event) => { bytesReceived += Buffer.byteLength(event.data); });
+  }
+}
+
 function emit(document) {
   process.stdout.write(JSON.stringify(document, replacer) + '\n');
 }
@@ -90,8 +108,8 @@ function requireSubscription(channel) {
 
 const operations = {
   create({ url, token, getToken, options }) {
-    // `url` may be a list of {transport, endpoint} (the SSE / HTTP-streaming emulation).
-    const config = { websocket: WebSocket, eventsource: EventSource, ...(options ?? {}) };
+    // url: a WebSocket URL, or centrifuge-js' list of {transport, endpoint} (emulation).
+    const config = { websocket: CountingWebSocket, eventsource: CountingEventSource, ...(options ?? {}) };
     if (token) config.token = token;
     if (getToken) config.getToken = () => requestToken('connection', null);
     client = new Centrifuge(url, config);
@@ -196,6 +214,14 @@ const operations = {
   async send({ data }) {
     await requireClient().send(data);
     return null;
+  },
+  bytes_received() {
+    const value = bytesReceived;
+    bytesReceived = 0;
+    return value;
+  },
+  delta_stats({ channel }) {
+    return requireSubscription(channel).deltaStats();
   },
   token_reply({ request, token, error }) {
     const pending = pendingTokens.get(request);

@@ -21,7 +21,7 @@ It needs the ``redis`` extra (redis-py with hiredis).
 
 from tidings.brokers.redis.address import RedisAddress, parse_redis_url
 from tidings.brokers.redis.broker import RedisBroker
-from tidings.brokers.redis.connection import DEFAULT_TIMEOUT
+from tidings.brokers.redis.connection import DEFAULT_TIMEOUT, RoundTrips
 from tidings.brokers.redis.map import RedisMapBroker
 from tidings.brokers.redis.presence import RedisPresence
 from tidings.brokers.redis.pubsub import DEFAULT_PING_INTERVAL, RECONNECT_BACKOFF_MAX
@@ -34,5 +34,6 @@ __all__ = [
     "RedisBroker",
     "RedisMapBroker",
     "RedisPresence",
+    "RoundTrips",
     "parse_redis_url",
 ]

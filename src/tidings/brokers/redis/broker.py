@@ -25,7 +25,8 @@ What it guarantees, beyond the contracts in :mod:`tidings.brokers.base`:
   never retried by the client (a retry after a lost reply would publish twice).
 
 Pub/sub messages carry one kind byte: ``p<offset>,<epoch>,<publication JSON>``
-(epoch empty without history), ``j<ClientInfo JSON>``, ``l<ClientInfo JSON>``;
+(epoch empty without history; ``d`` instead of ``p`` when the publisher asked for
+delta encoding), ``j<ClientInfo JSON>``, ``l<ClientInfo JSON>``;
 the control channel carries the Node's bytes unchanged.
 """
 
@@ -48,6 +49,7 @@ from tidings.brokers.redis.address import parse_redis_url
 from tidings.brokers.redis.connection import (
     DEFAULT_TIMEOUT,
     Connector,
+    RoundTrips,
     bounded,
     close_client,
 )
@@ -72,7 +74,8 @@ class RedisBroker:
     ``timeout`` bounds every call (publish, history, subscribe confirmation);
     ``ping_interval`` is how long a pub/sub connection may stay silent before it
     is pinged (no answer within another interval: reconnect). ``name`` labels
-    this node's pub/sub connections in ``CLIENT LIST``.
+    this node's pub/sub connections in ``CLIENT LIST``; ``round_trips`` is told of every
+    bounded call (the node's metrics).
     """
 
     def __init__(
@@ -84,8 +87,10 @@ class RedisBroker:
         ping_interval: float = DEFAULT_PING_INTERVAL,
         idempotency_window: float = IDEMPOTENCY_WINDOW,
         name: str = "",
+        round_trips: RoundTrips | None = None,
     ) -> None:
         self._address = parse_redis_url(url)
+        self._round_trips = round_trips
         self._keys = Keys(prefix)
         self._timeout = timeout
         self._ping_interval = ping_interval
@@ -116,7 +121,10 @@ class RedisBroker:
         try:
             if self._cluster:
                 await bounded(
-                    "cluster discovery", self._timeout, self._cluster_client().initialize()
+                    "cluster discovery",
+                    self._timeout,
+                    self._cluster_client().initialize(),
+                    self._round_trips,
                 )
             await self._link_for(self._control).add(self._control, "", self._timeout)
         except BaseException:
@@ -207,7 +215,12 @@ class RedisBroker:
         async with self._rerouting:
             client = self._cluster_client()
             try:
-                await bounded("cluster discovery", self._timeout, client.nodes_manager.initialize())
+                await bounded(
+                    "cluster discovery",
+                    self._timeout,
+                    client.nodes_manager.initialize(),
+                    self._round_trips,
+                )
             except BrokerUnavailable as exc:
                 logger.warning("redis cluster: %s", exc)
                 return
@@ -237,7 +250,7 @@ class RedisBroker:
                 handler.handle_control(data)
                 return
             kind = data[:1]
-            if kind == b"p":
+            if kind == b"p" or kind == b"d":
                 head, epoch, body = data[1:].split(b",", 2)
                 publication = _decode_publication(body)
                 offset = int(head)
@@ -245,7 +258,7 @@ class RedisBroker:
                 if epoch:
                     publication.offset = offset
                     position = StreamPosition(offset, epoch.decode())
-                handler.handle_publication(channel, publication, position)
+                handler.handle_publication(channel, publication, position, delta=kind == b"d")
             elif kind == b"j":
                 handler.handle_join(channel, _decode_client_info(data[1:]))
             elif kind == b"l":
@@ -277,6 +290,7 @@ class RedisBroker:
         *,
         history: HistoryOptions | None = None,
         idempotency_key: str = "",
+        delta: bool = False,
     ) -> StreamPosition | None:
         base = self._keys.channel(channel)
         keys = [base + ":meta", base + ":history", base + ":pub"]
@@ -296,9 +310,9 @@ class RedisBroker:
                 milliseconds(history.meta_ttl),
                 new_epoch(),
             ]
-        args += [self._idempotency_window, self._publish_command]
+        args += [self._idempotency_window, self._publish_command, "d" if delta else "p"]
         offset, epoch, _repeated = await bounded(
-            "publish", self._timeout, scripts.PUBLISH(self._client, keys, args)
+            "publish", self._timeout, scripts.PUBLISH(self._client, keys, args), self._round_trips
         )
         if not epoch:
             return None
@@ -309,6 +323,7 @@ class RedisBroker:
             what,
             self._timeout,
             scripts.SEND(self._client, [name], [message, self._publish_command]),
+            self._round_trips,
         )
 
     async def publish_join(self, channel: str, info: ClientInfo) -> None:
@@ -319,6 +334,17 @@ class RedisBroker:
 
     async def publish_control(self, message: bytes) -> None:
         await self._send("control", self._keys.control, message)
+
+    async def ping(self) -> None:
+        """A PING round trip, and every pub/sub link up (the control one holding its channel)."""
+        if not self._started:
+            raise BrokerUnavailable("redis broker not started")
+        await bounded("ping", self._timeout, self._client.ping(), self._round_trips)
+        for link in self._links.values():
+            if not link.connected:
+                raise BrokerUnavailable(f"redis pub/sub {link.endpoint}: not connected")
+        if not any(link.holds(self._control) for link in self._links.values()):
+            raise BrokerUnavailable("redis pub/sub: the control channel is not subscribed")
 
     # ----------------------------------------------------------- history
 
@@ -353,6 +379,7 @@ class RedisBroker:
             "history",
             self._timeout,
             scripts.HISTORY(self._client, [base + ":meta", base + ":history"], args),
+            self._round_trips,
         )
         publications = []
         for entry_id, fields in entries:
@@ -363,4 +390,9 @@ class RedisBroker:
 
     async def remove_history(self, channel: str) -> None:
         key = self._keys.channel(channel) + ":history"
-        await bounded("remove history", self._timeout, self._client.execute_command("DEL", key))
+        await bounded(
+            "remove history",
+            self._timeout,
+            self._client.execute_command("DEL", key),
+            self._round_trips,
+        )

@@ -3,7 +3,9 @@
 Every command runs under a timeout (:data:`DEFAULT_TIMEOUT`, 1 s); past it, or
 when Redis cannot be reached, the call raises
 :class:`~tidings.errors.BrokerUnavailable`. Command clients never retry on
-their own: a retry after a lost reply would publish twice.
+their own: a retry after a lost reply would publish twice. Each bounded call
+can be reported to :class:`RoundTrips` (the node's metrics): its time when it
+succeeded, its operation when it failed.
 """
 
 from __future__ import annotations
@@ -11,7 +13,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-from collections.abc import Awaitable
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from redis import exceptions as redis_errors
@@ -29,6 +33,7 @@ __all__ = [
     "DEFAULT_TIMEOUT",
     "UNAVAILABLE",
     "Connector",
+    "RoundTrips",
     "bounded",
     "close_client",
 ]
@@ -148,13 +153,30 @@ class Connector:
                     await close_client(client)
 
 
-async def bounded(what: str, seconds: float, call: Awaitable[T]) -> T:
+@dataclass(frozen=True, slots=True)
+class RoundTrips:
+    """Where bounded calls are reported: ``succeeded(operation, seconds)``,
+    ``failed(operation)``; operations are the calls' names with ``_`` for spaces."""
+
+    succeeded: Callable[[str, float], None]
+    failed: Callable[[str], None]
+
+
+async def bounded(
+    what: str, seconds: float, call: Awaitable[T], round_trips: RoundTrips | None = None
+) -> T:
     """Await ``call`` for at most ``seconds``; unreachable Redis -> BrokerUnavailable."""
+    started = time.perf_counter()
     try:
         async with asyncio.timeout(seconds):
-            return await call
+            result = await call
     except UNAVAILABLE as exc:
+        if round_trips is not None:
+            round_trips.failed(what.replace(" ", "_"))
         raise BrokerUnavailable(f"redis {what} failed: {type(exc).__name__}: {exc}") from exc
+    if round_trips is not None:
+        round_trips.succeeded(what.replace(" ", "_"), time.perf_counter() - started)
+    return result
 
 
 async def close_client(client: Redis | RedisCluster) -> None:

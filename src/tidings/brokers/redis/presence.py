@@ -15,7 +15,13 @@ from redis import exceptions as redis_errors
 
 from tidings.brokers.redis import scripts
 from tidings.brokers.redis.address import parse_redis_url
-from tidings.brokers.redis.connection import DEFAULT_TIMEOUT, Connector, bounded, close_client
+from tidings.brokers.redis.connection import (
+    DEFAULT_TIMEOUT,
+    Connector,
+    RoundTrips,
+    bounded,
+    close_client,
+)
 from tidings.brokers.redis.keys import Keys
 from tidings.brokers.redis.scripts import milliseconds
 from tidings.protocol.messages import ClientInfo
@@ -30,9 +36,15 @@ class RedisPresence:
     """A :class:`~tidings.brokers.base.PresenceStore` over Redis (see the module docstring)."""
 
     def __init__(
-        self, url: str, *, prefix: str = "tidings", timeout: float = DEFAULT_TIMEOUT
+        self,
+        url: str,
+        *,
+        prefix: str = "tidings",
+        timeout: float = DEFAULT_TIMEOUT,
+        round_trips: RoundTrips | None = None,
     ) -> None:
         self._keys = Keys(prefix)
+        self._round_trips = round_trips
         self._timeout = timeout
         self._connector = Connector(parse_redis_url(url), timeout, f"{prefix}.presence")
         self._client = self._connector.command_client()
@@ -45,6 +57,7 @@ class RedisPresence:
             "add presence",
             self._timeout,
             scripts.PRESENCE_ADD(self._client, self._keys.presence(channel), args),
+            self._round_trips,
         )
 
     async def add_presence_many(
@@ -87,13 +100,14 @@ class RedisPresence:
                 if isinstance(result, BaseException):
                     raise result
 
-        await bounded("refresh presence", self._timeout, run())
+        await bounded("refresh presence", self._timeout, run(), self._round_trips)
 
     async def remove_presence(self, channel: str, client_id: str) -> None:
         await bounded(
             "remove presence",
             self._timeout,
             scripts.PRESENCE_REMOVE(self._client, self._keys.presence(channel), [client_id]),
+            self._round_trips,
         )
 
     async def presence(self, channel: str) -> dict[str, ClientInfo]:
@@ -101,6 +115,7 @@ class RedisPresence:
             "presence",
             self._timeout,
             scripts.PRESENCE_GET(self._client, self._keys.presence(channel), []),
+            self._round_trips,
         )
         return {flat[i].decode(): _decode_client_info(flat[i + 1]) for i in range(0, len(flat), 2)}
 
@@ -109,6 +124,7 @@ class RedisPresence:
             "presence stats",
             self._timeout,
             scripts.PRESENCE_STATS(self._client, self._keys.presence(channel), []),
+            self._round_trips,
         )
         return int(clients), int(users)
 

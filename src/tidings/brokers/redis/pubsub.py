@@ -100,6 +100,15 @@ class PubSubLink:
         self._tasks: set[asyncio.Task[None]] = set()
         self._connected_before = False
 
+    @property
+    def connected(self) -> bool:
+        """The link's connection is up (it may still be subscribing its names)."""
+        return self._conn is not None and self._conn.is_connected
+
+    def holds(self, name: bytes) -> bool:
+        """Redis confirmed ``name`` on the current connection."""
+        return self.connected and name in self._confirmed
+
     def start(self) -> None:
         if self._task is None:
             self._task = asyncio.create_task(

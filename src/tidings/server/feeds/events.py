@@ -55,7 +55,7 @@ from tidings.server.feeds import maps
 
 if TYPE_CHECKING:
     from tidings.node import Node
-    from tidings.server.http import HttpStream
+    from tidings.server.exchange import ResponseStream
 
 log = logging.getLogger("tidings.events")
 
@@ -123,7 +123,7 @@ class EventsMember:
 
     __slots__ = ("buffer", "expiry", "feed", "positions", "state", "stream", "write")
 
-    def __init__(self, stream: HttpStream) -> None:
+    def __init__(self, stream: ResponseStream) -> None:
         self.stream = stream
         self.write: Writer = stream.write
         self.feed: EventsFeed | None = None

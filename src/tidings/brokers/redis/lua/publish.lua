@@ -3,7 +3,8 @@
 --       3 pub/sub channel, 4 idempotency key (optional)
 -- ARGV: 1 publication JSON (offset left out), 2 '1' to keep history,
 --       3 size, 4 ttl ms, 5 meta ttl ms, 6 epoch to use if the meta is gone,
---       7 idempotency window s, 8 PUBLISH or SPUBLISH
+--       7 idempotency window s, 8 PUBLISH or SPUBLISH,
+--       9 message kind: 'p', or 'd' when the publisher asked for delta encoding
 -- Returns {offset, epoch, 1 if a repeat of an idempotency key else 0};
 -- epoch '' means no history (offset 0).
 local idempotency_key = KEYS[4]
@@ -30,7 +31,7 @@ if ARGV[2] == '1' then
   trim_expired(KEYS[2], now_ms)
   redis.call('PEXPIRE', KEYS[2], ttl)
 end
-redis.call(ARGV[8], KEYS[3], 'p' .. offset .. ',' .. epoch .. ',' .. ARGV[1])
+redis.call(ARGV[8], KEYS[3], ARGV[9] .. offset .. ',' .. epoch .. ',' .. ARGV[1])
 if idempotency_key then
   redis.call('SET', idempotency_key, offset .. ',' .. epoch, 'EX', ARGV[7])
 end

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 import pytest
 
 from tests.conftest import make_config
@@ -774,3 +775,32 @@ async def test_presence_of_a_map_namespace(node: Node, client: Harness) -> None:
     for _ in range(3):
         await asyncio.sleep(0)
     assert await node.presence_of("pmap:1") == {}
+
+
+async def test_a_slow_map_subscriber_gets_the_latest_of_each_key_and_stays(
+    node: Node, client: Harness
+) -> None:
+    """Maps conflate by default: a client that cannot keep up is never cut for it."""
+    subscribed = await sdk_subscribe(client, "prices:slow2")
+    client.session.on_write_paused()  # the transport's buffer is full
+    for n in range(1, 301):
+        await node.map_publish("prices:slow2", f"s{n % 7}", {"p": n})
+    await asyncio.sleep(0)
+    assert client.transport.take() == []
+    client.clock.advance(node.config.slow_timeout + 1)
+    assert not client.session.closed
+    client.transport.take()  # pings
+    client.session.on_write_resumed()
+    pubs = [d["push"]["pub"] for d in client.transport.take() if "pub" in d.get("push", {})]
+    assert {p["key"]: p["data"]["p"] for p in pubs} == {f"s{n % 7}": n for n in range(294, 301)}
+    assert [p["offset"] for p in pubs] == list(range(294, 301))
+    state = dict(subscribed.state)
+    changes = [{"push": {"channel": "prices:slow2", "pub": p}} for p in pubs]
+    apply_pushes(state, changes, "prices:slow2")
+    assert state == await server_state(node, "prices:slow2")
+
+
+async def test_conflate_by_none_turns_conflation_off_for_a_map(node: Node) -> None:
+    assert node.rules.options("prices:x").conflates  # maps conflate by default
+    plain = msgspec.structs.replace(node.rules.options("prices:x"), conflate_by="none")
+    assert not plain.conflates

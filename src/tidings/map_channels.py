@@ -36,6 +36,7 @@ from tidings.brokers.maps import (
     MapBroker,
     MapEntry,
     MapRequestError,
+    MapRetention,
     MapState,
     MapStream,
     MapUpdateResult,
@@ -93,6 +94,7 @@ class MapChannels:
         self.engine = engine
         self.refresh_interval = refresh_interval
         self._presence: dict[tuple[str, str], _PresenceEntry] = {}
+        self._retentions: dict[int, tuple[MapOptions, MapRetention]] = {}
         self._last_refresh = 0.0
         self._refreshing = False
 
@@ -105,6 +107,16 @@ class MapChannels:
         if options.map is None or not options.is_map:
             raise ReplyError(ErrorCode.BAD_REQUEST)
         return options, options.map
+
+    def retention(self, options: MapOptions) -> MapRetention:
+        """``options.retention``, built once per namespace (it validates as it builds: about
+        5 us, on every write and read otherwise)."""
+        retention = self._retentions.get(id(options))
+        if retention is None or retention[0] is not options:
+            built = options.retention
+            self._retentions[id(options)] = (options, built)
+            return built
+        return retention[1]
 
     def is_map(self, channel: str) -> bool:
         """Whether ``channel`` lives in a map namespace (a bad or unknown name is not)."""
@@ -139,7 +151,7 @@ class MapChannels:
                 channel,
                 key,
                 data,
-                retention=options.retention,
+                retention=self.retention(options),
                 tags=tags,
                 info=info,
                 idempotency_key=idempotency_key,
@@ -165,7 +177,11 @@ class MapChannels:
         if not key:
             raise ReplyError(ErrorCode.BAD_REQUEST)
         return await self.engine.remove(
-            channel, key, retention=options.retention, idempotency_key=idempotency_key, tags=tags
+            channel,
+            key,
+            retention=self.retention(options),
+            idempotency_key=idempotency_key,
+            tags=tags,
         )
 
     async def clear(self, channel: str) -> None:
@@ -189,7 +205,7 @@ class MapChannels:
         try:
             return await self.engine.read_state(
                 channel,
-                retention=options.retention,
+                retention=self.retention(options),
                 limit=limit,
                 cursor=cursor,
                 key=key,
@@ -210,7 +226,11 @@ class MapChannels:
         _, options = self.options(channel)
         try:
             return await self.engine.read_stream(
-                channel, retention=options.retention, limit=limit, since=since, reverse=reverse
+                channel,
+                retention=self.retention(options),
+                limit=limit,
+                since=since,
+                reverse=reverse,
             )
         except UnrecoverablePosition:
             raise ReplyError(ErrorCode.UNRECOVERABLE_POSITION) from None

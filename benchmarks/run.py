@@ -14,6 +14,8 @@
    its figures to ``docs/benchmarks.md``.
 5. Measures the ASGI mount (``rt.asgi()`` under uvicorn) against the standalone server with
    ``benchmarks/asgi_mount.py`` and appends that section too.
+6. Measures fan-out to Protobuf clients against JSON ones, and to a mixed channel, with
+   ``benchmarks/protobuf_fanout.py``, and writes that section as well.
 
 Arguments are passed on to ``tidings bench``; a later option overrides the
 defaults here, and naming any ``--scenario`` replaces the default set. For a
@@ -94,6 +96,16 @@ def main() -> None:
             [
                 sys.executable,
                 str(ROOT / "benchmarks" / "asgi_mount.py"),
+                "--markdown",
+                str(ROOT / "docs" / "benchmarks.md"),
+            ],
+            check=True,
+        )
+        # Protobuf clients against JSON ones (see that script).
+        subprocess.run(
+            [
+                sys.executable,
+                str(ROOT / "benchmarks" / "protobuf_fanout.py"),
                 "--markdown",
                 str(ROOT / "docs" / "benchmarks.md"),
             ],

@@ -135,7 +135,9 @@ def _server(url: str) -> JSON:
         "title": "tidings WebSocket endpoint",
         "description": (
             "Centrifugo client protocol v2, JSON in text frames (docs/protocol.md section 1). "
-            f"Subprotocol: none or `{SUBPROTOCOL}` (echoed when offered; protobuf is refused). "
+            f"Subprotocol: none or `{SUBPROTOCOL}` (echoed when offered); "
+            "`centrifuge-protobuf` selects the binary encoding of the same messages "
+            "(docs/protocol.md, Protobuf), which this document does not describe. "
             "A client first sends `connect`, with a connection JWT in `token` or with the "
             "cookies and headers an `on_connect` handler reads; then `subscribe`, `publish` "
             "and `rpc` commands, each answered by a reply with the same `id`."

@@ -81,7 +81,7 @@ class ChannelOptions(Struct, forbid_unknown_fields=True, kw_only=True):
     max_frequency: float = 0.0
     """Default rate, in updates per second per key, of a subscriber to a conflating
     channel; 0: as fast as it reads."""
-    # Map subscriptions (docs/protocol.md section 13), with Centrifugo's names.
+    # Map subscriptions (docs/protocol.md section 14), with Centrifugo's names.
     subscription_type: str = "stream"
     """``stream``, ``map``, ``map_clients`` or ``map_users``: the one kind of subscription
     the namespace accepts (a subscribe of another ``type`` gets 103)."""

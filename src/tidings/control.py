@@ -93,12 +93,17 @@ class ChannelsReply(_Control, tag="channels_reply"):
 
 
 class EmulationCommands(_Control, tag="emulation"):
-    """Commands posted to ``/emulation`` on a node other than the session's owner."""
+    """Commands posted to ``/emulation`` on a node other than the session's owner.
+
+    ``commands`` holds JSON commands as text; ``protobuf`` the length-prefixed
+    Protobuf commands of a Protobuf session (base64 in this JSON message).
+    """
 
     target: str = ""
     session: str = ""
     commands: str = ""
     sender: str = ""
+    protobuf: bytes = b""
 
 
 ClientAction = DisconnectClients | UnsubscribeClients | SubscribeClients | RefreshClients

@@ -62,7 +62,7 @@ class ErrorCode:
     UNRECOVERABLE_POSITION = Error(112, "unrecoverable position")
     CONCURRENT_PAGINATION = Error(113, "concurrent pagination", temporary=True)
     """A map subscribe request while another of the same flow is in progress
-    (docs/protocol.md section 13)."""
+    (docs/protocol.md section 14)."""
 
 
 class ApiErrorCode:
@@ -84,7 +84,6 @@ class HttpErrorCode:
     METHOD_NOT_ALLOWED = Error(107, "method not allowed")
     NOT_FOUND = Error(104, "not found")
     ORIGIN_NOT_ALLOWED = Error(103, "origin not allowed")
-    PROTOBUF_NOT_SUPPORTED = Error(107, "the Protobuf protocol is not supported")
     EXPECTED_UPGRADE = Error(107, "expected a WebSocket upgrade")
 
 

@@ -1,5 +1,5 @@
 """The node's map channels: their engine, what Python and the server API may do with
-them, the encode-once of their changes, and map presence (docs/protocol.md section 13).
+them, the encode-once of their changes, and map presence (docs/protocol.md section 14).
 
 The :class:`~tidings.node.Node` owns one :class:`MapChannels` (``node.maps``)
 and stays the one place engine callbacks land: its ``handle_map_*`` methods

@@ -68,7 +68,6 @@ from tidings.jwks import JwksClient
 from tidings.map_channels import MapChannels, payload
 from tidings.metrics import Metrics, metrics_for
 from tidings.protocol.codec import (
-    EMPTY_DOCUMENT,
     JSON_INPUT_ERRORS,
     PreparedPush,
     compact_raw,
@@ -104,7 +103,8 @@ class Client(Hashable, Protocol):
     user: str
     session_id: str
     wire: WireFormat
-    awaiting_pong: bool
+    awaiting_pong: int
+    """The tick of the ping the client has not answered (0: none)."""
 
     @property
     def closed(self) -> bool: ...
@@ -115,7 +115,7 @@ class Client(Hashable, Protocol):
     @property
     def subscriptions(self) -> Mapping[str, object]: ...
 
-    def ping(self, frame: bytes, *, expect_pong: bool) -> None: ...
+    def ping(self, frame: bytes, *, tick: int = 0) -> None: ...
 
     def close(self, disconnect: Disconnect) -> None: ...
 
@@ -133,7 +133,7 @@ class Client(Hashable, Protocol):
 
     def map_cleared(self, channel: str) -> None:
         """The map channel was cleared (``map_clear``): reload its state (docs/protocol.md
-        section 13)."""
+        section 14)."""
         ...
 
 
@@ -219,7 +219,7 @@ class Node:
             self.map_broker,
             refresh_interval=config.presence_refresh_interval,
         )
-        """Map channels (docs/protocol.md section 13): their engine and operations."""
+        """Map channels (docs/protocol.md section 14): their engine and operations."""
         self.hooks: ApplicationHooks = NoHooks()
         """The application's handlers (``Tidings`` sets them); by default there are none."""
         self.clients: dict[str, Client] = {}
@@ -235,7 +235,7 @@ class Node:
         self._tick = 0
         self._tick_period = 1.0
         self._ping_buckets: list[set[Client]] = []
-        self._pong_checks: deque[tuple[int, list[Client]]] = deque()
+        self._pong_checks: deque[tuple[int, int, list[Client]]] = deque()
         self._ping_frames: dict[WireFormat, bytes] = {}
         self._last_presence_refresh = 0.0
         self._presence_refreshing = False
@@ -503,6 +503,14 @@ class Node:
         self._tick += 1
         tick = self._tick
         config = self.config
+        # Pongs owed first: a ping of this tick must not count against an earlier one.
+        while self._pong_checks and self._pong_checks[0][0] <= tick:
+            _, pinged_at, clients = self._pong_checks.popleft()
+            for client in clients:
+                # Still owing that very ping (a later ping has its own check).
+                if client.awaiting_pong == pinged_at and not client.closed:
+                    log.info("client %s: no pong", client.client_id)
+                    client.close(DisconnectCode.NO_PONG)
         if self._ping_buckets:
             bucket = self._ping_buckets[tick % len(self._ping_buckets)]
             if bucket:
@@ -511,19 +519,14 @@ class Node:
                     if client.closed:
                         bucket.discard(client)
                         continue
-                    expect_pong = not client.unidirectional
-                    client.ping(self._ping_frame(client.wire), expect_pong=expect_pong)
-                    if expect_pong:
-                        pinged.append(client)
+                    if client.unidirectional:  # no way to answer: pings only keep it open
+                        client.ping(self._ping_frame(client.wire))
+                        continue
+                    client.ping(self._ping_frame(client.wire), tick=tick)
+                    pinged.append(client)
                 if pinged:
                     due = tick + max(1, math.ceil(config.pong_timeout / self._tick_period))
-                    self._pong_checks.append((due, pinged))
-        while self._pong_checks and self._pong_checks[0][0] <= tick:
-            _, clients = self._pong_checks.popleft()
-            for client in clients:
-                if client.awaiting_pong and not client.closed:
-                    log.info("client %s: no pong", client.client_id)
-                    client.close(DisconnectCode.NO_PONG)
+                    self._pong_checks.append((due, tick, pinged))
         now = self.clock.monotonic()
         if now - self._last_presence_refresh >= config.presence_refresh_interval:
             self._last_presence_refresh = now
@@ -539,7 +542,7 @@ class Node:
     def _ping_frame(self, wire: WireFormat) -> bytes:
         frame = self._ping_frames.get(wire)
         if frame is None:
-            frame = self._ping_frames[wire] = wire.frame([EMPTY_DOCUMENT])
+            frame = self._ping_frames[wire] = wire.frame([wire.codec.empty])
         return frame
 
     async def _refresh_presence(self) -> None:
@@ -778,7 +781,7 @@ class Node:
             if control.target == self.id:
                 client = self.emulation_sessions.get(control.session)
                 if client is not None:
-                    client.handle_frame(control.commands.encode())
+                    client.handle_frame(control.protobuf or control.commands.encode())
         else:
             self.spawn(self._apply_client_action(control))
 
@@ -834,11 +837,18 @@ class Node:
         entry = self.nodes.get(uid)
         return entry is not None and entry[0] >= time.monotonic() - 3 * NODE_INFO_INTERVAL
 
-    async def forward_emulation(self, target: str, session: str, commands: str) -> None:
-        """Commands posted to ``/emulation`` on a node other than the session's owner."""
-        await self.send_control(
-            EmulationCommands(target=target, session=session, commands=commands, sender=self.id)
-        )
+    async def forward_emulation(self, target: str, session: str, commands: str | bytes) -> None:
+        """Commands posted to ``/emulation`` on a node other than the session's owner: JSON
+        text, or the bytes of Protobuf commands."""
+        if isinstance(commands, bytes):
+            message = EmulationCommands(
+                target=target, session=session, protobuf=commands, sender=self.id
+            )
+        else:
+            message = EmulationCommands(
+                target=target, session=session, commands=commands, sender=self.id
+            )
+        await self.send_control(message)
 
     # ------------------------------------------------------------------ server actions
 
@@ -935,7 +945,7 @@ class Node:
         delta: bool = False,
         info: ClientInfo | None = None,
     ) -> MapUpdateResult:
-        """Write ``key`` of a map channel, on every node (docs/protocol.md section 13).
+        """Write ``key`` of a map channel, on every node (docs/protocol.md section 14).
 
         ``data`` is any JSON-serialisable value, or :class:`msgspec.Raw` holding
         JSON text. Errors: 102 unknown namespace, 107 not a map namespace, an

@@ -1,6 +1,6 @@
 """centrifuge-js 5.8 map subscriptions (``newMapSubscription``, ``newMapClientsSubscription``,
 ``newMapUsersSubscription``, unmodified, under Node) against tidings, on WebSocket and on the
-SSE emulation, on one node and across two nodes on Redis (docs/protocol.md section 13).
+SSE emulation, on one node and across two nodes on Redis (docs/protocol.md section 14).
 
 The driver keeps each map subscription's state as an application would (``sync`` replaces
 it, ``update`` changes one key); tests compare it with the server's state, key by key.

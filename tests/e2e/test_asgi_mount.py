@@ -184,7 +184,7 @@ BAD_REQUESTS: list[tuple[str, str, dict[str, str], bytes]] = [
     ("GET", f"/longpoll?channel=quiet:x&token={token()}", {}, b""),
     ("POST", f"/longpoll?token={token()}", {}, b"[1,2"),
     ("GET", "/connection/sse", {}, b""),
-    ("POST", "/connection/http_stream", {"Content-Type": "application/octet-stream"}, b"x"),
+    ("POST", "/emulation", {"Content-Type": "application/octet-stream"}, b"\x12\x00\x1a\x01"),
     ("POST", "/emulation", {}, b"not json"),
     ("POST", "/emulation", {}, b'{"session":"s","node":"gone","data":"{}"}'),
     ("POST", "/connection/uni_http_stream", {}, b"{"),
@@ -233,7 +233,6 @@ async def test_websocket_refusals_match_the_standalone_edge(mount: Mounted) -> N
     for path, options in [
         ("/connection/websocket", {"origin": "http://evil.example"}),
         ("/connection/uni_websocket", {"origin": "http://evil.example"}),
-        ("/connection/websocket?cf_protocol=protobuf", {}),
         ("/nowhere", {}),
     ]:
         standalone = await websocket_refusal(
@@ -243,13 +242,12 @@ async def test_websocket_refusals_match_the_standalone_edge(mount: Mounted) -> N
             f"ws://127.0.0.1:{mount.port}{MOUNT}{path}", **options
         )
         assert mounted_answer == standalone, path
-    # Protobuf offered alone: refused with the catalog's error (the standalone handshake
-    # answers 400 with the handshake library's text instead).
-    status, body = await websocket_refusal(mount.ws_url, subprotocols=["centrifuge-protobuf"])
+    # Protobuf on uni_websocket (JSON only): refused with the catalog's error (the
+    # standalone handshake answers 400 with the handshake library's text instead).
+    uni_url = mount.ws_url.replace("/connection/websocket", "/connection/uni_websocket")
+    status, body = await websocket_refusal(uni_url, subprotocols=["centrifuge-protobuf"])
     assert status == 400
-    assert json.loads(body) == {
-        "error": {"code": 107, "message": "the Protobuf protocol is not supported"}
-    }
+    assert json.loads(body) == {"error": {"code": 107, "message": "bad request"}}
 
 
 async def test_websocket_frames_the_session_refuses(

@@ -1,4 +1,4 @@
-"""The server API's map methods over real HTTP on 127.0.0.1 (docs/protocol.md section 13),
+"""The server API's map methods over real HTTP on 127.0.0.1 (docs/protocol.md section 14),
 in Centrifugo's shapes, with the exact refusal of each bad input."""
 
 from __future__ import annotations

@@ -47,10 +47,18 @@ async def test_star_allows_every_origin(start_server: StartServer) -> None:
     assert await status_for(server.ws_url, "https://anywhere.example") == 101
 
 
-async def test_protobuf_is_refused(server: RunningServer) -> None:
+async def test_offered_subprotocol_is_echoed(server: RunningServer) -> None:
+    """``centrifuge-json`` or ``centrifuge-protobuf``: the one offered is the one spoken
+    (JSON when both are); the unidirectional WebSocket refuses Protobuf."""
+    for offered, expected in (
+        (["centrifuge-json"], "centrifuge-json"),
+        (["centrifuge-protobuf"], "centrifuge-protobuf"),
+        (["centrifuge-protobuf", "centrifuge-json"], "centrifuge-json"),
+    ):
+        ws = await connect(server.ws_url, subprotocols=offered)  # type: ignore[arg-type]
+        assert ws.subprotocol == expected
+        await ws.close()
+    uni_url = server.ws_url.replace("/connection/websocket", "/connection/uni_websocket")
     with pytest.raises(InvalidStatus) as refused:
-        await connect(server.ws_url, subprotocols=["centrifuge-protobuf"])  # type: ignore[list-item]
+        await connect(uni_url, subprotocols=["centrifuge-protobuf"])  # type: ignore[list-item]
     assert refused.value.response.status_code == 400
-    ws = await connect(server.ws_url, subprotocols=["centrifuge-json"])  # type: ignore[list-item]
-    assert ws.subprotocol == "centrifuge-json"
-    await ws.close()

@@ -10,6 +10,7 @@ clients and API callers get error 100 (temporary) within the broker's bound.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from typing import Any
@@ -367,4 +368,55 @@ async def test_emulation_commands_reach_the_stream_on_another_node(
         gone = {**body, "node": "no-such-node"}
         async with http.post(f"{elsewhere.http_url}/emulation", json=gone) as answer:
             assert answer.status == 404
+        response.close()
+
+
+async def test_protobuf_emulation_commands_reach_the_stream_on_another_node(
+    start_server: StartServer, scale_redis: str, prefix: str
+) -> None:
+    """A Protobuf ``EmulationRequest`` posted to another node: its command bytes travel in
+    the control message and reach the session as they were sent."""
+    import aiohttp
+    from centrifuge.protocol import client_pb2 as pb
+
+    from tidings.errors import ProtocolViolation
+    from tidings.protocol.protobuf import split_frame, varint
+
+    def delimited(command: pb.Command) -> bytes:
+        body = command.SerializeToString()
+        return varint(len(body)) + body
+
+    home, elsewhere = await redis_nodes(start_server, scale_redis, prefix)
+    octets = {"Content-Type": "application/octet-stream"}
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
+        response = await http.post(
+            f"{home.http_url}/connection/http_stream",
+            data=delimited(pb.Command(id=1, connect=pb.ConnectRequest(token=token("alice")))),
+            headers=octets,
+        )
+        buffer = b""
+        replies: list[pb.Reply] = []
+        while not replies:  # the connect reply, whole
+            buffer += await asyncio.wait_for(response.content.readany(), WAIT)
+            with contextlib.suppress(ProtocolViolation):
+                replies = [pb.Reply.FromString(m) for m in split_frame(buffer)]
+        connect = replies[0].connect
+        assert connect.node == home.node.id
+        request = pb.EmulationRequest(
+            session=connect.session,
+            node=connect.node,
+            data=delimited(pb.Command(id=2, subscribe=pb.SubscribeRequest(channel="chat:hop"))),
+        )
+        async with http.post(
+            f"{elsewhere.http_url}/emulation", data=request.SerializeToString(), headers=octets
+        ) as answer:
+            assert answer.status == 204
+        while not any(reply.id == 2 for reply in replies):
+            chunk = await asyncio.wait_for(response.content.readany(), WAIT)
+            assert chunk, "the stream ended"
+            buffer += chunk
+            with contextlib.suppress(ProtocolViolation):  # a message cut between reads
+                replies = [pb.Reply.FromString(m) for m in split_frame(buffer)]
+        (subscribed,) = [reply for reply in replies if reply.id == 2]
+        assert subscribed.HasField("subscribe")
         response.close()

@@ -20,19 +20,19 @@ from tidings.transports.asgi import (
     AsgiWebSocket,
     SharedMessages,
     body_messages,
-    text_messages,
+    websocket_messages,
 )
 
 
 def test_text_frames_become_websocket_send_messages() -> None:
     for size in (0, 125, 126, 65535, 65536, 70000):  # each length encoding of RFC 6455
         document = b'"' + b"\xc3\xa9" * (size // 2) + b'"'
-        (message,) = text_messages(JSON_WIRE.frame([document]))
+        (message,) = websocket_messages(JSON_WIRE.frame([document]))
         assert message == {"type": "websocket.send", "text": document.decode()}
     several = UNI_WEBSOCKET_WIRE.frame([b"{}", b'{"a":1}'])
-    assert [m["text"] for m in text_messages(several)] == ["{}", '{"a":1}']
+    assert [m["text"] for m in websocket_messages(several)] == ["{}", '{"a":1}']
     joined = JSON_WIRE.frame([b"{}"]) + JSON_WIRE.frame([b"[]", b"1"])  # a slow client's backlog
-    assert [m["text"] for m in text_messages(joined)] == ["{}", "[]\n1"]
+    assert [m["text"] for m in websocket_messages(joined)] == ["{}", "[]\n1"]
 
 
 def test_chunks_become_one_body_message() -> None:
@@ -52,7 +52,7 @@ def test_shared_messages_convert_each_bytes_object_once() -> None:
 
     def convert(data: bytes) -> Any:
         calls.append(data)
-        return text_messages(data)
+        return websocket_messages(data)
 
     shared = SharedMessages(convert)
     batch = JSON_WIRE.frame([b"{}"])
@@ -98,7 +98,7 @@ async def test_output_pauses_past_high_water_and_resumes_when_drained() -> None:
 async def test_close_goes_after_what_is_queued_and_a_stalled_client_is_abandoned() -> None:
     sink = Sink()
     output = AsgiOutput(sink, high_water=1 << 16)
-    transport = AsgiWebSocket(output, SharedMessages(text_messages))
+    transport = AsgiWebSocket(output, SharedMessages(websocket_messages))
     finished = asyncio.Event()
     output.on_finished = finished.set
     transport.write(JSON_WIRE.frame([b"{}"]))

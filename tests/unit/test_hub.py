@@ -255,7 +255,7 @@ async def test_delta_subscribers_get_full_strings_first_then_shared_deltas(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     deltas, variants = (
-        count_calls(monkeypatch, fossil, "create_for_json"),
+        count_calls(monkeypatch, fossil, "create"),
         count_calls(monkeypatch, codec, "_encode_variant"),
     )
     hub = Hub()

@@ -19,23 +19,26 @@ from hypothesis import strategies as st
 from msgspec import Raw
 
 from tidings.errors import ErrorCode, ProtocolViolation
+from tidings.protocol import fossil
 from tidings.protocol import messages as m
-from tidings.protocol.codec import decode_frame
+from tidings.protocol.codec import decode_frame, prepare_publication
 from tidings.protocol.protobuf import (
     COMMAND,
     EMPTY_REPLY,
+    PROTOBUF_CODEC,
     PUSH_KINDS,
     REPLY_RESULTS,
-    PreparedPush,
     Schema,
+    client_payload,
     decode_commands,
     decode_emulation_request,
+    delta_push_message,
     encode_error_reply,
     encode_message,
     encode_push,
     encode_reply,
     frame,
-    prepare_publication,
+    push_message,
     push_reply,
     varint,
 )
@@ -540,12 +543,53 @@ def test_every_push_parses_in_the_sdk_to_the_same_push(
     assert reply.id == 0 and reply.push == wanted and reply.push.HasField(kind)
 
 
-def test_a_prepared_publication_is_encoded_once_for_both_envelopes() -> None:
+def test_a_prepared_publication_is_encoded_once_for_every_protobuf_recipient() -> None:
     prepared = prepare_publication("chat:1", PUBLICATION, epoch="E")
-    assert isinstance(prepared, PreparedPush)
-    assert (prepared.offset, prepared.epoch) == (42, "E")
-    assert pb.Push.FromString(prepared.bare).pub == PB_PUBLICATION
-    assert pb.Reply.FromString(prepared.envelope).push.pub == PB_PUBLICATION
+    message = push_message(prepared)
+    assert pb.Reply.FromString(message).push == pb.Push(channel="chat:1", pub=PB_PUBLICATION)
+    assert push_message(prepared) is message  # kept on the shared push
+    assert PROTOBUF_CODEC.push_document(prepared, True) is message
+    assert pb.Push.FromString(PROTOBUF_CODEC.push_document(prepared, False)).pub == PB_PUBLICATION
+
+
+def test_a_delta_subscriber_gets_the_fossil_delta_as_bytes() -> None:
+    """Protobuf ``data`` is bytes: the delta itself, no JSON string (as Centrifugo)."""
+    old = b'{"symbol":"ACME","bid":100,"ask":101,"text":"' + b"x" * 200 + b'"}'
+    new = old.replace(b'"bid":100', b'"bid":102')
+    prepared = prepare_publication("c", m.Publication(data=Raw(new), offset=2), "E", delta=True)
+    prepared.base = Raw(old)
+    reply = pb.Reply.FromString(delta_push_message(prepared))
+    assert reply.push.pub.delta is True and reply.push.pub.offset == 2
+    assert fossil.apply(old, reply.push.pub.data) == new
+    assert len(reply.push.pub.data) < len(new) / 4
+    # The JSON delta subscribers of the same channel reuse the same delta.
+    assert prepared.fossil_delta() == reply.push.pub.data
+    assert delta_push_message(prepared) is delta_push_message(prepared)
+
+
+def test_delta_falls_back_to_the_whole_push_when_not_worth_it() -> None:
+    prepared = prepare_publication("c", m.Publication(data=Raw(b'{"a":1}'), offset=2), "E")
+    prepared.base = Raw(b'{"a":0}')  # the publisher did not ask for a delta
+    assert delta_push_message(prepared) is push_message(prepared)
+    assert pb.Reply.FromString(push_message(prepared)).push.pub.delta is False
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (b'{"input": "test"}', b'{"input": "test"}'),  # as it came: no re-encoding
+        (b'"text"', b'"text"'),
+        (b"5", b"5"),
+        (b'{\n  "a": 1\n}', b'{"a":1}'),  # a raw line break would split a JSON frame
+        (b"\x01binary\xff", None),
+        (b'{"a":"\xff"}', None),  # not UTF-8
+        (b'{"a":', None),
+        (b"[" * 100_000, None),  # nested past the interpreter's limit
+    ],
+)
+def test_publication_data_must_be_json_text(data: bytes, expected: bytes | None) -> None:
+    result = client_payload(Raw(data))
+    assert (None if result is None else bytes(result)) == expected
 
 
 def test_frame_is_what_the_sdk_splits() -> None:

@@ -410,3 +410,26 @@ async def test_personal_channel_is_subscribed_on_connect(node: Node, clock: Fake
     result = await harness.connect("zoe")
     assert list(result["subs"]) == ["chat:#zoe"]
     assert "chat:#zoe" in harness.session.subscriptions
+
+
+async def test_a_pong_timeout_longer_than_the_ping_interval(clock: FakeClock) -> None:
+    """A client that answers every ping stays, even when the next ping comes before the
+    previous one's deadline; one that stops answering is closed at that ping's deadline."""
+    node = Node(make_config(ping_interval=1.0, pong_timeout=2.5), clock=clock)
+    await node.start()
+    try:
+        harness = Harness(node, clock)
+        await harness.connect()
+        for _ in range(6):
+            clock.advance(1)
+            assert harness.transport.take() == [{}]
+            await harness.send({})
+        assert not harness.session.closed
+        clock.advance(1)  # a ping nobody answers
+        harness.transport.take()
+        clock.advance(2)
+        assert not harness.session.closed
+        clock.advance(1)
+        assert harness.transport.closed_with == Disconnect(3012, "no pong")
+    finally:
+        await node.shutdown()

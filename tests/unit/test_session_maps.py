@@ -1,5 +1,5 @@
 """Map subscriptions of a session, on bytes: every phase, every refusal code, client writes,
-map presence and a cleared map (docs/protocol.md section 13).
+map presence and a cleared map (docs/protocol.md section 14).
 
 The node runs the memory map engine on the harness's fake clock, so key TTLs and the
 catch-up timeout pass when the test says so. :func:`sdk_subscribe` follows the requests

@@ -75,7 +75,7 @@ def subscribe_command(channel: str) -> bytes:
 
 def map_subscribe_command(channel: str) -> bytes:
     """The first (STATE) request of a map subscription; a fresh map answers LIVE at once
-    (docs/protocol.md section 13)."""
+    (docs/protocol.md section 14)."""
     return b'{"subscribe":{"channel":%s,"type":1,"phase":2},"id":%d}' % (
         json_string(channel),
         SUBSCRIBE_ID,

@@ -7,11 +7,17 @@ breach is a protocol violation (disconnect 3501, docs/protocol.md section 1).
 Encoding writes replies and pushes. A push for a broadcast is encoded once into
 a :class:`PreparedPush`, whose bytes every recipient shares; transports only
 frame those bytes (WebSocket frame, SSE event, stream line).
+
+A session reads and writes through a :class:`ClientCodec`, the interface this
+JSON codec (:data:`JSON_CODEC`) and the Protobuf one
+(:data:`tidings.protocol.protobuf.PROTOBUF_CODEC`) both implement; the
+transport adapter picks one per connection and the wire format carries it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, Final, Protocol
 
 import msgspec
 from msgspec import Raw
@@ -162,6 +168,12 @@ class PreparedPush:
     or :meth:`delta_document`; each is encoded on first use and then shared,
     like the plain documents. Conflation reads the publication's ``key``
     (:attr:`key`).
+
+    Protobuf subscribers read the push as a ``Reply`` that
+    :mod:`tidings.protocol.protobuf` encodes on first use and keeps here
+    (:meth:`rendered`), so a channel with subscribers of both encodings pays one
+    encoding per encoding and publication, never one per recipient. The fossil
+    delta itself (:meth:`fossil_delta`) is made once for both.
     """
 
     __slots__ = (
@@ -196,9 +208,10 @@ class PreparedPush:
         self.epoch = epoch
         self.delta = delta
         self.base: Raw | None = None
-        # Per-publication costs matter (the hot path's only encoding step): the delta
-        # variants' cache is one slot, [strings pair, deltas pair], made on first use.
-        self._variants: list[tuple[bytes, bytes] | None] | None = None
+        # Per-publication costs matter (the hot path's only encoding step): every other
+        # rendering is cached in one slot, a list indexed by the _VARIANT_* constants,
+        # made on first use (a JSON-only channel without delta never makes it).
+        self._variants: list[Any] | None = None
 
     @property
     def key(self) -> str:
@@ -223,6 +236,15 @@ class PreparedPush:
         """The document a transport sends: wrapped (bidirectional) or bare."""
         return self.envelope if envelope else self.bare
 
+    def rendered(self, slot: int, render: Callable[[PreparedPush], bytes]) -> bytes:
+        """The rendering kept in ``slot`` (:data:`PROTOBUF_REPLY`, :data:`PROTOBUF_DELTA`),
+        made by ``render`` on first use and then shared by every recipient of it."""
+        variants = self._variants or self._new_variants()
+        value: bytes | None = variants[slot]
+        if value is None:
+            value = variants[slot] = render(self)
+        return value
+
     def string_document(self, envelope: bool) -> bytes:
         """The document for a delta subscriber owed the full payload: ``data`` as a JSON
         string (docs/protocol.md, "Delta compression"). Other pushes are unchanged."""
@@ -239,36 +261,71 @@ class PreparedPush:
         body = self.body
         if not isinstance(body, Publication):
             return self.document(envelope)
-        variants = self._variants
-        pair = variants[1] if variants is not None else None
+        variants = self._variants or self._new_variants()
+        pair: tuple[bytes, bytes] | None = variants[_VARIANT_JSON_DELTAS]
         if pair is None:
-            delta = None
-            if self.delta and self.base is not None:
-                delta = fossil.create_for_json(bytes(self.base), bytes(body.data))
-            if delta is None:
+            text = None
+            delta = self.fossil_delta()
+            if delta is not None:
+                try:
+                    text = delta.decode()
+                except UnicodeDecodeError:
+                    # A literal run can begin or end inside a multi-byte character; a JSON
+                    # string cannot carry those bytes unchanged: the payload goes whole.
+                    text = None
+            if text is None:
                 pair = self._strings(body)
             else:
-                pair = _encode_variant(self, Raw(_encoder.encode(delta.decode())), True)
-            variants = self._variants
-            if variants is None:
-                variants = self._variants = [None, None]
-            variants[1] = pair
-            self.base = None  # encoded: the previous payload is no longer needed
+                pair = _encode_variant(self, Raw(_encoder.encode(text)), True)
+            variants[_VARIANT_JSON_DELTAS] = pair
         return pair[0] if envelope else pair[1]
 
+    def fossil_delta(self) -> bytes | None:
+        """The fossil delta that turns ``base`` into the payload, or ``None`` to send the
+        payload whole: no base, the publisher did not ask, or the delta is not smaller
+        (Centrifugo's rule). Made once, for the JSON and the Protobuf subscribers."""
+        variants = self._variants or self._new_variants()
+        patch: bytes | None = variants[_VARIANT_FOSSIL]
+        if patch is None:
+            patch = b""
+            base, body = self.base, self.body
+            if self.delta and base is not None and isinstance(body, Publication):
+                created = fossil.create(bytes(base), bytes(body.data))
+                if len(created) < len(body.data):
+                    patch = created
+            variants[_VARIANT_FOSSIL] = patch
+            self.base = None  # made: the previous payload is no longer needed
+        return patch or None
+
     def _strings(self, body: Publication) -> tuple[bytes, bytes]:
-        variants = self._variants
-        if variants is None:
-            variants = self._variants = [None, None]
-        pair = variants[0]
+        variants = self._variants or self._new_variants()
+        pair: tuple[bytes, bytes] | None = variants[_VARIANT_JSON_STRINGS]
         if pair is None:
-            pair = variants[0] = _encode_variant(self, string_payload(body.data), False)
+            pair = _encode_variant(self, string_payload(body.data), False)
+            variants[_VARIANT_JSON_STRINGS] = pair
         return pair
+
+    def _new_variants(self) -> list[Any]:
+        variants: list[Any] = [None] * _VARIANTS
+        self._variants = variants
+        return variants
+
+
+_VARIANT_JSON_STRINGS, _VARIANT_JSON_DELTAS, _VARIANT_FOSSIL = 0, 1, 2
+PROTOBUF_REPLY = 3
+"""Slot of :meth:`PreparedPush.rendered` for the Protobuf ``Reply`` of a push."""
+PROTOBUF_DELTA = 4
+"""Slot for the Protobuf ``Reply`` a delta subscriber holding ``base`` takes."""
+_VARIANTS = 5
 
 
 def string_payload(payload: Raw) -> Raw:
-    """A payload as the JSON string of its JSON text (what a delta subscriber is sent)."""
-    return Raw(_encoder.encode(bytes(payload).decode()))
+    """A payload as the JSON string of its JSON text (what a delta subscriber is sent).
+
+    Payloads are UTF-8 JSON (``client_payload`` refuses other bytes from Protobuf
+    clients); ``replace`` only keeps a broken one from failing a whole fan-out.
+    """
+    return Raw(_encoder.encode(bytes(payload).decode(errors="replace")))
 
 
 def string_publication(publication: Publication) -> Publication:
@@ -333,3 +390,105 @@ def raw(value: bytes | str | None) -> Raw:
     if not value:
         return NO_DATA
     return Raw(value)
+
+
+# --------------------------------------------------------------------------- the codec interface
+
+
+class ClientCodec(Protocol):
+    """How one encoding of the client protocol reads commands and writes what a session sends.
+
+    Two implement it: :data:`JSON_CODEC` and
+    :data:`tidings.protocol.protobuf.PROTOBUF_CODEC` (docs/protocol.md, "Protobuf").
+    The transport adapter picks one per connection (WebSocket subprotocol,
+    ``Content-Type`` of an HTTP stream) and its :class:`~tidings.protocol.wire.WireFormat`
+    carries it, so the session never asks which one it speaks. Both decode into
+    the same :class:`Command` structs under the same rules, so codes and limits
+    are the same whatever the encoding.
+
+    ``binary``: its frames are binary (WebSocket binary frames; a JSON connection
+    refuses those with 3506, a Protobuf one refuses text frames). ``empty``: the
+    document that is both the server's ping and the client's pong.
+    """
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def binary(self) -> bool: ...
+
+    @property
+    def empty(self) -> bytes: ...
+
+    def decode_commands(self, frame: bytes) -> list[Command]:
+        """The commands of one transport frame; malformed -> :class:`ProtocolViolation`."""
+        ...
+
+    def encode_reply(self, command_id: int, method: str, result: object) -> bytes: ...
+
+    def encode_error_reply(self, command_id: int, error: Error) -> bytes: ...
+
+    def encode_push(self, channel: str, kind: str, body: object, envelope: bool) -> bytes:
+        """A push for one connection (unsubscribe, subscribe, refresh, disconnect...)."""
+        ...
+
+    def push_document(self, push: PreparedPush, envelope: bool) -> bytes:
+        """A prepared (shared) push as this encoding sends it."""
+        ...
+
+    def whole_for_delta(self, push: PreparedPush, envelope: bool) -> bytes:
+        """A publication whole, for a subscriber that negotiated delta compression."""
+        ...
+
+    def delta_for_delta(self, push: PreparedPush, envelope: bool) -> bytes:
+        """A publication as a delta against ``push.base`` where one is worth sending."""
+        ...
+
+    def recovered_for_delta(self, publication: Publication) -> Publication:
+        """A recovered publication in the subscribe reply of a delta subscriber (whole)."""
+        ...
+
+    def client_payload(self, data: Raw) -> Raw | None:
+        """A client's publication ``data`` as the JSON value every subscriber takes, or
+        ``None`` when it is not one (docs/protocol.md, "Protobuf")."""
+        ...
+
+
+class JsonCodec:
+    """The JSON encoding (docs/protocol.md section 1): documents separated by ``\\n``."""
+
+    __slots__ = ()
+
+    name: Final = "json"
+    binary: Final = False
+    empty: Final = EMPTY_DOCUMENT
+
+    def decode_commands(self, frame: bytes) -> list[Command]:
+        return decode_frame(frame)
+
+    def encode_reply(self, command_id: int, method: str, result: object) -> bytes:
+        return encode_reply(command_id, method, result)
+
+    def encode_error_reply(self, command_id: int, error: Error) -> bytes:
+        return encode_error_reply(command_id, error)
+
+    def encode_push(self, channel: str, kind: str, body: object, envelope: bool) -> bytes:
+        return prepare_push(channel, kind, body).document(envelope)
+
+    def push_document(self, push: PreparedPush, envelope: bool) -> bytes:
+        return push.envelope if envelope else push.bare
+
+    def whole_for_delta(self, push: PreparedPush, envelope: bool) -> bytes:
+        return push.string_document(envelope)
+
+    def delta_for_delta(self, push: PreparedPush, envelope: bool) -> bytes:
+        return push.delta_document(envelope)
+
+    def recovered_for_delta(self, publication: Publication) -> Publication:
+        return string_publication(publication)
+
+    def client_payload(self, data: Raw) -> Raw | None:
+        return data  # decoded from JSON text: a JSON value, with no raw line break
+
+
+JSON_CODEC: Final = JsonCodec()

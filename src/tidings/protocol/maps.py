@@ -1,6 +1,6 @@
 """Wire shapes of map subscriptions: keyed publications and the phased subscribe reply.
 
-docs/protocol.md section 13. A map channel's state entries, its stream changes
+docs/protocol.md section 14. A map channel's state entries, its stream changes
 and its live pushes are all ``Publication`` objects that carry a ``key``
 (and ``removed: true`` for a removal, which has no ``data``). A map subscribe
 is answered in one of three phases; the reply always carries ``type: 1`` and

@@ -42,7 +42,7 @@ class SubscribeRequest(Struct, omit_defaults=True):
     delta: str = ""
     flag: int = 0
     type: int = 0
-    # Map subscriptions (docs/protocol.md section 13): the flow's phase, its page size and
+    # Map subscriptions (docs/protocol.md section 14): the flow's phase, its page size and
     # the cursor of the next state page; a tags filter is refused (107).
     phase: int = 0
     limit: Int32 = 0
@@ -69,7 +69,7 @@ class PublishRequest(Struct, omit_defaults=True):
     channel: str = ""
     data: Raw = NO_DATA
     # ``type: 1`` writes (or with ``removed``, removes) one key of a map channel
-    # (docs/protocol.md section 13).
+    # (docs/protocol.md section 14).
     type: int = 0
     key: str = ""
     removed: bool = False

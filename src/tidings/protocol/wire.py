@@ -9,6 +9,11 @@ never happens per recipient (docs/architecture.md, "The hot path").
 Instances are shared singletons (the hub groups subscribers by wire identity);
 they hold no per-connection state. Transports (``tidings.transports``) only
 adapt sockets and HTTP responses around these bytes.
+
+Each wire format carries the :class:`~tidings.protocol.codec.ClientCodec` its
+connections speak: JSON for all but the Protobuf formats (:class:`ProtobufWire`,
+binary WebSocket frames and Protobuf ``http_stream`` responses), so a session
+reads and writes through ``wire.codec`` without knowing which it is.
 """
 
 from __future__ import annotations
@@ -17,7 +22,8 @@ import struct
 import zlib
 from collections.abc import Callable, Sequence
 
-from tidings.protocol.codec import PreparedPush, join_documents
+from tidings.protocol import protobuf
+from tidings.protocol.codec import JSON_CODEC, ClientCodec, PreparedPush, join_documents
 
 Writer = Callable[[bytes], None]
 """Where a subscriber's framed bytes go: for sockets, the transport's own ``write``."""
@@ -31,14 +37,15 @@ class WireFormat:
 
     ``envelope`` is true for bidirectional transports (pushes wrapped as
     ``{"push":...}``) and false for unidirectional ones (bare push objects,
-    docs/protocol.md section 8).
+    docs/protocol.md section 8). ``codec`` is the encoding its connections speak.
     """
 
-    __slots__ = ("_variants", "envelope", "name")
+    __slots__ = ("_variants", "codec", "envelope", "name")
 
-    def __init__(self, name: str, *, envelope: bool) -> None:
+    def __init__(self, name: str, *, envelope: bool, codec: ClientCodec = JSON_CODEC) -> None:
         self.name = name
         self.envelope = envelope
+        self.codec = codec
         self._variants: dict[str, WireFormat] | None = None
 
     def frame(self, documents: Sequence[bytes]) -> bytes:
@@ -83,12 +90,13 @@ DELTA_MODES = ("deltas", "start", "strings")
 
 class DeltaVariant(WireFormat):
     """Another wire format's frames, with publications rendered for delta subscribers
-    (docs/protocol.md, "Delta compression"): their data a JSON string, whole or a delta."""
+    (docs/protocol.md, "Delta compression") by its codec: in JSON their data a JSON
+    string, whole or a delta; in Protobuf the bytes themselves, whole or a delta."""
 
     __slots__ = ("base", "mode")
 
     def __init__(self, base: WireFormat, mode: str) -> None:
-        super().__init__(f"{base.name}+{mode}", envelope=base.envelope)
+        super().__init__(f"{base.name}+{mode}", envelope=base.envelope, codec=base.codec)
         self.base = base
         self.mode = mode
 
@@ -98,20 +106,21 @@ class DeltaVariant(WireFormat):
     def frame_pushes(self, pushes: Sequence[PreparedPush]) -> bytes:
         envelope = self.envelope
         mode = self.mode
+        codec = self.codec
         if mode == "deltas":
-            return self.base.frame([push.delta_document(envelope) for push in pushes])
+            return self.base.frame([codec.delta_for_delta(push, envelope) for push in pushes])
         if mode == "strings":
-            return self.base.frame([push.string_document(envelope) for push in pushes])
+            return self.base.frame([codec.whole_for_delta(push, envelope) for push in pushes])
         documents = []
         whole = True
         for push in pushes:
             if push.kind != "pub":
-                documents.append(push.document(envelope))
+                documents.append(codec.push_document(push, envelope))
             elif whole:
-                documents.append(push.string_document(envelope))
+                documents.append(codec.whole_for_delta(push, envelope))
                 whole = False
             else:
-                documents.append(push.delta_document(envelope))
+                documents.append(codec.delta_for_delta(push, envelope))
         return self.base.frame(documents)
 
     def for_delta(self, mode: str) -> WireFormat:
@@ -119,6 +128,23 @@ class DeltaVariant(WireFormat):
 
 
 # --------------------------------------------------------------------------- WebSocket
+
+
+TEXT = 0x81
+"""FIN and the text opcode: the first byte of a final text frame."""
+BINARY = 0x82
+"""FIN and the binary opcode (Protobuf connections)."""
+_RSV1 = 0x40
+"""The permessage-deflate bit (RFC 7692 section 6)."""
+
+
+def _frame(first: int, payload: bytes) -> bytes:
+    length = len(payload)
+    if length < 126:
+        return bytes((first, length)) + payload
+    if length < 65536:
+        return _pack_short(first, 126, length) + payload
+    return _pack_long(first, 127, length) + payload
 
 
 def text_frame(payload: bytes) -> bytes:
@@ -131,22 +157,31 @@ def text_frame(payload: bytes) -> bytes:
     return _pack_long(0x81, 127, length) + payload
 
 
+def binary_frame(payload: bytes) -> bytes:
+    """An unmasked, final binary frame: what a Protobuf connection's messages travel in."""
+    return _frame(BINARY, payload)
+
+
 def compressed_text_frame(payload: bytes, window_bits: int, level: int = 6) -> bytes:
     """A final text frame compressed with permessage-deflate (RFC 7692 section 7.2.1).
 
     Each message is compressed on its own (no context takeover), so the bytes
     are valid for every recipient whatever it received before.
     """
+    return _frame(TEXT | _RSV1, _deflate(payload, window_bits, level))
+
+
+def compressed_binary_frame(payload: bytes, window_bits: int, level: int = 6) -> bytes:
+    """A final binary frame compressed like :func:`compressed_text_frame`."""
+    return _frame(BINARY | _RSV1, _deflate(payload, window_bits, level))
+
+
+def _deflate(payload: bytes, window_bits: int, level: int) -> bytes:
     compressor = zlib.compressobj(level, zlib.DEFLATED, -window_bits)
     data = compressor.compress(payload) + compressor.flush(zlib.Z_SYNC_FLUSH)
     if data.endswith(b"\x00\x00\xff\xff"):
         data = data[:-4]
-    length = len(data)
-    if length < 126:
-        return bytes((0xC1, length)) + data
-    if length < 65536:
-        return _pack_short(0xC1, 126, length) + data
-    return _pack_long(0xC1, 127, length) + data
+    return data
 
 
 class WebSocketWire(WireFormat):
@@ -193,6 +228,45 @@ JSON_WIRE = WebSocketWire("websocket", envelope=True)
 UNI_WEBSOCKET_WIRE = WebSocketMessagesWire("uni_websocket", envelope=False)
 
 
+class ProtobufWire(WireFormat):
+    """Protobuf ``Reply`` messages, each prefixed with its varint length, in one transport
+    frame (docs/protocol.md, "Protobuf"): ``outer`` makes that frame, a binary WebSocket
+    frame (compressed or not) or an HTTP chunk of an ``http_stream`` response.
+
+    Publications are read from the prepared push's Protobuf encoding
+    (:func:`tidings.protocol.protobuf.push_message`), made once per publication
+    for every Protobuf wire format; this only frames.
+    """
+
+    __slots__ = ("outer",)
+
+    def __init__(self, name: str, outer: Callable[[bytes], bytes]) -> None:
+        super().__init__(name, envelope=True, codec=protobuf.PROTOBUF_CODEC)
+        self.outer = outer
+
+    def frame(self, documents: Sequence[bytes]) -> bytes:
+        return self.outer(protobuf.frame(documents))
+
+    def frame_pushes(self, pushes: Sequence[PreparedPush]) -> bytes:
+        push_message = protobuf.push_message
+        return self.outer(protobuf.frame([push_message(push) for push in pushes]))
+
+
+def deflated_binary(window_bits: int, min_size: int) -> Callable[[bytes], bytes]:
+    """Binary frames compressed once per batch when worth it (a Protobuf connection that
+    negotiated permessage-deflate), as :class:`WebSocketDeflateWire` does for JSON."""
+
+    def outer(payload: bytes) -> bytes:
+        if len(payload) < min_size:
+            return binary_frame(payload)
+        return compressed_binary_frame(payload, window_bits)
+
+    return outer
+
+
+PROTOBUF_WIRE = ProtobufWire("websocket+protobuf", binary_frame)
+
+
 # --------------------------------------------------------------------------- HTTP streams
 
 END_CHUNK = b"0\r\n\r\n"
@@ -235,6 +309,9 @@ class EventsWire(WireFormat):
 
 
 HTTP_STREAM_WIRE = LinesWire("http_stream", envelope=True)
+PROTOBUF_HTTP_STREAM_WIRE = ProtobufWire("http_stream+protobuf", chunk)
+"""``http_stream`` with ``Content-Type: application/octet-stream``: length-prefixed
+``Reply`` messages, the batch in one chunk (centrifuge-js splits them again)."""
 UNI_HTTP_STREAM_WIRE = LinesWire("uni_http_stream", envelope=False)
 SSE_WIRE = EventsWire("sse", envelope=True)
 UNI_SSE_WIRE = EventsWire("uni_sse", envelope=False)

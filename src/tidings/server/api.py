@@ -199,7 +199,7 @@ class ServerApi:
             "channels": (ChannelsRequest, self.channels),
             "info": (EmptyRequest, self.info),
         }
-        for name, (map_request, map_handler) in map_api.METHODS.items():  # section 13
+        for name, (map_request, map_handler) in map_api.METHODS.items():  # section 14
             self._methods[name] = (map_request, functools.partial(map_handler, node))
 
     @property

@@ -32,7 +32,12 @@ from tidings.server.monitoring import Monitoring
 from tidings.server.origins import OriginPolicy
 from tidings.server.static import StaticFiles
 from tidings.server.transport_routes import TransportRoutes, request_info
-from tidings.server.upgrades import WebSocketUpgrades, refuse
+from tidings.server.upgrades import (
+    WebSocketUpgrades,
+    refuse,
+    select_client_protocol,
+    wants_protobuf,
+)
 from tidings.session import Session
 
 log = logging.getLogger("tidings.server")
@@ -145,15 +150,13 @@ class TidingsServer:
             )
             refuse(transport, 403, HttpErrorCode.ORIGIN_NOT_ALLOWED)
             return
-        if "protobuf" in (request.query_value("cf_protocol"), request.query_value("format")):
-            refuse(transport, 400, HttpErrorCode.PROTOBUF_NOT_SUPPORTED)
-            return
-        opened = upgrades.handshake(request, transport, compression=True)
+        opened = upgrades.handshake(
+            request, transport, select_subprotocol=select_client_protocol, compression=True
+        )
         if opened is None:
             return
-        connection = upgrades.accept(
-            opened, transport, request=request, wire=upgrades.wire_for(opened)
-        )
+        wire = upgrades.wire_for(opened, protobuf=wants_protobuf(request, opened))
+        connection = upgrades.accept(opened, transport, request=request, wire=wire)
         connection.session = Session(self.node, connection, request_info(request))
         if rest:
             connection.data_received(rest)

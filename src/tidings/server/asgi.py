@@ -39,9 +39,9 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, cast
 from urllib.parse import parse_qs
 
-from tidings.errors import DisconnectCode, HttpErrorCode
+from tidings.errors import DisconnectCode, ErrorCode, HttpErrorCode
 from tidings.node import Node
-from tidings.protocol.wire import UNI_WEBSOCKET_WIRE
+from tidings.protocol.wire import JSON_WIRE, PROTOBUF_WIRE, UNI_WEBSOCKET_WIRE
 from tidings.server.api import ApiEndpoint
 from tidings.server.app import AdmissionGate, find_centrifuge_js
 from tidings.server.http import (
@@ -63,7 +63,7 @@ from tidings.transports.asgi import (
     AsgiWebSocket,
     SharedMessages,
     body_messages,
-    text_messages,
+    websocket_messages,
 )
 from tidings.transports.base import transport_high_water
 
@@ -225,7 +225,7 @@ class AsgiMount:
         self.router.route("/health", self._health)
         self.router.route("/vendor/centrifuge.js", self._centrifuge_js)
         self.high_water = transport_high_water(config.write_buffer_limit)
-        self.text_messages = SharedMessages(text_messages)
+        self.frames = SharedMessages(websocket_messages)
         self.bodies = SharedMessages(body_messages)
         self._started: asyncio.Future[None] | None = None
 
@@ -400,15 +400,29 @@ class AsgiMount:
                 return
             offered = scope.get("subprotocols") or ()
             accept: Message = {"type": "websocket.accept"}
-            if JSON_SUBPROTOCOL in offered:  # Node's ws aborts unless it is echoed
+            # Echoed as the standalone edge does (Node's ws aborts unless it is): JSON when
+            # offered, else Protobuf (docs/protocol.md section 13).
+            if JSON_SUBPROTOCOL in offered:
                 accept["subprotocol"] = JSON_SUBPROTOCOL
+            elif PROTOBUF_SUBPROTOCOL in offered:
+                accept["subprotocol"] = PROTOBUF_SUBPROTOCOL
+            protobuf = not unidirectional and (
+                accept.get("subprotocol") == PROTOBUF_SUBPROTOCOL
+                or (
+                    "subprotocol" not in accept
+                    and "protobuf"
+                    in (request.query_value("format"), request.query_value("cf_protocol"))
+                )
+            )
             await send(accept)
-            await self._converse(request, receive, send, unidirectional=unidirectional)
+            await self._converse(
+                request, receive, send, unidirectional=unidirectional, protobuf=protobuf
+            )
         finally:
             self.gate.release(ip)
 
     def _refusal(self, request: AsgiRequest, scope: Scope, unidirectional: bool) -> Response | None:
-        """The standalone upgrade's refusals: origin (403), Protobuf (400)."""
+        """The standalone upgrade's refusals: origin (403), Protobuf on uni_websocket (400)."""
         if not self.upgrades.origin_allowed(request):
             log.info(
                 "websocket from %s refused: origin %r not allowed (see allowed_origins)",
@@ -418,31 +432,32 @@ class AsgiMount:
             )
             return error_response(403, HttpErrorCode.ORIGIN_NOT_ALLOWED)
         offered = scope.get("subprotocols") or ()
-        protobuf = PROTOBUF_SUBPROTOCOL in offered and JSON_SUBPROTOCOL not in offered
-        if not unidirectional and "protobuf" in (
-            request.query_value("cf_protocol"),
-            request.query_value("format"),
-        ):
-            protobuf = True
-        if protobuf:
-            return error_response(400, HttpErrorCode.PROTOBUF_NOT_SUPPORTED)
+        if unidirectional and PROTOBUF_SUBPROTOCOL in offered and JSON_SUBPROTOCOL not in offered:
+            return error_response(400, ErrorCode.BAD_REQUEST)  # JSON only (docs/protocol.md s. 13)
         return None
 
     async def _converse(
-        self, request: AsgiRequest, receive: Receive, send: Send, *, unidirectional: bool
+        self,
+        request: AsgiRequest,
+        receive: Receive,
+        send: Send,
+        *,
+        unidirectional: bool,
+        protobuf: bool = False,
     ) -> None:
         """Carry one session: messages in to it; its writes go out through the output."""
         output = AsgiOutput(send, self.high_water)
         if unidirectional:
             transport = AsgiWebSocket(
                 output,
-                self.text_messages,
+                self.frames,
                 name="uni_websocket",
                 wire=UNI_WEBSOCKET_WIRE,
                 unidirectional=True,
             )
         else:
-            transport = AsgiWebSocket(output, self.text_messages)
+            wire = PROTOBUF_WIRE if protobuf else JSON_WIRE
+            transport = AsgiWebSocket(output, self.frames, wire=wire)
         session = Session(self.node, transport, request_info(request))
         output.on_pause = session.on_write_paused
         output.on_resume = session.on_write_resumed
@@ -468,11 +483,17 @@ class AsgiMount:
                 kind = message["type"]
                 if kind == "websocket.receive":
                     text = message.get("text")
-                    if text is None:
+                    if protobuf:
+                        if text is not None:  # text on a Protobuf connection
+                            session.close(DisconnectCode.INAPPROPRIATE_PROTOCOL)
+                            continue
+                        data = message.get("bytes") or b""
+                    elif text is None:
                         if not unidirectional:  # binary on a JSON connection
                             session.close(DisconnectCode.INAPPROPRIATE_PROTOCOL)
                         continue
-                    data = text.encode()
+                    else:
+                        data = text.encode()
                     if len(data) > limit:
                         log.info("websocket from %s: message over %d bytes", request.client, limit)
                         session.transport_closed()

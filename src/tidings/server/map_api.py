@@ -1,4 +1,4 @@
-"""The server API's map methods (docs/protocol.md section 13): ``map_publish``,
+"""The server API's map methods (docs/protocol.md section 14): ``map_publish``,
 ``map_remove``, ``map_read_state``, ``map_read_stream``, ``map_stats``, ``map_clear``.
 
 Shapes are Centrifugo's (``cent``-style HTTP: ``POST /api/map_publish`` with a

@@ -44,12 +44,14 @@ from tidings.errors import (
 )
 from tidings.hooks import ConnectContext, Context, Headers, PublishContext, SubscribeContext
 from tidings.node import Node
+from tidings.protocol import protobuf
 from tidings.protocol.codec import JSON_INPUT_ERRORS, compact_raw, decode_connect_request, raw
 from tidings.protocol.cursor import CursorError, parse_cursor
 from tidings.protocol.messages import ClientInfo, ConnectRequest, Publication, StreamPosition
 from tidings.protocol.wire import (
     END_CHUNK,
     HTTP_STREAM_WIRE,
+    PROTOBUF_HTTP_STREAM_WIRE,
     SSE_WIRE,
     UNI_HTTP_STREAM_WIRE,
     UNI_SSE_WIRE,
@@ -78,9 +80,17 @@ SSE_RETRY_MS = 1000
 
 CHUNKED = ("transfer-encoding", "chunked")
 JSON_STREAM_HEADERS = [("content-type", "application/json"), *NO_CACHE_HEADERS]
+PROTOBUF_STREAM_HEADERS = [("content-type", "application/octet-stream"), *NO_CACHE_HEADERS]
 
 ERROR_STATUS = {100: 503, 101: 401, 102: 404, 103: 403, 106: 400, 107: 400, 108: 400, 109: 401}
 """HTTP status of each protocol error code a plain-HTTP endpoint can answer with."""
+
+
+def _protobuf_body(request: HttpRequest) -> bool:
+    """The body is Protobuf (centrifuge-js sends ``application/octet-stream``, as Centrifugo
+    reads it); anything else is JSON."""
+    content_type = request.header("content-type") or ""
+    return content_type.split(";", 1)[0].strip().lower() == "application/octet-stream"
 
 
 def request_info(request: HttpRequest) -> RequestInfo:
@@ -325,11 +335,17 @@ class TransportRoutes:
         return session
 
     async def http_stream(self, request: HttpRequest) -> Response | None:
-        """``POST /connection/http_stream``: the connect command in the body, replies streamed."""
-        if (request.header("content-type") or "").startswith("application/octet-stream"):
-            raise HttpError(400, HttpErrorCode.PROTOBUF_NOT_SUPPORTED)
+        """``POST /connection/http_stream``: the connect command in the body, replies streamed.
+
+        ``Content-Type: application/octet-stream`` makes it a Protobuf session, as
+        centrifuge-js sends it with ``protocol: 'protobuf'`` (docs/protocol.md, "Protobuf").
+        """
+        wire: WireFormat = HTTP_STREAM_WIRE
+        headers = JSON_STREAM_HEADERS
+        if _protobuf_body(request):
+            headers, wire = PROTOBUF_STREAM_HEADERS, PROTOBUF_HTTP_STREAM_WIRE
         session = self._open_session(
-            request, JSON_STREAM_HEADERS, HTTP_STREAM_WIRE, name="http_stream", unidirectional=False
+            request, headers, wire, name="http_stream", unidirectional=False
         )
         session.handle_frame(request.body)
         return None
@@ -344,10 +360,27 @@ class TransportRoutes:
         return None
 
     async def emulation(self, request: HttpRequest) -> Response | None:
-        """``POST /emulation``: commands for an emulation session; replies go down its stream."""
+        """``POST /emulation``: commands for an emulation session; replies go down its stream.
+
+        A JSON body carries JSON commands as a string; an ``application/octet-stream``
+        body is a Protobuf ``EmulationRequest`` whose ``data`` holds Protobuf commands.
+        Either reaches the session as one frame, which it decodes with its own codec
+        (Protobuf bytes posted for a JSON session are a protocol violation there).
+        """
+        body: EmulationRequest | protobuf.EmulationRequest
+        commands: str | bytes
         try:
-            body = _emulation_decoder.decode(request.body)
-        except JSON_INPUT_ERRORS:
+            # No EmulationRequest starts with "{" (field 15 as a group): a JSON body sent
+            # as octet-stream, as some HTTP clients label any bytes, is still read as JSON.
+            if _protobuf_body(request) and not request.body.startswith(b"{"):
+                body = protobuf.decode_emulation_request(request.body)
+                if not body.session:  # required, as the JSON form's decoder requires it
+                    raise ProtocolViolation("emulation request without a session")
+                commands = bytes(body.data)
+            else:
+                body = _emulation_decoder.decode(request.body)
+                commands = body.data
+        except (ProtocolViolation, *JSON_INPUT_ERRORS):
             raise HttpError(400, ErrorCode.BAD_REQUEST) from None
         if body.node != self.node.id:
             # The stream lives on another node (no sticky routing, or another worker):
@@ -355,11 +388,11 @@ class TransportRoutes:
             # gone: 404 makes centrifuge-js reconnect.
             if not self.node.knows_node(body.node):
                 raise HttpError(404, HttpErrorCode.NOT_FOUND)
-            await self.node.forward_emulation(body.node, body.session, body.data)
+            await self.node.forward_emulation(body.node, body.session, commands)
             return Response(204, b"", "text/plain", self.cors.headers(request))
         session = self.node.emulation_sessions.get(body.session)
         if session is not None:
-            session.handle_frame(body.data.encode())
+            session.handle_frame(commands if isinstance(commands, bytes) else commands.encode())
         # An unknown session is answered 204 too: its stream has ended already, which
         # is what tells the client (centrifuge-js reads 404 as "node gone" instead).
         return Response(204, b"", "text/plain", self.cors.headers(request))

@@ -29,7 +29,14 @@ from websockets.typing import Subprotocol
 
 from tidings.config import Config
 from tidings.errors import Error
-from tidings.protocol.wire import JSON_WIRE, WebSocketDeflateWire, WireFormat
+from tidings.protocol.wire import (
+    JSON_WIRE,
+    PROTOBUF_WIRE,
+    ProtobufWire,
+    WebSocketDeflateWire,
+    WireFormat,
+    deflated_binary,
+)
 from tidings.server.exchange import HttpRequest
 from tidings.server.http import Request
 from tidings.server.origins import OriginPolicy
@@ -50,12 +57,32 @@ PROTOBUF_SUBPROTOCOL = Subprotocol("centrifuge-protobuf")
 
 def select_json(_: ServerProtocol, offered: Sequence[Subprotocol]) -> Subprotocol | None:
     """Echo ``centrifuge-json`` when offered (Node's ``ws`` aborts otherwise); refuse
-    ``centrifuge-protobuf`` alone, which tidings does not speak."""
+    ``centrifuge-protobuf`` alone: the unidirectional WebSocket is JSON only."""
     if JSON_SUBPROTOCOL in offered:
         return JSON_SUBPROTOCOL
     if PROTOBUF_SUBPROTOCOL in offered:
-        raise NegotiationError("the Protobuf protocol is not supported")
+        raise NegotiationError("the Protobuf protocol is not supported here")
     return None
+
+
+def select_client_protocol(_: ServerProtocol, offered: Sequence[Subprotocol]) -> Subprotocol | None:
+    """``/connection/websocket``: echo ``centrifuge-json`` or ``centrifuge-protobuf``,
+    whichever the client offers (JSON when both); the echoed one is what the
+    connection speaks (docs/protocol.md, "Protobuf")."""
+    if JSON_SUBPROTOCOL in offered:
+        return JSON_SUBPROTOCOL
+    if PROTOBUF_SUBPROTOCOL in offered:
+        return PROTOBUF_SUBPROTOCOL
+    return None
+
+
+def wants_protobuf(request: HttpRequest, ws: ServerProtocol) -> bool:
+    """The connection speaks Protobuf: the ``centrifuge-protobuf`` subprotocol, or (for
+    clients that cannot set one) ``?format=protobuf`` / ``?cf_protocol=protobuf``, as
+    Centrifugo reads them. A JSON subprotocol wins over the query."""
+    if ws.subprotocol is not None:
+        return ws.subprotocol == PROTOBUF_SUBPROTOCOL
+    return "protobuf" in (request.query_value("format"), request.query_value("cf_protocol"))
 
 
 def refuse(transport: asyncio.Transport, status: int, error: Error) -> None:
@@ -80,7 +107,7 @@ class WebSocketUpgrades:
         self.connections: set[WebSocketConnection] = set()
         self._on_lost = on_lost
         self._all_closed: asyncio.Event | None = None
-        self._deflate_wires: dict[tuple[int, int], WebSocketDeflateWire] = {}
+        self._deflate_wires: dict[tuple[int, int, bool], WireFormat] = {}
 
     def origin_allowed(self, request: HttpRequest) -> bool:
         return self.origins.allows(request.header("origin"), request.header("host"))
@@ -151,16 +178,25 @@ class WebSocketUpgrades:
         ws.subprotocol = handshake.subprotocol
         return ws
 
-    def wire_for(self, ws: ServerProtocol) -> WireFormat:
-        """Plain JSON frames, or frames compressed once per batch when deflate was negotiated."""
+    def wire_for(self, ws: ServerProtocol, *, protobuf: bool = False) -> WireFormat:
+        """JSON text frames or Protobuf binary frames, compressed once per batch when
+        deflate was negotiated. One instance per kind: the hub frames per instance."""
         for extension in ws.extensions:
             if isinstance(extension, PerMessageDeflate):
-                key = (extension.local_max_window_bits, self.config.websocket_compression_min_size)
+                bits = extension.local_max_window_bits
+                min_size = self.config.websocket_compression_min_size
+                key = (bits, min_size, protobuf)
                 wire = self._deflate_wires.get(key)
                 if wire is None:
-                    wire = self._deflate_wires[key] = WebSocketDeflateWire(*key)
+                    wire = self._deflate_wires[key] = (
+                        ProtobufWire(
+                            f"websocket+protobuf+deflate/{bits}", deflated_binary(bits, min_size)
+                        )
+                        if protobuf
+                        else WebSocketDeflateWire(bits, min_size)
+                    )
                 return wire
-        return JSON_WIRE
+        return PROTOBUF_WIRE if protobuf else JSON_WIRE
 
     def accept(
         self,

@@ -30,7 +30,7 @@ from tidings.errors import (
     token_refusal,
 )
 from tidings.hooks import ConnectContext, MessageContext, PublishContext, RPCContext
-from tidings.protocol.codec import encode, encode_error_reply, encode_reply, raw
+from tidings.protocol.codec import encode, raw
 from tidings.protocol.messages import (
     NO_DATA,
     ChannelRequest,
@@ -118,7 +118,7 @@ async def dispatch(session: Session, method: str, command: Command) -> None:
             )
         if method == "connect":
             session.refuse()
-        session.send(encode_error_reply(command_id, exc.error))
+        session.send(session.codec.encode_error_reply(command_id, exc.error))
         return
     except BrokerUnavailable as exc:
         # The engine did not answer within its bound: error 100 (temporary), so the
@@ -134,7 +134,7 @@ async def dispatch(session: Session, method: str, command: Command) -> None:
         if method == "connect":
             raise DisconnectError(DisconnectCode.SERVER_ERROR) from None
         if not session.closed:
-            session.send(encode_error_reply(command_id, ErrorCode.INTERNAL))
+            session.send(session.codec.encode_error_reply(command_id, ErrorCode.INTERNAL))
         return
     except DisconnectError as exc:
         metrics.command(method, exc.disconnect.code)
@@ -171,7 +171,7 @@ async def _run(session: Session, command: Command) -> bytes | None:
         return await refresh(session, command_id, command.refresh)
     if command.sub_refresh is not None:
         return await sub_refresh(session, command_id, command.sub_refresh)
-    raise ProtocolViolation("unknown method")  # decode_frame lets none through
+    raise ProtocolViolation("unknown method")  # the codecs let none through
 
 
 def _channel_of(command: Command) -> str:
@@ -324,7 +324,7 @@ async def connect(session: Session, command_id: int, request: ConnectRequest) ->
     if session.unidirectional:
         session.send(b'{"connect":%s}' % encode(connect_result))
     else:
-        session.send(encode_reply(command_id, "connect", connect_result))
+        session.send(session.codec.encode_reply(command_id, "connect", connect_result))
     for subscription, position in opened:
         await subscriptions.go_live(session, subscription, position)
     return None
@@ -360,7 +360,7 @@ async def connect_unidirectional(session: Session, request: ConnectRequest) -> N
 async def subscribe(session: Session, command_id: int, request: SubscribeRequest) -> None:
     node = session.node
     channel = request.channel
-    if request.type:  # map subscriptions (docs/protocol.md section 13)
+    if request.type:  # map subscriptions (docs/protocol.md section 14)
         await maps.subscribe(session, command_id, request, _subscription_token)
         return
     if channel in session.subscriptions:
@@ -381,7 +381,7 @@ async def subscribe(session: Session, command_id: int, request: SubscribeRequest
         return
     if grant.data:
         result.data = Raw(grant.data)
-    session.send(encode_reply(command_id, "subscribe", result))
+    session.send(session.codec.encode_reply(command_id, "subscribe", result))
     await subscriptions.go_live(session, subscription, position)
 
 
@@ -420,7 +420,7 @@ async def _subscription_token(
 
 def unsubscribe(session: Session, command_id: int, request: ChannelRequest) -> bytes:
     subscriptions.unsubscribe(session, request.channel, None)
-    return encode_reply(command_id, "unsubscribe", EmptyResult())
+    return session.codec.encode_reply(command_id, "unsubscribe", EmptyResult())
 
 
 async def sub_refresh(session: Session, command_id: int, request: SubRefreshRequest) -> bytes:
@@ -436,7 +436,7 @@ async def sub_refresh(session: Session, command_id: int, request: SubRefreshRequ
         subscription.chan_info = claims.info
     subscriptions.schedule_expiry(session, subscription)
     ttl = subscriptions.subscription_ttl(session, subscription)
-    return encode_reply(
+    return session.codec.encode_reply(
         command_id, "sub_refresh", SubRefreshResult(expires=ttl is not None, ttl=ttl or 0)
     )
 
@@ -447,7 +447,7 @@ async def sub_refresh(session: Session, command_id: int, request: SubRefreshRequ
 async def publish(session: Session, command_id: int, request: PublishRequest) -> bytes:
     """A client publication: the ``on_publish`` handler for the channel (which replaces the
     ``allow_publish_*`` rules and may reshape the data), or the namespace's rules."""
-    if request.type:  # a map key (docs/protocol.md section 13)
+    if request.type:  # a map key (docs/protocol.md section 14)
         return await maps.publish(session, command_id, request)
     channel = request.channel
     node = session.node
@@ -455,8 +455,7 @@ async def publish(session: Session, command_id: int, request: PublishRequest) ->
     data = request.data
     if node.hooks.handles("publish", channel):
         options = node.rules.options(channel)
-        if data is NO_DATA or not len(data):
-            raise ReplyError(ErrorCode.BAD_REQUEST)
+        data = _publication_data(session, data)
         context = session.context(PublishContext, channel=channel)
         reshaped = await node.hooks.publish(context, bytes(data))
         if reshaped is not None:
@@ -465,11 +464,23 @@ async def publish(session: Session, command_id: int, request: PublishRequest) ->
         options = node.rules.check_publish(
             channel, session.user, subscribed=subscription is not None
         )
+        data = _publication_data(session, data)
     if data is NO_DATA or not len(data):
         raise ReplyError(ErrorCode.BAD_REQUEST)
     publication = Publication(data=data, info=session.channel_info(subscription))
     await session.node.publish_publication(channel, publication, options)
-    return encode_reply(command_id, "publish", EmptyResult())
+    return session.codec.encode_reply(command_id, "publish", EmptyResult())
+
+
+def _publication_data(session: Session, data: Raw) -> Raw:
+    """A client's publication ``data``: present, and JSON text (a Protobuf client's bytes
+    must be, docs/protocol.md "Protobuf"); 107 otherwise."""
+    if data is NO_DATA or not len(data):
+        raise ReplyError(ErrorCode.BAD_REQUEST)
+    checked = session.codec.client_payload(data)
+    if checked is None:
+        raise ReplyError(ErrorCode.BAD_REQUEST)
+    return checked
 
 
 async def presence(session: Session, command_id: int, request: ChannelRequest) -> bytes:
@@ -478,7 +489,7 @@ async def presence(session: Session, command_id: int, request: ChannelRequest) -
         channel, session.user, subscribed=channel in session.subscriptions
     )
     entries = await session.node.presence_of(channel)
-    return encode_reply(command_id, "presence", PresenceResult(entries))
+    return session.codec.encode_reply(command_id, "presence", PresenceResult(entries))
 
 
 async def presence_stats(session: Session, command_id: int, request: ChannelRequest) -> bytes:
@@ -487,7 +498,9 @@ async def presence_stats(session: Session, command_id: int, request: ChannelRequ
         channel, session.user, subscribed=channel in session.subscriptions
     )
     clients, users = await session.node.presence_stats(channel)
-    return encode_reply(command_id, "presence_stats", PresenceStatsResult(clients, users))
+    return session.codec.encode_reply(
+        command_id, "presence_stats", PresenceStatsResult(clients, users)
+    )
 
 
 async def history(session: Session, command_id: int, request: HistoryRequest) -> bytes:
@@ -503,7 +516,9 @@ async def history(session: Session, command_id: int, request: HistoryRequest) ->
         since=StreamPosition(since.offset, since.epoch) if since is not None else None,
         reverse=request.reverse,
     )
-    return encode_reply(command_id, "history", HistoryResult(publications, top.epoch, top.offset))
+    return session.codec.encode_reply(
+        command_id, "history", HistoryResult(publications, top.epoch, top.offset)
+    )
 
 
 # --------------------------------------------------------------------------- messages, RPC
@@ -534,7 +549,7 @@ async def rpc(session: Session, command_id: int, request: RPCRequest) -> bytes:
     if not hooks.handles("rpc", method):
         raise ReplyError(ErrorCode.METHOD_NOT_FOUND)
     result = await hooks.rpc(session.context(RPCContext, method=method), bytes(request.data))
-    return encode_reply(command_id, "rpc", RPCResult(raw(result)))
+    return session.codec.encode_reply(command_id, "rpc", RPCResult(raw(result)))
 
 
 async def refresh(session: Session, command_id: int, request: RefreshRequest) -> bytes:
@@ -560,7 +575,7 @@ async def refresh(session: Session, command_id: int, request: RefreshRequest) ->
         session.conn_info = claims.info
     session.schedule_expiry()
     ttl = session.ttl()
-    return encode_reply(
+    return session.codec.encode_reply(
         command_id,
         "refresh",
         RefreshResult(

@@ -37,13 +37,7 @@ from tidings.errors import (
     Unsubscribe,
 )
 from tidings.hooks import Context, DisconnectContext, Headers, RefreshContext
-from tidings.protocol.codec import (
-    command_method,
-    decode_frame,
-    encode_error_reply,
-    prepare_push,
-    raw,
-)
+from tidings.protocol.codec import ClientCodec, command_method, raw
 from tidings.protocol.messages import (
     ClientInfo,
     Command,
@@ -135,7 +129,8 @@ class Session:
         self.server_refresh = False
         """The expiry came from the application, whose ``on_refresh`` extends it (the client
         is not asked to refresh a token)."""
-        self.awaiting_pong = False
+        self.awaiting_pong = 0
+        """The tick of the server ping the client has not answered yet (0: none)."""
         # Created when commands arrive and dropped when they are done: an empty
         # deque costs ~600 bytes, more than a tenth of an idle connection.
         self._queue: deque[tuple[str, Command]] | None = None
@@ -176,6 +171,11 @@ class Session:
     @property
     def unidirectional(self) -> bool:
         return self.transport.unidirectional
+
+    @property
+    def codec(self) -> ClientCodec:
+        """The encoding this connection speaks (JSON or Protobuf), as its transport chose."""
+        return self.wire.codec
 
     @property
     def remote(self) -> str:
@@ -232,7 +232,7 @@ class Session:
         if self.state in (CLOSED, REFUSED):
             return
         try:
-            decoded = decode_frame(data)
+            decoded = self.wire.codec.decode_commands(data)
         except ProtocolViolation as violation:
             self._violation(violation)
             return
@@ -292,7 +292,7 @@ class Session:
         if self.state != CONNECTED or not self.awaiting_pong:
             self._violation(ProtocolViolation("pong without a ping"))
             return
-        self.awaiting_pong = False
+        self.awaiting_pong = 0
 
     async def _process(self) -> None:
         queue = self._queue
@@ -302,7 +302,8 @@ class Session:
                 method, command = queue.popleft()
                 if method == RATE_LIMITED:
                     if command.id:
-                        self.send(encode_error_reply(command.id, ErrorCode.TOO_MANY_REQUESTS))
+                        error = ErrorCode.TOO_MANY_REQUESTS
+                        self.send(self.codec.encode_error_reply(command.id, error))
                     continue
                 if self.state == CONNECTING:
                     if method != "connect":
@@ -367,15 +368,17 @@ class Session:
             self.node.metrics.sent(self.wire, len(frame))
 
     def send_push(self, channel: str, kind: str, body: object) -> None:
-        self.send(prepare_push(channel, kind, body).document(self.wire.envelope))
+        wire = self.wire
+        self.send(wire.codec.encode_push(channel, kind, body, wire.envelope))
 
-    def ping(self, frame: bytes, *, expect_pong: bool) -> None:
-        """Called by the node's ping wheel with a ping already framed for this wire."""
+    def ping(self, frame: bytes, *, tick: int = 0) -> None:
+        """Called by the node's ping wheel with a ping already framed for this wire; with
+        ``tick``, the client owes a pong for the ping of that tick."""
         if self.state == CLOSED:
             return
         self.writer(frame)
-        if expect_pong:
-            self.awaiting_pong = True
+        if tick and not self.awaiting_pong:  # the oldest unanswered ping sets the deadline
+            self.awaiting_pong = tick
 
     @property
     def write_paused(self) -> bool:

@@ -1,4 +1,4 @@
-"""What a subscription's start and end write into map channels (docs/protocol.md section 13).
+"""What a subscription's start and end write into map channels (docs/protocol.md section 14).
 
 * Map presence: a namespace with ``map_clients_presence_channel_prefix`` (or
   ``map_users_...``) keeps one entry per subscribed client (per user) in the

@@ -1,6 +1,6 @@
 """A session's map subscriptions: the phased subscribe, client writes, a cleared map.
 
-docs/protocol.md section 13. A map subscribe is a *flow* of requests, one at a
+docs/protocol.md section 14. A map subscribe is a *flow* of requests, one at a
 time, that the server steers through three phases; the flow lives on the
 channel's :class:`~tidings.session.subscriptions.Subscription` (``.map``),
 so it counts toward ``client_channel_limit`` and a second subscribe meets it.
@@ -51,7 +51,6 @@ from tidings.errors import (
 )
 from tidings.map_channels import map_publication
 from tidings.maps_config import SUBSCRIPTION_TYPES, MapOptions
-from tidings.protocol.codec import encode_reply
 from tidings.protocol.maps import (
     LIVE,
     MAP,
@@ -292,7 +291,7 @@ async def _state_page(
             offset=frozen.offset,
             state=[map_publication(entry) for entry in entries],
         )
-        session.send(encode_reply(command_id, "subscribe", reply))
+        session.send(session.codec.encode_reply(command_id, "subscribe", reply))
         return
     if not flow.has_stream or frozen.offset + page_size >= page.position.offset:
         await _go_live(session, subscription, flow, command_id, since=frozen, state=entries)
@@ -305,7 +304,7 @@ async def _state_page(
         offset=frozen.offset,
         state=[map_publication(entry) for entry in entries],
     )
-    session.send(encode_reply(command_id, "subscribe", reply))
+    session.send(session.codec.encode_reply(command_id, "subscribe", reply))
 
 
 async def _stream_page(
@@ -342,7 +341,7 @@ async def _stream_page(
         offset=changes[-1].offset,
         publications=[map_publication(change) for change in changes],
     )
-    session.send(encode_reply(command_id, "subscribe", reply))
+    session.send(session.codec.encode_reply(command_id, "subscribe", reply))
 
 
 async def _go_live(
@@ -390,7 +389,7 @@ async def _go_live(
     if subscription.expiry_handle is not None:  # the flow's sweep
         subscription.expiry_handle.cancel()
         subscription.expiry_handle = None
-    session.send(encode_reply(command_id, "subscribe", reply))
+    session.send(session.codec.encode_reply(command_id, "subscribe", reply))
     await subscriptions.go_live(session, subscription, position)
 
 
@@ -434,7 +433,7 @@ async def publish(session: Session, command_id: int, request: PublishRequest) ->
         if data is NO_DATA or not len(data):
             raise ReplyError(ErrorCode.BAD_REQUEST)
         await node.maps.publish(channel, key, bytes(data), info=session.channel_info(subscription))
-    return encode_reply(command_id, "publish", EmptyResult())
+    return session.codec.encode_reply(command_id, "publish", EmptyResult())
 
 
 # --------------------------------------------------------------------------- cleared

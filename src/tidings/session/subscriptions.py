@@ -43,12 +43,7 @@ from tidings.errors import (
     UnsubscribeCode,
 )
 from tidings.hooks import SubscribeContext
-from tidings.protocol.codec import (
-    JSON_INPUT_ERRORS,
-    PreparedPush,
-    prepare_publication,
-    string_publication,
-)
+from tidings.protocol.codec import JSON_INPUT_ERRORS, PreparedPush, prepare_publication
 from tidings.protocol.messages import (
     NO_DATA,
     StreamPosition,
@@ -120,7 +115,7 @@ class Subscription:
         self.ended_by: Unsubscribe | None = None
         """Why the server ended it before it was answered (told right after the answer)."""
         self.map: MapFlow | None = None
-        """A map subscription's flow (docs/protocol.md section 13); ``None`` for a stream."""
+        """A map subscription's flow (docs/protocol.md section 14); ``None`` for a stream."""
 
 
 def effective_options(options: ChannelOptions, override: SubscriptionOverride) -> ChannelOptions:
@@ -233,7 +228,7 @@ def plan(
     """Decide what a granted stream subscription promises (recovery, positioning,
     join/leave pushes), from its options and what the client asked. No I/O."""
     options = grant.options
-    if options.is_map:  # a map namespace takes map subscriptions only (section 13)
+    if options.is_map:  # a map namespace takes map subscriptions only (section 14)
         raise ReplyError(ErrorCode.PERMISSION_DENIED)
     subscription = Subscription(channel, options, server_side=server_side)
     subscription.chan_info = grant.chan_info
@@ -342,9 +337,10 @@ async def open_subscription(
         result.ttl = ttl
     if subscription.delta:
         result.delta = True
-        # Recovered publications go whole (as JSON strings): deltas between them would be
-        # encoded per subscriber, a cost a reconnect storm multiplies.
-        result.publications = [string_publication(p) for p in result.publications]
+        # Recovered publications go whole (in JSON as strings): deltas between them would
+        # be encoded per subscriber, a cost a reconnect storm multiplies.
+        whole = session.codec.recovered_for_delta
+        result.publications = [whole(p) for p in result.publications]
     return result, position
 
 
@@ -511,7 +507,7 @@ async def server_subscribe(
     # ordinary pub pushes, in order, before anything live (which the hub dedups).
     for publication in result.publications:
         push = prepare_publication(channel, publication, result.epoch)
-        session.send(push.document(session.wire.envelope))
+        session.send(session.codec.push_document(push, session.wire.envelope))
     await go_live(session, subscription, position)
 
 

@@ -51,13 +51,13 @@ END_OF_RESPONSE: Message = {"type": "http.response.body", "body": b"", "more_bod
 # --------------------------------------------------------------------------- framed bytes -> ASGI
 
 
-def text_messages(data: bytes) -> Messages:
-    """``websocket.send`` messages for the text frames in ``data``.
+def websocket_messages(data: bytes) -> Messages:
+    """``websocket.send`` messages for the frames in ``data``: text frames as ``text``,
+    binary ones (a Protobuf connection's) as ``bytes``.
 
-    ``data`` holds whole, unmasked, uncompressed text frames (RFC 6455 section
-    5.2) as :mod:`tidings.protocol.wire` builds them: one for a bidirectional
-    batch, one per push on ``uni_websocket``, several after a slow client's
-    backlog is joined.
+    ``data`` holds whole, unmasked, uncompressed frames (RFC 6455 section 5.2) as
+    :mod:`tidings.protocol.wire` builds them: one for a bidirectional batch, one per
+    push on ``uni_websocket``, several after a slow client's backlog is joined.
     """
     messages: list[Message] = []
     view = memoryview(data)
@@ -71,10 +71,14 @@ def text_messages(data: bytes) -> Messages:
         elif length == 127:
             length = int.from_bytes(data[position : position + 8])
             position += 8
-        if head != 0x81:
-            raise ValueError(f"expected a final, uncompressed text frame, got 0x{head:02x}")
-        text = str(view[position : position + length], "utf-8")
-        messages.append({"type": "websocket.send", "text": text})
+        if head == 0x81:
+            text = str(view[position : position + length], "utf-8")
+            messages.append({"type": "websocket.send", "text": text})
+        elif head == 0x82:
+            payload = data[position : position + length]
+            messages.append({"type": "websocket.send", "bytes": payload})
+        else:
+            raise ValueError(f"expected a final, uncompressed data frame, got 0x{head:02x}")
         position += length
     return tuple(messages)
 
@@ -313,10 +317,11 @@ class AsgiOutput:
 class AsgiWebSocket:
     """A session's :class:`~tidings.session.Transport` over an ASGI WebSocket.
 
-    ``write`` takes the wire format's text frames (shared by every recipient)
-    and queues their messages; ``close`` queues the close frame behind what is
-    already queued; on ``uni_websocket`` the disconnect push goes first
-    (docs/protocol.md section 5, "How a disconnect travels").
+    ``write`` takes the wire format's frames (shared by every recipient: text, or
+    binary on a Protobuf connection) and queues their messages; ``close`` queues
+    the close frame behind what is already queued; on ``uni_websocket`` the
+    disconnect push goes first (docs/protocol.md section 5, "How a disconnect
+    travels").
     """
 
     __slots__ = ("closed", "messages", "name", "output", "unidirectional", "wire", "write")

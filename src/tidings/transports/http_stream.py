@@ -19,7 +19,6 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from tidings.errors import Disconnect
-from tidings.protocol.codec import prepare_push
 from tidings.protocol.messages import DisconnectPush
 from tidings.protocol.wire import END_CHUNK, WireFormat
 from tidings.transports.base import transport_high_water
@@ -81,8 +80,9 @@ class StreamTransport:
     def close(self, disconnect: Disconnect) -> None:
         if self.stream.closed:
             return
-        push = prepare_push("", "disconnect", DisconnectPush(disconnect.code, disconnect.reason))
-        self.write(self.wire.frame([push.document(self.wire.envelope)]))
+        wire = self.wire
+        push = DisconnectPush(disconnect.code, disconnect.reason)
+        self.write(wire.frame([wire.codec.encode_push("", "disconnect", push, wire.envelope)]))
         self.write(END_CHUNK)
         self.stream.end()
 

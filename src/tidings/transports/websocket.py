@@ -3,7 +3,10 @@
 After the HTTP edge accepts the upgrade, the connection's asyncio protocol is
 swapped for a :class:`WebSocketConnection`. It feeds bytes to ``websockets``'
 sans-I/O :class:`ServerProtocol` (frame parsing, masking, size limit, control
-frames, the close handshake) and hands complete text messages to the session.
+frames, the close handshake) and hands complete messages to the session: text
+messages on a JSON connection, binary ones on a Protobuf connection (the
+``centrifuge-protobuf`` subprotocol). A message of the other kind ends the
+connection with 3506 (docs/protocol.md section 5).
 
 Writes bypass that object: server frames are unmasked, so a broadcast frame
 built once is valid for every recipient and goes straight to the socket
@@ -140,7 +143,9 @@ class WebSocketConnection(asyncio.Protocol):
             for event in events:
                 frame = cast(Frame, event)  # after the handshake, events are frames
                 opcode = frame.opcode
-                if opcode is Opcode.TEXT:
+                if opcode is Opcode.TEXT and self.wire.codec.binary:
+                    self._inappropriate()
+                elif opcode is Opcode.TEXT:
                     if frame.fin:
                         self._text(bytes(frame.data))
                     else:
@@ -164,14 +169,13 @@ class WebSocketConnection(asyncio.Protocol):
                         self._fragments = self._utf8 = None
                         if text:
                             self._deliver(message)
-                        elif self.on_binary is not None and not self.closed:
-                            self.on_binary(message)
+                        else:
+                            self._deliver_binary(message)
                 elif opcode is Opcode.BINARY:
-                    if self.on_binary is None:
-                        self._binary()
+                    if self.on_binary is None and not self.wire.codec.binary:
+                        self._inappropriate()
                     elif frame.fin:
-                        if not self.closed:
-                            self.on_binary(bytes(frame.data))
+                        self._deliver_binary(bytes(frame.data))
                     else:  # reassembled like text, under the same fragment cap
                         self._fragments = [bytes(frame.data)]
         self._flush_protocol_output()
@@ -204,9 +208,18 @@ class WebSocketConnection(asyncio.Protocol):
         elif self.session is not None:
             self.session.handle_frame(message)
 
-    def _binary(self) -> None:
-        """Binary frames on a JSON connection: 3506 (docs/protocol.md section 5)."""
-        if self.session is not None and self.on_text is None:
+    def _deliver_binary(self, message: bytes) -> None:
+        if self.closed:
+            return
+        if self.on_binary is not None:
+            self.on_binary(message)
+        elif self.session is not None:
+            self.session.handle_frame(message)
+
+    def _inappropriate(self) -> None:
+        """A binary message on a JSON connection, or a text one on a Protobuf connection:
+        3506 (docs/protocol.md section 5)."""
+        if self.session is not None and self.on_text is None and not self.closed:
             self.session.close(DisconnectCode.INAPPROPRIATE_PROTOCOL)
 
     def _fail(self, code: int, reason: str) -> None:

@@ -11,8 +11,14 @@
 // A token request is answered by the command {"op":"token_reply","request":N,"token":".."}.
 // Nothing here sleeps: every step waits on an SDK promise or event, and the SDK's own
 // timeouts bound each wait. The process exits when stdin closes (the test is over or died).
+//
+// Protobuf: "create" with {protobuf: true} uses the package's Protobuf build
+// (`centrifuge/build/protobuf`). Data then travels as bytes: commands may pass
+// {"__bytes__": <base64>} for exact bytes (anything else is sent as its JSON text), and
+// every Uint8Array the SDK reports comes back as {"__bytes__": <base64>}.
 
 import { Centrifuge } from 'centrifuge';
+import { Centrifuge as CentrifugeProtobuf } from 'centrifuge/build/protobuf';
 import { EventSource } from 'eventsource';
 import WebSocket from 'ws';
 import readline from 'node:readline';
@@ -24,7 +30,7 @@ let bytesReceived = 0;
 class CountingWebSocket extends WebSocket {
   constructor(...args) {
     super(...args);
-    this.on('message', (data) => { bytesReceived += data.length; });
+    this.on('message', (data) => { bytesReceived += data.byteLength ?? data.length; });
   }
 }
 
@@ -40,6 +46,10 @@ function emit(document) {
 }
 
 function replacer(key, value) {
+  const original = this[key];  // before toJSON: Node's Buffer would become {type, data}
+  if (original instanceof Uint8Array) {
+    return { __bytes__: Buffer.from(original).toString('base64') };
+  }
   if (value instanceof Error) {
     return { name: value.name, message: value.message, code: value.code };
   }
@@ -57,7 +67,17 @@ function describeError(error) {
 }
 
 let client = null;
+let protobuf = false;
 const subscriptions = new Map();
+
+// A payload as this client sends it: JSON as is, or bytes in Protobuf mode.
+function payload(data) {
+  if (!protobuf) return data;
+  if (data && typeof data === 'object' && typeof data.__bytes__ === 'string') {
+    return new Uint8Array(Buffer.from(data.__bytes__, 'base64'));
+  }
+  return new TextEncoder().encode(JSON.stringify(data));
+}
 const pendingTokens = new Map();
 let nextTokenRequest = 0;
 
@@ -107,12 +127,13 @@ function requireSubscription(channel) {
 }
 
 const operations = {
-  create({ url, token, getToken, options }) {
+  create({ url, token, getToken, options, protobuf: useProtobuf }) {
     // url: a WebSocket URL, or centrifuge-js' list of {transport, endpoint} (emulation).
     const config = { websocket: CountingWebSocket, eventsource: CountingEventSource, ...(options ?? {}) };
     if (token) config.token = token;
     if (getToken) config.getToken = () => requestToken('connection', null);
-    client = new Centrifuge(url, config);
+    protobuf = Boolean(useProtobuf);
+    client = protobuf ? new CentrifugeProtobuf(url, config) : new Centrifuge(url, config);
     for (const name of CLIENT_EVENTS) {
       client.on(name, (ctx) => emit({ type: 'event', source: 'client', event: name, ctx }));
     }
@@ -194,7 +215,8 @@ const operations = {
   },
   async publish({ channel, data }) {
     const sub = subscriptions.get(channel);
-    return sub ? await sub.publish(data) : await requireClient().publish(channel, data);
+    const bytes = payload(data);
+    return sub ? await sub.publish(bytes) : await requireClient().publish(channel, bytes);
   },
   async presence({ channel }) {
     const sub = subscriptions.get(channel);
@@ -209,10 +231,10 @@ const operations = {
     return sub ? await sub.history(options ?? {}) : await requireClient().history(channel, options ?? {});
   },
   async rpc({ method, data }) {
-    return await requireClient().rpc(method, data);
+    return await requireClient().rpc(method, payload(data));
   },
   async send({ data }) {
-    await requireClient().send(data);
+    await requireClient().send(payload(data));
     return null;
   },
   bytes_received() {

@@ -108,7 +108,7 @@ class LongPollWaiter(WireFormat):
         for channel in self.channels:
             since = cursor.get(channel)
             channel_json = _encode(channel)
-            if node.maps.is_map(channel):  # a snapshot, or the changes since (section 13)
+            if node.maps.is_map(channel):  # a snapshot, or the changes since (section 14)
                 resume = await maps.catch_up(node, channel, channel_json, since)
                 assert resume.position is not None  # /longpoll takes maps that keep changes
                 self.positions[channel] = resume.position

@@ -32,7 +32,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 REFERENCE = ROOT / "benchmarks" / "reference"
-ALL_SCENARIOS = ("A", "B", "C", "D", "E", "F", "G")
+ALL_SCENARIOS = ("A", "B", "C", "D", "E", "F", "G", "M")
 
 
 def ensure_reference_packages() -> None:

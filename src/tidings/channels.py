@@ -23,6 +23,7 @@ from msgspec import Struct
 
 from tidings.brokers.base import HistoryOptions
 from tidings.errors import ErrorCode, ReplyError
+from tidings.maps_config import MapOptions
 
 NAMESPACE_BOUNDARY = ":"
 USER_BOUNDARY = "#"
@@ -80,11 +81,27 @@ class ChannelOptions(Struct, forbid_unknown_fields=True, kw_only=True):
     max_frequency: float = 0.0
     """Default rate, in updates per second per key, of a subscriber to a conflating
     channel; 0: as fast as it reads."""
+    # Map subscriptions (docs/protocol.md section 14), with Centrifugo's names.
+    subscription_type: str = "stream"
+    """``stream``, ``map``, ``map_clients`` or ``map_users``: the one kind of subscription
+    the namespace accepts (a subscribe of another ``type`` gets 103)."""
+    map: MapOptions | None = None
+    """The ``map`` table of a map namespace (required for the map types)."""
+    map_clients_presence_channel_prefix: str = ""
+    """Keep one entry per subscribed client in the map channel ``<prefix><channel>``."""
+    map_users_presence_channel_prefix: str = ""
+    """Keep one entry per subscribed user in the map channel ``<prefix><channel>``."""
 
     @property
     def conflates(self) -> bool:
-        """Publications here may be conflated by key (``conflate_by = "key"``)."""
-        return self.conflate_by == "key"
+        """Publications here may be conflated by key (``conflate_by = "key"``, or a map
+        namespace unless ``conflate_by = "none"``)."""
+        return self.conflate_by == "key" or (self.is_map and self.conflate_by != "none")
+
+    @property
+    def is_map(self) -> bool:
+        """A namespace of map subscriptions (``map``, ``map_clients`` or ``map_users``)."""
+        return self.subscription_type != "stream"
 
     @property
     def history_enabled(self) -> bool:

@@ -31,6 +31,7 @@ from tidings.channels import (
     ChannelOptions,
 )
 from tidings.errors import ConfigError
+from tidings.maps_config import check_namespace, map_table_seconds
 
 ENV_PREFIX = "TIDINGS_"
 DEMO_NAMESPACE = "demo"
@@ -125,6 +126,13 @@ OPTIONS: tuple[Option, ...] = (
         "tidings",
         "Prefix of the Redis broker's keys and pub/sub channels: every node of one deployment "
         "uses the same one; deployments sharing a Redis use different ones.",
+    ),
+    Option(
+        "map_broker",
+        "str",
+        "",
+        'Engine of map channels: "memory" or a redis:// URL; empty: the broker\'s (the same '
+        "Redis, with the same broker_prefix).",
     ),
     Option(
         "workers", "int", 1, "Worker processes sharing the port (needs a shared broker when > 1)."
@@ -461,6 +469,7 @@ class Config:
     port: int = 8000
     broker: str = "memory"
     broker_prefix: str = "tidings"
+    map_broker: str = ""
     workers: int = 1
     log_level: str = "info"
     log_format: str = "text"
@@ -565,6 +574,11 @@ class Config:
         )
 
     @property
+    def map_broker_url(self) -> str:
+        """Where map channels live: ``map_broker``, else the broker's engine."""
+        return self.map_broker or self.broker
+
+    @property
     def allow_anonymous(self) -> bool:
         return self.allow_anonymous_connect_without_token or self.demo_enabled
 
@@ -624,6 +638,12 @@ class Config:
                 )
         if not (self.broker == "memory" or self.broker.startswith(("redis", "rediss"))):
             raise ConfigError(f'broker: expected "memory" or a redis:// URL, got {self.broker!r}')
+        if self.map_broker and not (
+            self.map_broker == "memory" or self.map_broker.startswith(("redis", "rediss"))
+        ):
+            raise ConfigError(
+                f'map_broker: expected "memory" or a redis:// URL, got {self.map_broker!r}'
+            )
         if not self.broker_prefix or "{" in self.broker_prefix or "}" in self.broker_prefix:
             raise ConfigError(
                 "broker_prefix: expected a non-empty name without braces, "
@@ -641,6 +661,11 @@ class Config:
                 "workers: more than one worker needs a shared broker (--broker redis://...); "
                 "the memory broker lives inside one process"
             )
+        if self.workers > 1 and self.map_broker_url == "memory":
+            raise ConfigError(
+                "workers: more than one worker needs a shared map engine "
+                "(map_broker = redis://..., or leave it empty to use the broker's Redis)"
+            )
         for name in self.channels.namespaces:
             if not NAMESPACE_NAME.match(name):
                 raise ConfigError(
@@ -650,6 +675,10 @@ class Config:
         _validate_channel_options("channels", self.channels)
         for name, options in self.channels.namespaces.items():
             _validate_channel_options(f"channels.namespaces.{name}", options)
+        namespaces = self.channels.namespaces
+        check_namespace("channels", self.channels, namespaces)
+        for name, options in namespaces.items():
+            check_namespace(f"channels.namespaces.{name}", options, namespaces)
 
     def _validate_admin(self) -> None:
         if self.admin_password and len(self.admin_password) < ADMIN_PASSWORD_MIN:
@@ -798,6 +827,8 @@ def _channel_options_from_toml(table: object, key: str, cls: type[ChannelOptions
     for name in DURATION_OPTIONS:
         if name in prepared:
             prepared[name] = parse_duration(prepared[name], f"{key}.{name}")
+    if "map" in prepared:
+        prepared["map"] = map_table_seconds(prepared["map"], f"{key}.map", parse_duration)
     if "namespaces" in prepared and cls is ChannelsConfig:
         namespaces = prepared["namespaces"]
         if not isinstance(namespaces, dict):

@@ -60,6 +60,9 @@ class ErrorCode:
     EXPIRED = Error(110, "expired")
     TOO_MANY_REQUESTS = Error(111, "too many requests", temporary=True)
     UNRECOVERABLE_POSITION = Error(112, "unrecoverable position")
+    CONCURRENT_PAGINATION = Error(113, "concurrent pagination", temporary=True)
+    """A map subscribe request while another of the same flow is in progress
+    (docs/protocol.md section 14)."""
 
 
 class ApiErrorCode:

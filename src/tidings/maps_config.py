@@ -17,13 +17,17 @@ Pure: no I/O, no clock. The configuration loader turns the duration options
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Literal
 
 import msgspec
 from msgspec import Struct
 
 from tidings.brokers.maps import MapMode, MapRetention
 from tidings.errors import ConfigError
+
+if TYPE_CHECKING:
+    from tidings.channels import ChannelOptions
 
 SUBSCRIPTION_TYPES: dict[str, int] = {"stream": 0, "map": 1, "map_clients": 2, "map_users": 3}
 """Namespace ``subscription_type`` -> the ``type`` a client's subscribe request carries.
@@ -178,3 +182,94 @@ def map_options_from_table(
         text = text.replace("`", "")
         raise ConfigError(f"{key}{where}: {text[0].lower()}{text[1:]}") from None
     return options.checked(key, subscription_type)
+
+
+# --------------------------------------------------------------------------- namespaces
+
+STREAM_ONLY_OPTIONS = (
+    "history_size",
+    "history_ttl",
+    "history_meta_ttl",
+    "force_recovery",
+    "allow_recovery",
+    "force_positioning",
+    "allow_positioning",
+    "allow_publish_for_client",
+    "allow_publish_for_subscriber",
+    "allow_publish_for_anonymous",
+    "allow_history_for_client",
+    "allow_history_for_subscriber",
+    "allow_history_for_anonymous",
+)
+"""Options of stream channels that a map namespace has its own ``map`` counterparts of
+(recovery follows ``map.mode``, writes ``map.allow_publish_for_*``): set there, they
+would silently do nothing, so the configuration is refused instead."""
+
+
+def map_table_seconds(table: object, key: str, parse: Callable[[object, str], float]) -> object:
+    """The ``map`` table with its durations in seconds (``parse`` is the configuration's
+    duration parser); a negative ``subscribe_catch_up_timeout`` (no limit) is kept."""
+    if not isinstance(table, dict):
+        raise ConfigError(f"{key}: expected a table, got {table!r}")
+    prepared = dict(table)
+    for name in MAP_DURATION_OPTIONS:
+        if name not in prepared:
+            continue
+        value = prepared[name]
+        if (
+            name == "subscribe_catch_up_timeout"
+            and isinstance(value, int | float)
+            and not isinstance(value, bool)
+            and value < 0
+        ):
+            prepared[name] = float(value)
+        else:
+            prepared[name] = parse(value, f"{key}.{name}")
+    return prepared
+
+
+def check_namespace(
+    key: str, options: ChannelOptions, namespaces: Mapping[str, ChannelOptions]
+) -> None:
+    """Raise :class:`ConfigError` unless a namespace's map settings hold together.
+
+    ``subscription_type`` must be known; a map type needs its ``map`` table and
+    none of the stream-only options; a map presence prefix names a configured namespace of the right
+    type (``clients:`` -> ``[channels.namespaces.clients]`` of ``map_clients``).
+    """
+    kind = options.subscription_type
+    if kind not in SUBSCRIPTION_TYPES:
+        known = ", ".join(SUBSCRIPTION_TYPES)
+        hint = " (shared poll is not supported)" if kind == "shared_poll" else ""
+        raise ConfigError(f"{key}.subscription_type: expected one of {known}, got {kind!r}{hint}")
+    if kind == "stream":
+        if options.map is not None:
+            raise ConfigError(
+                f'{key}.map: only for a map namespace (subscription_type = "map", '
+                '"map_clients" or "map_users")'
+            )
+    else:
+        if options.map is None:
+            raise ConfigError(f'{key}.map: required for a {kind} namespace (mode = "...")')
+        options.map.checked(f"{key}.map", kind)
+        for name in STREAM_ONLY_OPTIONS:
+            if getattr(options, name):
+                raise ConfigError(
+                    f"{key}.{name}: a stream option, not used by a {kind} namespace "
+                    "(see its map table)"
+                )
+    for option, wanted in (
+        ("map_clients_presence_channel_prefix", "map_clients"),
+        ("map_users_presence_channel_prefix", "map_users"),
+    ):
+        prefix = getattr(options, option)
+        if not prefix:
+            continue
+        namespace, boundary, _ = prefix.removeprefix("$").partition(":")
+        target = namespaces.get(namespace) if boundary and namespace else None
+        if target is None or target.subscription_type != wanted:
+            raise ConfigError(
+                f"{key}.{option}: expected a prefix naming a {wanted} namespace, such as "
+                f'"{wanted.removeprefix("map_")}:" with [channels.namespaces.'
+                f'{wanted.removeprefix("map_")}] subscription_type = "{wanted}"; got {prefix!r}'
+            )

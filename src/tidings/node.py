@@ -22,7 +22,7 @@ import socket
 import time
 import uuid
 from collections import deque
-from collections.abc import Coroutine, Hashable, Iterable, Mapping
+from collections.abc import Coroutine, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -31,7 +31,9 @@ from msgspec import Raw
 
 from tidings.auth import ConnectToken, SubscriptionToken, TokenVerifier, UnknownKeyId
 from tidings.brokers.base import Broker, HistoryReader, PresenceStore
+from tidings.brokers.maps import KeyMode, MapBroker, MapEntry, MapState, MapStream, MapUpdateResult
 from tidings.brokers.memory import MemoryBroker, MemoryPresence
+from tidings.brokers.memory_map import MemoryMapBroker
 from tidings.channels import ChannelOptions, ChannelRules
 from tidings.clock import Clock, LoopClock, Timer
 from tidings.config import Config
@@ -63,6 +65,7 @@ from tidings.errors import (
 from tidings.hooks import ApplicationHooks, NoHooks
 from tidings.hub import Hub, Subscriber
 from tidings.jwks import JwksClient
+from tidings.map_channels import MapChannels, payload
 from tidings.metrics import Metrics, metrics_for
 from tidings.protocol.codec import (
     JSON_INPUT_ERRORS,
@@ -128,6 +131,11 @@ class Client(Hashable, Protocol):
         self, *, expire_at: int | None, expired: bool, info: bytes | None
     ) -> None: ...
 
+    def map_cleared(self, channel: str) -> None:
+        """The map channel was cleared (``map_clear``): reload its state (docs/protocol.md
+        section 14)."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class PublishResult:
@@ -162,6 +170,7 @@ class Node:
         *,
         broker: Broker | None = None,
         presence: PresenceStore | None = None,
+        map_broker: MapBroker | None = None,
         clock: Clock | None = None,
     ) -> None:
         self.config = config = config or Config()
@@ -203,6 +212,14 @@ class Node:
         self.hub = Hub(
             coalesce_delay=config.coalesce_delay, clock=self.clock, meter=self.metrics.fan_out
         )
+        self.map_broker: MapBroker = map_broker or _build_map_engine(config, self.id, self.clock)
+        self.maps = MapChannels(
+            self.rules,
+            self.hub,
+            self.map_broker,
+            refresh_interval=config.presence_refresh_interval,
+        )
+        """Map channels (docs/protocol.md section 14): their engine and operations."""
         self.hooks: ApplicationHooks = NoHooks()
         """The application's handlers (``Tidings`` sets them); by default there are none."""
         self.clients: dict[str, Client] = {}
@@ -237,6 +254,8 @@ class Node:
         self._started = True
         self.broker.set_event_handler(self)
         await self.broker.start()
+        self.map_broker.set_event_handler(self)
+        await self.map_broker.start()
         if self.jwks is not None:
             await self.jwks.refresh(force=True)
             self.spawn(self.jwks.run(), daemon=True)
@@ -274,6 +293,7 @@ class Node:
         for task in self._tasks:
             task.cancel()
         await self.broker.close()
+        await self.map_broker.close()
         await self.presence.close()
         self.metrics.sync()  # a worker's last second of counts, before its process ends
 
@@ -374,7 +394,7 @@ class Node:
                 lingering.cancel()
                 return
             try:
-                await self.broker.subscribe(channel)
+                await self._carrier(channel).subscribe(channel)
             except BaseException:
                 self.detach(channel, subscriber)
                 raise
@@ -424,7 +444,12 @@ class Node:
 
     async def _broker_unsubscribe(self, channel: str) -> None:
         if channel not in self.hub:
-            await self.broker.unsubscribe(channel)
+            await self._carrier(channel).unsubscribe(channel)
+
+    def _carrier(self, channel: str) -> Broker | MapBroker:
+        """The engine that carries ``channel``'s traffic between nodes: the map engine
+        for a map namespace, the broker for every other."""
+        return self.map_broker if self.maps.is_map(channel) else self.broker
 
     def set_writer(self, channels: Iterable[str], subscriber: Subscriber, writer: Writer) -> None:
         """Swap where a live subscriber's broadcasts go (a session does it while slow)."""
@@ -507,6 +532,8 @@ class Node:
             self._last_presence_refresh = now
             if self._presence_entries:
                 self.spawn(self._refresh_presence())
+        if self.maps.presence_due(now):
+            self.spawn(self.maps.refresh_presence())
         if now - self._last_node_info >= NODE_INFO_INTERVAL:
             self._last_node_info = now
             self.spawn(self._announce_node())
@@ -614,6 +641,8 @@ class Node:
     ) -> StreamPosition | None:
         """Publish a prepared publication (``delta``: ``None`` means the namespace's
         ``delta_publish``)."""
+        if options.is_map:  # a map channel takes keyed writes only (map_publish)
+            raise ReplyError(ErrorCode.BAD_REQUEST)
         self.hooks.check_publication(channel, bytes(publication.data))
         history = None if skip_history else options.history_options(self.config.history_meta_ttl)
         return await self.broker.publish(
@@ -710,6 +739,26 @@ class Node:
         for channel in channels:
             for subscriber in self.hub.positioned_subscribers(channel):
                 subscriber.insufficient_state(channel)
+
+    def handle_map_change(
+        self, channel: str, change: MapEntry, position: StreamPosition, previous: bytes | None
+    ) -> None:
+        self.maps.handle_change(channel, change, position, previous)
+
+    def handle_map_cleared(self, channel: str) -> None:
+        """``map_clear`` dropped the channel: clients reload it (unsubscribe push 2502),
+        plain-HTTP feeds end their streams (their next request starts from a snapshot)."""
+        for client in list(self._all_clients):
+            if channel in client.subscriptions:
+                client.map_cleared(channel)
+        clients: set[Any] = self._all_clients  # sessions are the hub's subscribers too
+        for subscriber in self.hub.positioned_subscribers(channel):
+            if subscriber not in clients:
+                subscriber.insufficient_state(channel)
+
+    def handle_map_resubscribed(self, channels: Sequence[str]) -> None:
+        """The map engine's pub/sub link came back: as :meth:`handle_resubscribed`."""
+        self.handle_resubscribed(channels)
 
     def handle_control(self, message: bytes) -> None:
         try:
@@ -880,6 +929,86 @@ class Node:
             )
         )
 
+    # ------------------------------------------------------------------ map channels
+
+    async def map_publish(
+        self,
+        channel: str,
+        key: str,
+        data: Any,
+        *,
+        tags: dict[str, str] | None = None,
+        idempotency_key: str = "",
+        key_mode: KeyMode | str = KeyMode.REPLACE,
+        version: int = 0,
+        version_epoch: str = "",
+        delta: bool = False,
+        info: ClientInfo | None = None,
+    ) -> MapUpdateResult:
+        """Write ``key`` of a map channel, on every node (docs/protocol.md section 14).
+
+        ``data`` is any JSON-serialisable value, or :class:`msgspec.Raw` holding
+        JSON text. Errors: 102 unknown namespace, 107 not a map namespace, an
+        empty key, an unknown ``key_mode`` or a ``version`` in ephemeral mode.
+        """
+        try:
+            mode = KeyMode(key_mode)
+        except ValueError:
+            raise ReplyError(ErrorCode.BAD_REQUEST) from None
+        value = payload(data)
+        self.hooks.check_publication(channel, value)
+        return await self.maps.publish(
+            channel,
+            key,
+            value,
+            tags=tags,
+            info=info,
+            idempotency_key=idempotency_key,
+            key_mode=mode,
+            version=version,
+            version_epoch=version_epoch,
+            delta=delta,
+        )
+
+    async def map_remove(
+        self, channel: str, key: str, *, idempotency_key: str = ""
+    ) -> MapUpdateResult:
+        """Remove ``key`` of a map channel (a missing key is a suppressed no-op)."""
+        return await self.maps.remove(channel, key, idempotency_key=idempotency_key)
+
+    async def map_state(
+        self,
+        channel: str,
+        *,
+        limit: int = -1,
+        cursor: str = "",
+        key: str = "",
+        revision: StreamPosition | None = None,
+    ) -> MapState:
+        """A map channel's entries (all by default, or a page after ``cursor``) and its top."""
+        return await self.maps.read_state(
+            channel, limit=limit, cursor=cursor, key=key, revision=revision
+        )
+
+    async def map_stream(
+        self,
+        channel: str,
+        *,
+        limit: int = -1,
+        since: StreamPosition | None = None,
+        reverse: bool = False,
+    ) -> MapStream:
+        """A map channel's changes after ``since`` (112 when they are no longer kept)."""
+        return await self.maps.read_stream(channel, limit=limit, since=since, reverse=reverse)
+
+    async def map_stats(self, channel: str) -> int:
+        """The number of keys of a map channel."""
+        return await self.maps.stats(channel)
+
+    async def map_clear(self, channel: str) -> None:
+        """Drop a map channel's state and stream; subscribers reload (a new epoch)."""
+        await self.maps.clear(channel)
+
     # ------------------------------------------------------------------ channels survey
 
     def local_channels(self, pattern: str = "") -> dict[str, int]:
@@ -978,6 +1107,16 @@ class Node:
             if seen >= horizon and uid != self.id:
                 nodes[uid] = info
         return list(nodes.values())
+
+
+def _build_map_engine(config: Config, node_id: str, clock: Clock) -> MapBroker:
+    """The map engine ``map_broker`` names (empty: the broker's, with its prefix)."""
+    url = config.map_broker_url
+    if url == "memory":
+        return MemoryMapBroker(clock.time)
+    from tidings.brokers.redis import RedisMapBroker
+
+    return RedisMapBroker(url, prefix=config.broker_prefix, name=node_id[:8])
 
 
 def _build_engine(config: Config, node_id: str, metrics: Metrics) -> tuple[Broker, PresenceStore]:

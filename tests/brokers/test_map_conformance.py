@@ -1,28 +1,33 @@
 """The map engine contract (tidings.brokers.maps), checked against every implementation.
 
 One suite, parameterised by the ``map_engine`` fixture: a factory of started
-engines ("nodes") with a recording event handler each. It runs against the
-memory engine now; a Redis engine joins by adding a :class:`MapEngine`
-subclass and its name to the fixture's params (``elapse`` then lets real time
-pass, ``time_scale`` shrinks the TTLs, and tests poll with deadlines).
+engines ("nodes") with a recording event handler each, over
 
-Durations in tests are written in engine seconds: ``engine.s(60)`` is 60 s on
-the memory engine's fake clock, and shorter on an engine that must wait for
-real time.
+* ``memory``: :class:`MemoryMapBroker` (one node);
+* ``redis``: :class:`RedisMapBroker` on the shared Redis at
+  ``TIDINGS_TEST_REDIS_URL``, several nodes sharing one prefix;
+* ``cluster``: the same on a private 3-master Redis Cluster (the
+  ``redis_cluster`` session fixture).
+
+Every engine takes the test's fake clock (the Redis scripts compare stored
+deadlines with the time they are given), so TTLs of minutes pass at once:
+``elapse`` moves the clock and runs each engine's expiry. Durations are still
+written in engine seconds (``engine.s(60)``) for an engine that would have to
+wait for real time. Each Redis test has its own key prefix and deletes its keys.
 """
 
 from __future__ import annotations
 
-import asyncio
 import uuid
-from collections import defaultdict
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import msgspec
 import pytest
 
+from tests.support.maps import MapRecorder
 from tests.support.polling import eventually
+from tests.support.redis import Cluster, delete_keys
 from tidings.brokers.base import IDEMPOTENCY_WINDOW
 from tidings.brokers.maps import (
     KeyMode,
@@ -36,6 +41,7 @@ from tidings.brokers.maps import (
     UnrecoverablePosition,
 )
 from tidings.brokers.memory_map import MemoryMapBroker
+from tidings.brokers.redis import RedisMapBroker
 from tidings.protocol.messages import ClientInfo, StreamPosition
 
 pytestmark = pytest.mark.timeout(60)
@@ -55,47 +61,6 @@ class FakeClock:
 
     def __call__(self) -> float:
         return self.now
-
-
-class MapRecorder:
-    """A MapEventHandler that remembers every call and lets tests wait for them."""
-
-    def __init__(self) -> None:
-        self.changes: dict[str, list[tuple[MapEntry, StreamPosition, bytes | None]]] = defaultdict(
-            list
-        )
-        self.cleared: list[str] = []
-        self.resubscribed: list[list[str]] = []
-        self._changed = asyncio.Event()
-
-    def handle_map_change(
-        self, channel: str, change: MapEntry, position: StreamPosition, previous: bytes | None
-    ) -> None:
-        self.changes[channel].append((change, position, previous))
-        self._changed.set()
-
-    def handle_map_cleared(self, channel: str) -> None:
-        self.cleared.append(channel)
-        self._changed.set()
-
-    def handle_map_resubscribed(self, channels: Sequence[str]) -> None:
-        self.resubscribed.append(list(channels))
-        self._changed.set()
-
-    def offsets(self, channel: str) -> list[int]:
-        return [change.offset for change, _, _ in self.changes[channel]]
-
-    def keys(self, channel: str) -> list[tuple[str, bool]]:
-        return [(change.key, change.removed) for change, _, _ in self.changes[channel]]
-
-    async def wait(self, condition: Callable[[], bool], what: str, within: float = WAIT) -> None:
-        try:
-            async with asyncio.timeout(within):
-                while not condition():
-                    self._changed.clear()
-                    await self._changed.wait()
-        except TimeoutError:
-            pytest.fail(f"timed out after {within} s waiting for {what}")
 
 
 class MapEngine:
@@ -152,10 +117,54 @@ class MemoryMapEngine(MapEngine):
             broker.expire()
 
 
-@pytest.fixture(params=["memory"])
+class RedisMapEngine(MapEngine):
+    """Nodes sharing one Redis (or Cluster) under one prefix, on the test's clock."""
+
+    multi_node = True
+
+    def __init__(self, kind: str, url: str, admin_urls: list[str]) -> None:
+        super().__init__()
+        self.kind = kind
+        self.url = url
+        self.admin_urls = admin_urls
+        self.clock = FakeClock()
+
+    def make_broker(self) -> Any:
+        return RedisMapBroker(
+            self.url,
+            prefix=self.prefix,
+            name=f"n{len(self.brokers)}",
+            ping_interval=1.0,
+            cleanup_interval=0,
+            clock=self.clock,
+        )
+
+    async def elapse(self, seconds: float) -> None:
+        self.clock.now += seconds
+        for broker in self.brokers:
+            await broker.expire()
+
+    async def close(self) -> None:
+        try:
+            await super().close()
+        finally:
+            for url in self.admin_urls:
+                await delete_keys(url, self.prefix)
+
+
+@pytest.fixture(params=["memory", "redis", "cluster"])
 async def map_engine(request: pytest.FixtureRequest) -> AsyncIterator[MapEngine]:
     """Every map engine."""
-    engine = MemoryMapEngine()
+    engine: MapEngine
+    if request.param == "memory":
+        engine = MemoryMapEngine()
+    elif request.param == "redis":
+        url = request.getfixturevalue("shared_redis")
+        engine = RedisMapEngine("redis", url, [url])
+    else:
+        started: Cluster = request.getfixturevalue("redis_cluster")
+        admins = [f"redis://127.0.0.1:{port}/0" for port in started.ports]
+        engine = RedisMapEngine("cluster", started.url, admins)
     try:
         yield engine
     finally:

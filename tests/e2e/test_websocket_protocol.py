@@ -342,7 +342,8 @@ async def test_subscribe_errors(server: RunningServer, ws_client: ClientFactory)
     assert await error("x" * 256) == {"code": 107, "message": "bad request"}
     await client.subscribe("chat:dup")
     assert await error("chat:dup") == {"code": 105, "message": "already subscribed"}
-    assert (await error("chat:map", type=1))["code"] == 108
+    assert (await error("chat:map", type=1, phase=2))["code"] == 103  # not a map namespace
+    assert (await error("chat:map", type=4))["code"] == 108  # shared poll
     bad_token = await error("$private", token="garbage")
     assert bad_token["code"] == 103
     expired = await error(

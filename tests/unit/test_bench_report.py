@@ -54,6 +54,17 @@ class TestRows:
         assert two.baseline == "F@1000 1 worker"
         assert rows[("F@1000 1 worker", "deliveries_per_s")].ratio is None
 
+    def test_scenario_m_compares_map_updates_with_plain_publications(self) -> None:
+        runs = [
+            result("reference", "M@1000 plain", deliveries_per_s=10.0),
+            result("tidings", "M@1000 plain", deliveries_per_s=400.0),
+            result("tidings", "M@1000 map", deliveries_per_s=300.0),
+        ]
+        rows = {(row.label, row.metric.key): row for row in report.comparison_rows(runs)}
+        mapped = rows[("M@1000 map", "deliveries_per_s")]
+        assert mapped.baseline == "M@1000 plain" and mapped.ratio == pytest.approx(0.75)
+        assert rows[("M@1000 plain", "deliveries_per_s")].ratio == pytest.approx(40.0)
+
     def test_failed_check_is_kept_with_its_verdict(self) -> None:
         broken = result("tidings", "A@1000", deliveries_per_s=1.0)
         broken.check = {"ok": False}

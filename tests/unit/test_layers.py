@@ -6,7 +6,7 @@ The layers, lowest first (docs/architecture.md has the module map)::
     protocol/*, auth, conflation              sans-I/O: bytes in, bytes out
     brokers/*, channels, control, config...   engines and configuration
     hub                                       fan-out of prepared bytes
-    node                                      owns hub + engine; broker events land here
+    node, map_channels                        owns hub + engines; broker events land here
     session/*                                 one client, over any transport
     transports/*, server/feeds/*              adapters; subscribers that are not sessions
     server/*                                  the HTTP edge, routes, server API
@@ -43,6 +43,7 @@ LAYERS: dict[str, int] = {
     "tidings.hub": 3,
     "tidings.hooks": 3,
     "tidings.node": 4,
+    "tidings.map_channels": 4,
     "tidings.session": 5,
     "tidings.transports": 6,
     "tidings.server.feeds": 6,

@@ -186,16 +186,21 @@ def test_the_pong_is_one_zero_byte() -> None:
 
 
 def test_unknown_fields_and_fields_tidings_does_not_read_are_skipped() -> None:
-    sent = pb.Command(
-        id=1,
-        subscribe=pb.SubscribeRequest(
-            channel="c", tf=pb.FilterNode(op="and", nodes=[pb.FilterNode(key="k")])
-        ),
-    )
+    sent = pb.Command(id=1, subscribe=pb.SubscribeRequest(channel="c"))
     body = sent.SerializeToString() + b"\xf8\x07\x05" + b"\x81\x08" + b"12345678" + b"\xa5\x08abcd"
     assert decode_commands(varint(len(body)) + body) == [
         m.Command(id=1, subscribe=m.SubscribeRequest(channel="c"))
     ]
+
+
+def test_a_tags_filter_is_kept_as_its_bytes() -> None:
+    """Its presence is what matters: a map subscribe with a filter is refused (107)."""
+    tree = pb.FilterNode(op="and", nodes=[pb.FilterNode(key="k")])
+    sent = pb.Command(id=1, subscribe=pb.SubscribeRequest(channel="c", tf=tree))
+    body = sent.SerializeToString()
+    (command,) = decode_commands(varint(len(body)) + body)
+    assert command.subscribe is not None
+    assert bytes(command.subscribe.tf) == tree.SerializeToString()
 
 
 def test_fields_newer_than_the_sdks_proto_are_read_too() -> None:

@@ -41,18 +41,19 @@ DEFAULT_SCENARIOS = ("A", "B", "C")
 @click.option(
     "--scenario",
     "scenarios",
-    type=click.Choice(list("ABCDEFG"), case_sensitive=False),
+    type=click.Choice(list("ABCDEFGM"), case_sensitive=False),
     multiple=True,
-    help="Scenario to run; repeatable. Default: A, B and C.",
+    help="Scenario to run; repeatable. Default: A, B and C. M: map updates against plain "
+    "publications in the same run.",
 )
 @click.option(
     "--subscribers",
     "sizes",
     type=click.IntRange(min=1),
     multiple=True,
-    help="Receivers (A, B, F, G), connections (C, D) or chat clients (E); repeat for several "
-    "sizes. Default per scenario: A 1000 and 10000, B 1000, C 10000, D 100000, E 10000, "
-    "F 1000, G 100.",
+    help="Receivers (A, B, F, G, M), connections (C, D) or chat clients (E); repeat for "
+    "several sizes. Default per scenario: A 1000 and 10000, B 1000, C 10000, D 100000, "
+    "E 10000, F 1000, G 100, M 1000.",
 )
 @click.option(
     "--duration",
@@ -191,7 +192,8 @@ def bench(**options: Any) -> None:
     Scenarios: A one channel, flat-out publishing, deliveries/s; B fixed rate,
     publish-to-receive latency; C server RSS per idle connection; D many idle
     connections, one publication to all; E chat rooms; F Redis broker, 1 vs 2
-    workers. Every receiver checks it got every publication exactly once, in order.
+    workers; M map updates against plain publications, same run. Every receiver
+    checks it got every publication exactly once, in order.
     """
     console = Console(stderr=False)
     if options["self_test"]:
@@ -239,7 +241,7 @@ def _run(
     scenarios = [s.upper() for s in dict.fromkeys(options["scenarios"] or DEFAULT_SCENARIOS)]
     sizes = dict(DEFAULT_SIZES)
     if options["sizes"]:
-        sizes = {scenario: tuple(options["sizes"]) for scenario in "ABCDEFG"}
+        sizes = {scenario: tuple(options["sizes"]) for scenario in "ABCDEFGM"}
     generator_cpus = options["generator_cpus"]
     if generator_cpus is None and options["spawn"]:
         generator_cpus = "0"

@@ -575,6 +575,31 @@ class TidingsClient(BenchClient):
             self.tally.problem(f"error reply: {error}")
 
 
+class TidingsMapClient(TidingsClient):
+    """A :class:`TidingsClient` of a map channel: it subscribes with ``type: 1`` and
+    publishes keyed writes (``map_keys`` keys round robin). Map changes carry offsets
+    1, 2, 3... like a stream's publications, so deliveries are checked the same way."""
+
+    __slots__ = ()
+
+    map_keys: ClassVar[int] = 1000
+
+    def publication_frame(self, payload: bytes) -> bytes:
+        publisher = self.publisher
+        if publisher is None:
+            if self.channel is None:
+                raise RuntimeError("cannot publish: the client has no channel")
+            publisher = self.publisher = wire.MapPublishEncoder(self.channel, self.map_keys)
+        return wsframe.encode_text(publisher.encode(payload))
+
+    def _opened(self) -> None:
+        self.state = SETUP
+        opening = wire.connect_command(self.token)
+        if self.channel is not None:
+            opening += b"\n" + wire.map_subscribe_command(self.channel)
+        self.send(wsframe.encode_text(opening))
+
+
 CLIENT_CLASSES: dict[str, type[BenchClient]] = {
     "tidings": TidingsClient,
     "reference": ReferenceClient,

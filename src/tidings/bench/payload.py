@@ -73,6 +73,15 @@ def subscribe_command(channel: str) -> bytes:
     return b'{"subscribe":{"channel":%s},"id":%d}' % (json_string(channel), SUBSCRIBE_ID)
 
 
+def map_subscribe_command(channel: str) -> bytes:
+    """The first (STATE) request of a map subscription; a fresh map answers LIVE at once
+    (docs/protocol.md section 14)."""
+    return b'{"subscribe":{"channel":%s,"type":1,"phase":2},"id":%d}' % (
+        json_string(channel),
+        SUBSCRIBE_ID,
+    )
+
+
 def opening_message(token: str | None, channel: str | None) -> bytes:
     """Connect and, when ``channel`` is set, subscribe, in one frame.
 
@@ -118,3 +127,23 @@ def count_publications(joined: bytes) -> tuple[list[bytes], bool]:
     count = len(offsets)
     simple = count > 0 and count == joined.count(b"\n") + 1 and count == joined.count(PUB_MARK)
     return offsets, simple
+
+
+class MapPublishEncoder(PublishEncoder):
+    """Builds ``publish`` commands with ``type: 1`` that write ``keys`` keys round robin
+    (``k0``, ``k1``, ...): a ticker of ``keys`` symbols."""
+
+    __slots__ = ("_keys", "_sent")
+
+    def __init__(self, channel: str, keys: int) -> None:
+        super().__init__(channel)
+        self._keys = keys
+        self._sent = 0
+        self._prefix = b'{"publish":{"channel":%s,"type":1' % json_string(channel)
+
+    def encode(self, payload: bytes) -> bytes:
+        command_id = self.next_id
+        self.next_id = command_id + 1
+        key = self._sent % self._keys
+        self._sent += 1
+        return b'%s,"key":"k%d","data":%s},"id":%d}' % (self._prefix, key, payload, command_id)

@@ -34,7 +34,7 @@ class Row:
     values: dict[str, float | None]
     ok: dict[str, bool]
     baseline: str | None = None
-    """What the ratio compares against: "reference", or a row label (scenario F)."""
+    """What the ratio compares against: "reference", or a row label (scenarios F, M)."""
     ratio: float | None = None
 
 
@@ -67,7 +67,25 @@ def comparison_rows(results: Sequence[ScenarioResult]) -> list[Row]:
                 row.ratio = ratio(values["tidings"], values["reference"])
             rows.append(row)
     _scaling_ratios(rows)
+    _map_ratios(rows)
     return rows
+
+
+def _map_ratios(rows: list[Row]) -> None:
+    """Scenario M compares tidings' map updates with its plain publications of the same run
+    (the reference has no maps)."""
+    plains = {
+        (row.label.removesuffix(" plain"), row.metric.key): row
+        for row in rows
+        if row.scenario == "M" and row.label.endswith(" plain")
+    }
+    for row in rows:
+        if row.scenario != "M" or not row.label.endswith(" map"):
+            continue
+        plain = plains.get((row.label.removesuffix(" map"), row.metric.key))
+        if plain is not None:
+            row.baseline = plain.label
+            row.ratio = ratio(row.values.get("tidings"), plain.values.get("tidings"))
 
 
 def _scaling_ratios(rows: list[Row]) -> None:
@@ -149,7 +167,12 @@ def print_table(console: Console, results: Sequence[ScenarioResult]) -> None:
 def _ratio_text(row: Row) -> str:
     if row.ratio is None:
         return "-"
-    suffix = "" if row.baseline == "reference" else " vs 1 worker"
+    if row.baseline == "reference":
+        suffix = ""
+    elif row.scenario == "M":
+        suffix = " vs plain"
+    else:
+        suffix = " vs 1 worker"
     return f"{row.ratio:.2f}x{suffix}"
 
 

@@ -46,6 +46,10 @@ HEADLINES: dict[str, tuple[Metric, ...]] = {
         Metric("bytes_per_publication_plain", "bytes per publication, no delta", "B", "lower"),
         Metric("bytes_per_publication_delta", "bytes per publication, delta", "B", "lower"),
     ),
+    "M": (
+        Metric("deliveries_per_s", "deliveries/s", "/s", "higher"),
+        Metric("publications_per_s", "updates/s", "/s", "higher"),
+    ),
 }
 
 TITLES = {
@@ -56,6 +60,7 @@ TITLES = {
     "E": "chat: rooms of 10, every room publishing",
     "F": "Redis broker, 1 vs 2 worker processes",
     "G": "bytes on the wire with and without delta compression, 2 KB JSON, 3 fields changed",
+    "M": "map updates vs plain publications, one channel, same run",
 }
 
 

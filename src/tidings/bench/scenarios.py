@@ -37,6 +37,7 @@ from tidings.bench.client import (
     ClientFailed,
     Tally,
     TidingsClient,
+    TidingsMapClient,
 )
 from tidings.bench.payload import make_payload
 from tidings.bench.progress import Progress
@@ -129,9 +130,9 @@ class Harness:
 
     # -- connections --------------------------------------------------------------
 
-    def channel(self, name: str) -> str:
+    def channel(self, name: str, namespace: str = "bench") -> str:
         """A channel name in the bench namespace that no earlier run used."""
-        return f"bench:{name}-{self.run_id}-{secrets.token_hex(3)}"
+        return f"{namespace}:{name}-{self.run_id}-{secrets.token_hex(3)}"
 
     def plan_sources(self, total: int) -> None:
         """Spread ``total`` connections over loopback source addresses if one is not enough.
@@ -209,8 +210,8 @@ class Harness:
         self, tally: Tally, loop: asyncio.AbstractEventLoop, channel: str | None, index: int
     ) -> BenchClient:
         ready: asyncio.Future[BenchClient] = loop.create_future()
-        if self.client_class is TidingsClient:
-            return TidingsClient(
+        if issubclass(self.client_class, TidingsClient):
+            return self.client_class(
                 tally,
                 ready,
                 host=self.host_header,
@@ -516,9 +517,14 @@ async def _open_publisher(
 
 
 async def throughput(
-    harness: Harness, receivers: int, *, scenario: str = "A", label: str | None = None
+    harness: Harness,
+    receivers: int,
+    *,
+    scenario: str = "A",
+    label: str | None = None,
+    namespace: str = "bench",
 ) -> ScenarioResult:
-    """Scenario A (and F): one channel, ``receivers`` subscribers, publish flat out."""
+    """Scenario A (and F, M): one channel, ``receivers`` subscribers, publish flat out."""
     settings = harness.settings
     result = _result(
         harness,
@@ -530,7 +536,7 @@ async def throughput(
     )
     result.params["window"], result.params["lag_limit"] = pacing(settings, receivers)
     harness.plan_sources(receivers + 1)
-    channel = harness.channel("a")
+    channel = harness.channel("a", namespace)
     tally = Tally()
     clients: list[BenchClient] = []
     publisher_tally = Tally()
@@ -897,6 +903,32 @@ async def chat(harness: Harness, clients_count: int) -> ScenarioResult:
         await harness.close_clients(clients)
 
 
+MAP_NAMESPACE = "benchmap"
+"""The map namespace of benchmarks/tidings-bench.toml (recoverable, open to anonymous)."""
+
+
+async def map_updates(harness: Harness, receivers: int) -> list[ScenarioResult]:
+    """Scenario M: scenario A's workload twice on one server, in the same run: plain
+    publications to ``receivers`` subscribers of a stream channel, then map updates (a
+    ticker of :attr:`TidingsMapClient.map_keys` keys, ``publish`` with ``type: 1``) to as
+    many subscribers of a map channel. Both are checked for exactly-once, in-order
+    delivery by offset, and their rates compare what a map's state keeping costs."""
+    plain = await throughput(harness, receivers, scenario="M", label=f"M@{receivers} plain")
+    plain.params["kind"] = "plain publications"
+    label = f"M@{receivers} map"
+    if harness.kind != "tidings":
+        return [plain, ScenarioResult(harness.kind, "M", label, skipped="no map channels")]
+    harness.client_class = TidingsMapClient
+    try:
+        mapped = await throughput(
+            harness, receivers, scenario="M", label=label, namespace=MAP_NAMESPACE
+        )
+    finally:
+        harness.client_class = CLIENT_CLASSES[harness.kind]
+    mapped.params.update(kind="map updates", keys=TidingsMapClient.map_keys)
+    return [plain, mapped]
+
+
 SCENARIOS = {
     "A": throughput,
     "B": latency,
@@ -915,4 +947,5 @@ DEFAULT_SIZES = {
     "E": (10000,),
     "F": (1000,),
     "G": (100,),
+    "M": (1000,),
 }

@@ -21,7 +21,14 @@ from pathlib import Path
 from tidings.bench.delta import delta_bytes
 from tidings.bench.progress import Progress
 from tidings.bench.results import ScenarioResult
-from tidings.bench.scenarios import DEFAULT_SIZES, SCENARIOS, Harness, Settings, throughput
+from tidings.bench.scenarios import (
+    DEFAULT_SIZES,
+    SCENARIOS,
+    Harness,
+    Settings,
+    map_updates,
+    throughput,
+)
 from tidings.bench.spawn import ServerSpec, SpawnedServer
 from tidings.bench.system import parse_cpu_list
 
@@ -57,6 +64,8 @@ async def run_suite(options: SuiteOptions, progress: Progress) -> list[ScenarioR
             for size in options.sizes.get(scenario, DEFAULT_SIZES[scenario]):
                 if scenario == "F":
                     results.extend(await _scenario_f(options, progress, target, size))
+                elif scenario == "M":
+                    results.extend(await _scenario_m(options, progress, target, size))
                 else:
                     results.append(await _one(options, progress, target, scenario, size))
     return results
@@ -76,6 +85,24 @@ async def _one(
             return await run(harness, size)
     except Exception as exc:  # one failed run must not lose the others' results
         return ScenarioResult(target, scenario, f"{scenario}@{size}", error=_describe(exc))
+    finally:
+        progress.stop()
+        gc.collect()
+
+
+async def _scenario_m(
+    options: SuiteOptions, progress: Progress, target: str, size: int
+) -> list[ScenarioResult]:
+    """Plain publications then map updates against one server process (the same run)."""
+    try:
+        async with _server(options, target) as (url, pid):
+            progress.start(f"{target} · scenario M @ {size:,}", server_pid=pid)
+            harness = Harness(
+                target, url, options.settings, progress, server_pid=pid, server_cpus=_cpus(options)
+            )
+            return await map_updates(harness, size)
+    except Exception as exc:
+        return [ScenarioResult(target, "M", f"M@{size}", error=_describe(exc))]
     finally:
         progress.stop()
         gc.collect()

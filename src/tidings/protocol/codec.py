@@ -215,9 +215,16 @@ class PreparedPush:
 
     @property
     def key(self) -> str:
-        """A publication's key (what it is the latest value of); ``""`` for other pushes."""
+        """A publication's key (what it is the latest value of); ``""`` for other pushes.
+
+        A map change (:class:`tidings.protocol.maps.MapPublication`, which imports this
+        module) has its own ``key``: conflation keeps the latest change of each key.
+        """
         body = self.body
-        return body.key if isinstance(body, Publication) else ""
+        if isinstance(body, Publication):
+            return body.key
+        key = getattr(body, "key", "")
+        return key if isinstance(key, str) else ""
 
     @property
     def payload(self) -> Raw | None:

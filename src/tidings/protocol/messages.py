@@ -20,6 +20,7 @@ NO_DATA = Raw()
 """An absent raw JSON value: encodes to nothing, so ``omit_defaults`` drops it."""
 
 Uint32 = Annotated[int, Meta(ge=0, le=2**32 - 1)]
+Int32 = Annotated[int, Meta(ge=-(2**31), le=2**31 - 1)]
 Uint64 = Annotated[int, Meta(ge=0, le=2**63 - 1)]
 """Offsets: the protocol says uint64; msgspec bounds stop at int64, far beyond any stream."""
 
@@ -31,7 +32,8 @@ class SubscribeRequest(Struct, omit_defaults=True):
     channel: str = ""
     token: str = ""
     recover: bool = False
-    epoch: str = ""
+    epoch: str | None = ""
+    """``null`` is accepted: centrifuge-js sends it in a map flow whose first page had none."""
     offset: Uint64 = 0
     data: Raw = NO_DATA
     positioned: bool = False
@@ -40,6 +42,12 @@ class SubscribeRequest(Struct, omit_defaults=True):
     delta: str = ""
     flag: int = 0
     type: int = 0
+    # Map subscriptions (docs/protocol.md section 14): the flow's phase, its page size and
+    # the cursor of the next state page; a tags filter is refused (107).
+    phase: int = 0
+    limit: Int32 = 0
+    cursor: str = ""
+    tf: Raw = NO_DATA
 
 
 class ConnectRequest(Struct, omit_defaults=True):
@@ -60,6 +68,11 @@ class ChannelRequest(Struct, omit_defaults=True):
 class PublishRequest(Struct, omit_defaults=True):
     channel: str = ""
     data: Raw = NO_DATA
+    # ``type: 1`` writes (or with ``removed``, removes) one key of a map channel
+    # (docs/protocol.md section 14).
+    type: int = 0
+    key: str = ""
+    removed: bool = False
 
 
 class StreamPositionRequest(Struct, omit_defaults=True):

@@ -393,7 +393,8 @@ _PUSH_FIELDS = {
 }
 
 # Client to server: each schema names the struct it decodes into. Fields a struct lacks
-# are skipped like unknown ones (``SubscribeRequest.tf``, the filter tree, is not read).
+# are skipped like unknown ones. ``SubscribeRequest.tf``, the filter tree, is kept as its
+# encoded bytes: its presence alone matters (a map subscribe with a filter is 107).
 SUBSCRIBE_REQUEST = _schema(
     "SubscribeRequest",
     ("channel", 1, STRING),
@@ -406,6 +407,7 @@ SUBSCRIBE_REQUEST = _schema(
     ("recoverable", 10, BOOL),
     ("join_leave", 11, BOOL),
     ("delta", 12, STRING),
+    ("tf", 13, BYTES),
     ("flag", 14, INT64),
     ("type", 15, INT32),
     ("phase", 16, INT32),

@@ -19,6 +19,7 @@ import asyncio
 import base64
 import binascii
 import difflib
+import functools
 import hmac
 import logging
 import time
@@ -33,6 +34,7 @@ from tidings.errors import ApiErrorCode, BrokerUnavailable, Disconnect, Error, E
 from tidings.node import Node
 from tidings.protocol.codec import JSON_INPUT_ERRORS, compact_raw
 from tidings.protocol.messages import NO_DATA, StreamPosition
+from tidings.server import map_api
 from tidings.server.exchange import HttpRequest
 from tidings.server.http import Response, json_response
 
@@ -197,6 +199,8 @@ class ServerApi:
             "channels": (ChannelsRequest, self.channels),
             "info": (EmptyRequest, self.info),
         }
+        for name, (map_request, map_handler) in map_api.METHODS.items():  # section 14
+            self._methods[name] = (map_request, functools.partial(map_handler, node))
 
     @property
     def method_names(self) -> list[str]:
@@ -261,7 +265,8 @@ class ServerApi:
             raise self._refused(method, exc, channel=getattr(request, "channel", "")) from None
         except ReplyError as exc:
             channel = getattr(request, "channel", "")
-            error = ApiError(_api_error(exc.error), self.channel_detail(channel, exc.error))
+            detail = getattr(exc, "detail", "") or self.channel_detail(channel, exc.error)
+            error = ApiError(_api_error(exc.error), detail)
             raise self._refused(method, error, channel=channel) from None
         except BrokerUnavailable as exc:
             log.warning("API %s failed: %s", method, exc, extra={"code": 100})

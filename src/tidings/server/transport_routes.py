@@ -32,7 +32,7 @@ import msgspec
 from msgspec import Raw
 
 from tidings.auth import ConnectToken, TokenError
-from tidings.channels import parse_channel
+from tidings.channels import ChannelOptions, parse_channel
 from tidings.errors import (
     BrokerUnavailable,
     Error,
@@ -582,7 +582,7 @@ class TransportRoutes:
             last_event_id if last_event_id is not None else request.query_value("last_event_id")
         )
         rules = self.node.rules
-        history = frozenset(c for c in channels if rules.options(c).history_enabled)
+        history = frozenset(c for c in channels if _resumable(rules.options(c)))
         feed = await self.feeds.feed(frozenset(channels), history)
         stream = self._stream(request, SSE_HEADERS)
         stream.write(chunk(b"\r\nretry: %d\n\n" % SSE_RETRY_MS))
@@ -625,7 +625,7 @@ class TransportRoutes:
         channels = await self._channels(request, identity)
         rules = self.node.rules
         for channel in channels:
-            if not rules.options(channel).history_enabled:
+            if not _resumable(rules.options(channel)):
                 raise HttpError(400, ErrorCode.NOT_AVAILABLE)  # nothing to resume from
         cursor = self._cursor(request.query_value("cursor"))
         headers = [*NO_CACHE_HEADERS, *self.cors.headers(request)]
@@ -691,3 +691,10 @@ class TransportRoutes:
         if position is not None and position.offset:
             result = msgspec.json.encode({"offset": position.offset, "epoch": position.epoch})
         return Response(200, result, "application/json", self.cors.headers(request))
+
+
+def _resumable(options: ChannelOptions) -> bool:
+    """A channel a cursor can resume: one with history, or a map that keeps its changes."""
+    if options.map is not None and options.is_map:
+        return options.map.has_stream
+    return options.history_enabled

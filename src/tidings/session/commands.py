@@ -55,7 +55,7 @@ from tidings.protocol.messages import (
     SubscribeRequest,
     SubscribeResult,
 )
-from tidings.session import subscriptions
+from tidings.session import maps, subscriptions
 from tidings.session.subscriptions import Subscription
 
 if TYPE_CHECKING:
@@ -360,8 +360,9 @@ async def connect_unidirectional(session: Session, request: ConnectRequest) -> N
 async def subscribe(session: Session, command_id: int, request: SubscribeRequest) -> None:
     node = session.node
     channel = request.channel
-    if request.type:
-        raise ReplyError(ErrorCode.NOT_AVAILABLE)
+    if request.type:  # map subscriptions (docs/protocol.md section 14)
+        await maps.subscribe(session, command_id, request, _subscription_token)
+        return
     if channel in session.subscriptions:
         raise ReplyError(ErrorCode.ALREADY_SUBSCRIBED)
     if len(session.subscriptions) >= node.config.client_channel_limit:
@@ -446,6 +447,8 @@ async def sub_refresh(session: Session, command_id: int, request: SubRefreshRequ
 async def publish(session: Session, command_id: int, request: PublishRequest) -> bytes:
     """A client publication: the ``on_publish`` handler for the channel (which replaces the
     ``allow_publish_*`` rules and may reshape the data), or the namespace's rules."""
+    if request.type:  # a map key (docs/protocol.md section 14)
+        return await maps.publish(session, command_id, request)
     channel = request.channel
     node = session.node
     subscription = session.subscriptions.get(channel)

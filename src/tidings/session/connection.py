@@ -46,7 +46,7 @@ from tidings.protocol.messages import (
     StreamPosition,
 )
 from tidings.protocol.wire import WireFormat, Writer
-from tidings.session import commands, subscriptions
+from tidings.session import commands, maps, subscriptions
 from tidings.session.subscriptions import MAX_TTL, Subscription
 from tidings.session.transport import RequestInfo, Transport
 
@@ -564,6 +564,10 @@ class Session:
     def insufficient_state(self, channel: str) -> None:
         """The hub lost publications for a positioned subscription: the client recovers."""
         subscriptions.insufficient_state(self, channel)
+
+    def map_cleared(self, channel: str) -> None:
+        """The map channel was cleared: the client reloads its state (unsubscribe 2502)."""
+        maps.cleared(self, channel)
 
     async def server_subscribe(
         self,

@@ -52,9 +52,11 @@ from tidings.protocol.messages import (
     SubscribeResult,
     UnsubscribePush,
 )
+from tidings.session import map_presence
 
 if TYPE_CHECKING:
     from tidings.session.connection import Session
+    from tidings.session.maps import MapFlow
 
 log = logging.getLogger("tidings.session")
 
@@ -79,6 +81,7 @@ class Subscription:
         "expiry_handle",
         "join_leave_push",
         "live",
+        "map",
         "max_frequency",
         "options",
         "positioned",
@@ -111,6 +114,8 @@ class Subscription:
         """Delivering live, and its join announced: its end is announced as a leave."""
         self.ended_by: Unsubscribe | None = None
         """Why the server ended it before it was answered (told right after the answer)."""
+        self.map: MapFlow | None = None
+        """A map subscription's flow (docs/protocol.md section 14); ``None`` for a stream."""
 
 
 def effective_options(options: ChannelOptions, override: SubscriptionOverride) -> ChannelOptions:
@@ -223,6 +228,8 @@ def plan(
     """Decide what a granted stream subscription promises (recovery, positioning,
     join/leave pushes), from its options and what the client asked. No I/O."""
     options = grant.options
+    if options.is_map:  # a map namespace takes map subscriptions only (section 14)
+        raise ReplyError(ErrorCode.PERMISSION_DENIED)
     subscription = Subscription(channel, options, server_side=server_side)
     subscription.chan_info = grant.chan_info
     subscription.expire_at = grant.expire_at
@@ -353,7 +360,7 @@ async def _read_position(
     result.positioned = True
     result.recoverable = subscription.recoverable
     if request.recover and subscription.recoverable:
-        since = StreamPosition(request.offset, request.epoch)
+        since = StreamPosition(request.offset, request.epoch or "")
         publications, top, recovered = await node.recover(channel, since)
         if not recovered and request.flag & FLAG_REJECT_UNRECOVERABLE:
             raise ReplyError(ErrorCode.UNRECOVERABLE_POSITION)
@@ -415,6 +422,7 @@ async def go_live(
                 exc,
                 extra=session.log_fields(channel=subscription.channel),
             )
+    await map_presence.joined(session, subscription)
 
 
 # --------------------------------------------------------------------------- conflation
@@ -559,6 +567,7 @@ async def announce_leave(session: Session, subscription: Subscription) -> None:
             exc,
             extra=session.log_fields(channel=channel),
         )
+    await map_presence.left(session, subscription)
 
 
 # --------------------------------------------------------------------------- expiry

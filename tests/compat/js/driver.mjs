@@ -95,6 +95,21 @@ const CLIENT_EVENTS = [
 const SUBSCRIPTION_EVENTS = [
   'subscribing', 'subscribed', 'unsubscribed', 'publication', 'join', 'leave', 'error',
 ];
+const MAP_EVENTS = ['subscribing', 'subscribed', 'unsubscribed', 'error', 'sync', 'update'];
+
+// What an application does with a map subscription's events: the current state by key.
+const mapStates = new Map();
+
+function applyMapEvent(channel, name, ctx) {
+  const state = mapStates.get(channel);
+  if (name === 'sync') {
+    state.clear();
+    for (const entry of ctx.entries) state.set(entry.key, entry.data ?? null);
+  } else if (name === 'update') {
+    if (ctx.removed) state.delete(ctx.key);
+    else state.set(ctx.key, ctx.data ?? null);
+  }
+}
 
 function requireClient() {
   if (client === null) {
@@ -150,6 +165,39 @@ const operations = {
     }
     subscriptions.set(channel, sub);
     return null;
+  },
+  new_map_subscription({ channel, kind, options, getToken }) {
+    // kind: 'map' (newMapSubscription), 'clients' or 'users' (map presence).
+    const config = { ...(options ?? {}) };
+    if (getToken) config.getToken = (ctx) => requestToken('subscription', ctx.channel);
+    const c = requireClient();
+    const sub = kind === 'clients'
+      ? c.newMapClientsSubscription(channel, config)
+      : kind === 'users'
+        ? c.newMapUsersSubscription(channel, config)
+        : c.newMapSubscription(channel, config);
+    mapStates.set(channel, new Map());
+    for (const name of MAP_EVENTS) {
+      sub.on(name, (ctx) => {
+        applyMapEvent(channel, name, ctx);
+        // A sync of thousands of keys is summarised: the test reads the state with map_state.
+        let shown = ctx;
+        if (name === 'sync') shown = { count: ctx.entries.length };
+        if (name === 'subscribed') shown = { ...ctx, state: (ctx.state ?? []).length };
+        emit({ type: 'event', source: 'sub', channel, event: name, ctx: shown });
+      });
+    }
+    subscriptions.set(channel, sub);
+    return null;
+  },
+  map_state({ channel }) {
+    return Object.fromEntries(mapStates.get(channel) ?? []);
+  },
+  async map_publish({ channel, key, data }) {
+    return await requireSubscription(channel).publish(key, data);
+  },
+  async map_remove({ channel, key }) {
+    return await requireSubscription(channel).remove(key);
   },
   subscribe({ channel }) {
     requireSubscription(channel).subscribe();

@@ -13,6 +13,8 @@ Cluster). :mod:`tidings.brokers.base` states the contracts; the pieces:
 * :mod:`.pubsub`: one pub/sub link per Redis server, read in order.
 * :mod:`.broker`: :class:`RedisBroker`, publications and streams.
 * :mod:`.presence`: :class:`RedisPresence`.
+* :mod:`.map`: :class:`RedisMapBroker`, map channels (state, stream, key TTLs), with
+  :mod:`.interest` for its pub/sub subscriptions.
 
 It needs the ``redis`` extra (redis-py with hiredis).
 """
@@ -20,6 +22,7 @@ It needs the ``redis`` extra (redis-py with hiredis).
 from tidings.brokers.redis.address import RedisAddress, parse_redis_url
 from tidings.brokers.redis.broker import RedisBroker
 from tidings.brokers.redis.connection import DEFAULT_TIMEOUT, RoundTrips
+from tidings.brokers.redis.map import RedisMapBroker
 from tidings.brokers.redis.presence import RedisPresence
 from tidings.brokers.redis.pubsub import DEFAULT_PING_INTERVAL, RECONNECT_BACKOFF_MAX
 
@@ -29,6 +32,7 @@ __all__ = [
     "RECONNECT_BACKOFF_MAX",
     "RedisAddress",
     "RedisBroker",
+    "RedisMapBroker",
     "RedisPresence",
     "RoundTrips",
     "parse_redis_url",

@@ -23,6 +23,14 @@ from redis.asyncio.cluster import RedisCluster
 
 __all__ = [
     "HISTORY",
+    "MAP_CLEAR",
+    "MAP_EXPIRE",
+    "MAP_INDEX_RELEASE",
+    "MAP_PUBLISH",
+    "MAP_READ_STATE",
+    "MAP_READ_STREAM",
+    "MAP_REMOVE",
+    "MAP_STATS",
     "PRESENCE_ADD",
     "PRESENCE_GET",
     "PRESENCE_REMOVE",
@@ -69,6 +77,16 @@ PRESENCE_ADD = Script("presence_add.lua", uses=("prune_presence.lua", "clock.lua
 PRESENCE_REMOVE = Script("presence_remove.lua")
 PRESENCE_GET = Script("presence_get.lua", uses=("prune_presence.lua", "clock.lua"))
 PRESENCE_STATS = Script("presence_stats.lua", uses=("prune_presence.lua", "clock.lua"))
+
+_MAP = ("clock.lua", "map_common.lua")
+MAP_PUBLISH = Script("map_publish.lua", uses=_MAP)
+MAP_REMOVE = Script("map_remove.lua", uses=_MAP)
+MAP_READ_STATE = Script("map_read_state.lua", uses=_MAP)
+MAP_READ_STREAM = Script("map_read_stream.lua", uses=_MAP)
+MAP_STATS = Script("map_stats.lua", uses=_MAP)
+MAP_CLEAR = Script("map_clear.lua", uses=_MAP)
+MAP_EXPIRE = Script("map_expire.lua", uses=_MAP)
+MAP_INDEX_RELEASE = Script("map_index_release.lua")
 
 
 def milliseconds(seconds: float) -> str:

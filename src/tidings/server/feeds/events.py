@@ -48,8 +48,10 @@ import msgspec
 
 from tidings.protocol.codec import PreparedPush
 from tidings.protocol.cursor import encode_cursor, encode_entry
+from tidings.protocol.maps import MapPublication
 from tidings.protocol.messages import Publication, StreamPosition
 from tidings.protocol.wire import END_CHUNK, WireFormat, Writer, chunk
+from tidings.server.feeds import maps
 
 if TYPE_CHECKING:
     from tidings.node import Node
@@ -75,6 +77,23 @@ def publications_of(pushes: Sequence[PreparedPush]) -> Iterable[tuple[str, int, 
         body = push.body
         if isinstance(body, Publication):
             yield push.channel, body.offset, bytes(body.data)
+
+
+def payloads_of(
+    pushes: Sequence[PreparedPush], channel_json: Callable[[str], bytes]
+) -> Iterable[tuple[str, int, bytes]]:
+    """``(channel, offset, payload)`` of each publication or map change in a hub batch,
+    rendered for plain-HTTP clients from the prepared pushes' fields."""
+    for push in pushes:
+        body = push.body
+        if isinstance(body, Publication):
+            yield (
+                push.channel,
+                body.offset,
+                publication_json(channel_json(push.channel), body.offset, bytes(body.data)),
+            )
+        elif isinstance(body, MapPublication):
+            yield push.channel, body.offset, maps.change_json(channel_json(push.channel), body)
 
 
 def sse_event(event_id: bytes, payload: bytes, kind: bytes = b"") -> bytes:
@@ -179,6 +198,7 @@ class EventsFeed(WireFormat):
         "cursor",
         "history_channels",
         "live",
+        "map_channels",
         "node",
         "on_gone",
         "pending",
@@ -207,6 +227,8 @@ class EventsFeed(WireFormat):
         self._order = sorted(history_channels)
         self._entries: dict[str, str] = {}
         self._channel_json = {channel: _encode(channel) for channel in channels}
+        self.map_channels = frozenset(c for c in channels if node.maps.is_map(c))
+        """Channels that start with a snapshot (docs/transports.md, "Map channels")."""
         self.cursor = b""
         self.live: dict[EventsMember, Writer] = {}
         self.pending: set[EventsMember] = set()
@@ -226,7 +248,14 @@ class EventsFeed(WireFormat):
             for channel in sorted(self.channels):
                 await node.attach(channel, self)
                 attached.append(channel)
-            tops = {channel: await node.stream_top(channel) for channel in self._order}
+            tops = {
+                channel: await (
+                    node.maps.top(channel)
+                    if channel in self.map_channels
+                    else node.stream_top(channel)
+                )
+                for channel in self._order
+            }
             for channel, top in tops.items():
                 self._set_position(channel, top)
             for channel in attached:
@@ -308,7 +337,7 @@ class EventsFeed(WireFormat):
         events: list[FeedEvent] = []
         parts: list[bytes] = []
         positions = self.positions
-        for channel, offset, data in publications_of(pushes):
+        for channel, offset, payload in payloads_of(pushes, self.channel_json):
             position: StreamPosition | None = None
             current = positions.get(channel)
             if current is not None:
@@ -319,7 +348,6 @@ class EventsFeed(WireFormat):
                     break
                 position = StreamPosition(offset, current.epoch)
                 self._set_position(channel, position)
-            payload = publication_json(self._channel_json[channel], offset, data)
             events.append(FeedEvent(channel, position, payload))
             parts.append(sse_event(self.cursor, payload))
         self._batch = events
@@ -352,7 +380,31 @@ class EventsFeed(WireFormat):
         catch_up: list[tuple[str, list[Publication], StreamPosition]] = []
         resync: list[tuple[str, StreamPosition]] = []
         start: dict[str, StreamPosition] = {}
+        snapshots: list[tuple[str, bytes, StreamPosition | None]] = []
+        map_changes: list[FeedEvent] = []
+        for channel in sorted(self.map_channels):
+            channel_json = self._channel_json[channel]
+            resume = await maps.catch_up(node, channel, channel_json, cursor.get(channel))
+            if resume.position is not None:
+                start[channel] = resume.position
+            if resume.snapshot is not None:
+                snapshots.append((channel, resume.snapshot, resume.position))
+                continue
+            epoch = resume.position.epoch if resume.position is not None else ""
+            map_changes += [
+                FeedEvent(
+                    channel,
+                    StreamPosition(change.offset, epoch),
+                    maps.entry_change_json(channel_json, change),
+                )
+                for change in resume.changes
+            ]
+            since = cursor.get(channel)
+            if since is not None:  # the changes apply from the client's own position
+                start[channel] = StreamPosition(since.offset, epoch)
         for channel in self._order:
+            if channel in self.map_channels:
+                continue
             since = cursor.get(channel)
             if since is not None:
                 publications, top, recovered = await node.recover(channel, since)
@@ -378,8 +430,12 @@ class EventsFeed(WireFormat):
                 top.offset,
             )
             parts.append(sse_event(member.cursor(), body, b"resync"))
+        for channel, snapshot, position in snapshots:
+            if position is not None:
+                member.positions[channel] = position
+            parts.append(sse_event(member.cursor(), snapshot, b"snapshot"))
         member._write(parts)
-        events = [
+        events = map_changes + [
             FeedEvent(
                 channel,
                 StreamPosition(publication.offset, top.epoch),

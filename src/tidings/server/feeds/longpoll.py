@@ -31,7 +31,8 @@ from tidings.protocol.codec import PreparedPush
 from tidings.protocol.cursor import encode_cursor
 from tidings.protocol.messages import StreamPosition
 from tidings.protocol.wire import WireFormat, Writer
-from tidings.server.feeds.events import publication_json, publications_of
+from tidings.server.feeds import maps
+from tidings.server.feeds.events import payloads_of, publication_json
 
 if TYPE_CHECKING:
     from tidings.node import Node
@@ -58,6 +59,7 @@ class LongPollWaiter(WireFormat):
         "positions",
         "publications",
         "resync",
+        "snapshots",
         "wire",
         "writer",
     )
@@ -71,6 +73,7 @@ class LongPollWaiter(WireFormat):
         self.positions: dict[str, StreamPosition] = {}
         self.publications: list[bytes] = []
         self.resync: list[str] = []
+        self.snapshots: list[bytes] = []
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._answer_handle: asyncio.Handle | None = None
 
@@ -105,6 +108,15 @@ class LongPollWaiter(WireFormat):
         for channel in self.channels:
             since = cursor.get(channel)
             channel_json = _encode(channel)
+            if node.maps.is_map(channel):  # a snapshot, or the changes since (section 14)
+                resume = await maps.catch_up(node, channel, channel_json, since)
+                assert resume.position is not None  # /longpoll takes maps that keep changes
+                self.positions[channel] = resume.position
+                if resume.snapshot is not None:
+                    self.snapshots.append(resume.snapshot)
+                for change in resume.changes:
+                    self.publications.append(maps.entry_change_json(channel_json, change))
+                continue
             if since is None:
                 self.positions[channel] = await node.stream_top(channel)
                 continue
@@ -123,7 +135,7 @@ class LongPollWaiter(WireFormat):
 
     @property
     def has_answer(self) -> bool:
-        return bool(self.publications or self.resync)
+        return bool(self.publications or self.resync or self.snapshots)
 
     def wait_live(self) -> None:
         """Nothing to answer yet: go live in the hub from the positions just read."""
@@ -141,7 +153,7 @@ class LongPollWaiter(WireFormat):
 
     def frame_pushes(self, pushes: Sequence[PreparedPush]) -> bytes:
         """A batch from the hub: keep the publications after the waiter's positions."""
-        for channel, offset, data in publications_of(pushes):
+        for channel, offset, payload in payloads_of(pushes, _encode):
             current = self.positions.get(channel)
             if current is None or offset <= current.offset:
                 continue
@@ -149,7 +161,7 @@ class LongPollWaiter(WireFormat):
                 # Lost between broker and node: answer now; the next request reads history.
                 self._answer_soon()
                 return b""
-            self.publications.append(publication_json(_encode(channel), offset, data))
+            self.publications.append(payload)
             self.positions[channel] = StreamPosition(offset, current.epoch)
         if self.publications:
             self._answer_soon()
@@ -169,9 +181,12 @@ class LongPollWaiter(WireFormat):
         self.finish()
 
     def body(self) -> bytes:
-        """``{"publications":[..],"cursor":".."}``, plus ``"resync":[..]`` if history fell short."""
+        """``{"publications":[..],"cursor":".."}``, plus ``"resync":[..]`` if history fell
+        short and ``"snapshots":[..]`` for map channels that start (again) from their state."""
         cursor = _encode(encode_cursor(self.positions))
         body = b'{"publications":[' + b",".join(self.publications) + b'],"cursor":' + cursor
         if self.resync:
             body += b',"resync":' + _encode(self.resync)
+        if self.snapshots:
+            body += b',"snapshots":[' + b",".join(self.snapshots) + b"]"
         return body + b"}"

@@ -1,0 +1,117 @@
+"""Map subscriptions over the Protobuf encoding, on bytes (docs/protocol.md sections 13, 14).
+
+centrifuge-python's ``client.proto`` predates map subscriptions, so the map fields are
+added to its messages as raw fields (``type`` 15, ``phase`` 16 of SubscribeRequest) and
+read back from the replies' unknown fields (``type`` 15, ``state`` 18 of SubscribeResult,
+``key`` 11 of Publication), as a newer SDK would have them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+
+import pytest
+from centrifuge.protocol import client_pb2 as pb
+from google.protobuf.unknown_fields import UnknownFieldSet
+
+from tests.conftest import SECRET, make_config
+from tests.support.clock import FakeClock
+from tests.support.maps import map_channels
+from tidings.auth import make_token
+from tidings.brokers.memory_map import MemoryMapBroker
+from tidings.errors import Disconnect
+from tidings.node import Node
+from tidings.protocol.protobuf import split_frame, varint
+from tidings.protocol.wire import ProtobufWire, WireFormat
+from tidings.session import RequestInfo, Session
+
+pytestmark = pytest.mark.timeout(30)
+
+WIRE = ProtobufWire("protobuf-maps-test", lambda payload: payload)
+
+
+class RecordingTransport:
+    name = "test"
+    wire: WireFormat = WIRE
+    unidirectional = False
+    emulation = False
+
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+        self.closed_with: Disconnect | None = None
+
+    @property
+    def closed(self) -> bool:
+        return self.closed_with is not None
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def close(self, disconnect: Disconnect) -> None:
+        self.closed_with = disconnect
+
+    def write_buffer_size(self) -> int:
+        return 0
+
+    def take(self) -> list[pb.Reply]:
+        replies = [pb.Reply.FromString(m) for data in self.written for m in split_frame(data)]
+        self.written.clear()
+        return replies
+
+
+def command(command_id: int, field: int, body: bytes) -> bytes:
+    """A Command with ``id`` and one request in ``field``, varint-delimited."""
+    message = b"\x08" + varint(command_id) + varint(field << 3 | 2) + varint(len(body)) + body
+    return varint(len(message)) + message
+
+
+def unknown(message: object) -> dict[int, list[object]]:
+    fields: dict[int, list[object]] = {}
+    for item in UnknownFieldSet(message):  # type: ignore[arg-type]
+        fields.setdefault(item.field_number, []).append(item.data)
+    return fields
+
+
+@pytest.fixture
+async def node() -> AsyncIterator[Node]:
+    clock = FakeClock()
+    config = make_config(channels=map_channels(), broker_unsubscribe_delay=0.0, coalesce_delay=0)
+    running = Node(config, clock=clock, map_broker=MemoryMapBroker(clock.time, cleanup_interval=0))
+    await running.start()
+    yield running
+    await running.shutdown()
+
+
+async def test_a_map_subscribe_and_its_changes_in_protobuf(node: Node) -> None:
+    transport = RecordingTransport()
+    session = Session(node, transport, RequestInfo("192.0.2.7"))
+    token = make_token(SECRET, user="alice", ttl=3600, clock=node.clock.time)
+
+    async def send(frame: bytes) -> list[pb.Reply]:
+        session.handle_frame(frame)
+        await session.idle()
+        await asyncio.sleep(0)
+        return transport.take()
+
+    connect = pb.ConnectRequest(token=token).SerializeToString()
+    (connected,) = await send(command(1, 4, connect))
+    assert connected.HasField("connect")
+    for n in range(3):
+        await node.map_publish("prices:pb", f"k{n}", {"v": n})
+    subscribe = pb.SubscribeRequest(channel="prices:pb").SerializeToString()
+    subscribe += b"\x78\x01" + b"\x80\x01\x02"  # type = 1 (map), phase = 2 (STATE)
+    (reply,) = await send(command(2, 5, subscribe))
+    result = reply.subscribe
+    assert (result.offset, result.recoverable, bool(result.epoch)) == (3, True, True)
+    extra = unknown(result)
+    assert extra[15] == [1]  # type
+    entries = [pb.Publication.FromString(raw) for raw in extra[18]]  # state
+    assert [json.loads(entry.data) for entry in entries] == [{"v": 0}, {"v": 1}, {"v": 2}]
+    assert [unknown(entry)[11] for entry in entries] == [[b"k0"], [b"k1"], [b"k2"]]  # keys
+    await node.map_publish("prices:pb", "k1", {"v": "new"})
+    await asyncio.sleep(0)  # the hub flushes at the end of the loop turn
+    (pushed,) = transport.take()
+    pub = pushed.push.pub
+    assert (pub.offset, json.loads(pub.data), unknown(pub)[11]) == (4, {"v": "new"}, [b"k1"])

@@ -1,5 +1,5 @@
-"""A market ticker: 500 simulated symbols, about 2,000 trades a second, a live board and chart,
-and an order form whose fills come back on the trader's personal channel.
+"""A market ticker: 500 simulated symbols, about 2,000 quote updates a second, a live board
+and chart, and an order form whose fills come back on the trader's personal channel.
 
 Run it from the repository root (``npm ci && npm run build`` first, for the chart)::
 
@@ -14,11 +14,12 @@ holds the lock in Redis::
 How it fits together:
 
 * the market (:class:`MarketLoop`, on one process: ``examples/game/leader.py``)
-  trades 20 times a second and publishes each batch of quotes to
-  ``quotes:board``, the whole board once a second to ``snap:board``, and every
-  symbol's one-second bar to ``chart:SYMBOL``;
-* ``on_subscribe("quotes:*")`` hands a newcomer every symbol's latest quote in
-  its subscribe reply: the last whole board plus the batches since;
+  trades 20 times a second and writes each symbol's latest quote to its key in
+  the map channel ``quotes:board``, and every symbol's one-second bar to
+  ``chart:SYMBOL``;
+* a page subscribes to ``quotes:board`` as a map (centrifuge-js
+  ``newMapSubscription``): it gets every symbol's latest quote at once, then
+  each change, and catches up after a dropped network;
 * a page connects with a random key of its own; ``on_connect`` makes the user id
   from it and subscribes the connection to ``fills:#<user>``;
 * the ``order`` RPC validates the order (:class:`~examples.ticker.market.Order`),
@@ -55,13 +56,11 @@ from tidings import (
     ConnectResult,
     RPCContext,
     SubscribeContext,
-    SubscribeResult,
     Tidings,
 )
 
 HERE = Path(__file__).parent
 BOARD = "quotes:board"
-SNAPSHOT = "snap:board"
 ORDERS = "orders:queue"
 TICK = 0.05
 PUBLISH_CONCURRENCY = 32
@@ -76,20 +75,6 @@ def chart_channel(symbol: str) -> str:
 def fills_channel(user: str) -> str:
     """The user's personal channel: ``#`` limits it to that user (allow_user_limited_channels)."""
     return f"fills:#{user}"
-
-
-class Batch(msgspec.Struct):
-    """What ``quotes:board`` carries: the trades of one tick, in order."""
-
-    quotes: list[Quote]
-
-
-class Board(msgspec.Struct):
-    """What ``snap:board`` carries: every symbol, as of ``quotes:board``'s ``offset``."""
-
-    offset: int
-    epoch: str
-    quotes: list[Quote]
 
 
 class Trader(msgspec.Struct):
@@ -133,25 +118,16 @@ class MarketLoop:
         clock = asyncio.get_running_loop().time
         market = Market(self.seed)
         book = Book(market)
-        latest = await rt.history(SNAPSHOT, limit=1, reverse=True)
-        if latest.publications:  # another process ran the market until now: carry on
-            market.restore(msgspec.convert(latest.publications[0].data, Board).quotes)
+        market.restore(await latest_quotes(rt))  # another process may have run it until now
+        await self._publish_quotes(market.board(time.time()))  # every symbol from the open
         top = await rt.history(ORDERS, limit=0)
         cursor = (top.offset, top.epoch)
         next_tick = clock()
         second = int(time.time())
-        ticks = 0
         while True:
             now = time.time()
             if self.trading:
-                # The opening batch is the whole board: pages that subscribed before the
-                # market ran learn every symbol from it, not just the ones that trade.
-                trades = market.step(TICK, now) if ticks else market.board(now)
-                published = await rt.publish(BOARD, Batch(trades))
-                ticks += 1
-                if ticks % 20 == 1:
-                    board = Board(published.offset, published.epoch, market.board(now))
-                    await rt.publish(SNAPSHOT, board)
+                await self._publish_quotes(market.step(TICK, now))
             else:
                 self._still.set()
             orders, cursor = await self._read_orders(cursor)
@@ -169,6 +145,22 @@ class MarketLoop:
             if delay < -TICK:  # fell behind (a paused process): do not race to catch up
                 next_tick = clock()
             await asyncio.sleep(max(0.0, delay))
+
+    async def _publish_quotes(self, quotes: list[Quote]) -> None:
+        """Each symbol's latest quote of the tick to its key of the board, side by side.
+
+        Only the latest per symbol: writes run concurrently, and two of one key
+        could land out of order. At most ``PUBLISH_CONCURRENCY`` at once: the
+        Redis engine's connection pool refuses more than 100 concurrent commands.
+        """
+        latest = {quote.symbol: quote for quote in quotes}
+        limit = asyncio.Semaphore(PUBLISH_CONCURRENCY)
+
+        async def write(quote: Quote) -> None:
+            async with limit:
+                await self.rt.node.map_publish(BOARD, quote.symbol, quote)
+
+        await asyncio.gather(*(write(quote) for quote in latest.values()))
 
     async def _publish_bars(self, bars: dict[str, Bar]) -> None:
         """Every symbol's bar, next to the ticks (on Redis, 500 publications take ~0.2 s).
@@ -212,8 +204,6 @@ def build(config: str | Path | Any = HERE / "tidings.toml", **overrides: Any) ->
     """The application (handlers, typed channels, pages) and its market."""
     rt = Tidings(config, **overrides)
     rt.static("/", HERE / "static")
-    rt.channel("quotes:*", schema=Batch)
-    rt.channel("snap:*", schema=Board)
     rt.channel("chart:*", schema=Bar)
     rt.channel("orders:*", schema=Placed)
     market = MarketLoop(rt)
@@ -230,16 +220,10 @@ def build(config: str | Path | Any = HERE / "tidings.toml", **overrides: Any) ->
         return ConnectResult(user, data={"user": user}, channels=[fills_channel(user)])
 
     @rt.on_subscribe("quotes:*")
-    async def board(ctx: SubscribeContext) -> SubscribeResult:
+    async def board(ctx: SubscribeContext) -> None:
         if ctx.channel != BOARD:
             raise ClientError(102, "unknown channel")
-
-        async def whole_board() -> dict[str, list[Quote]]:
-            """Read once the subscription has joined: no batch between it and the live ones
-            (one may be in both: the page keeps the newer quote of a symbol)."""
-            return {"quotes": await latest_quotes(rt)}
-
-        return SubscribeResult(data=whole_board)
+        return None  # the map's state is the whole board
 
     @rt.on_subscribe("chart:*")
     async def chart(ctx: SubscribeContext) -> None:
@@ -265,20 +249,9 @@ def build(config: str | Path | Any = HERE / "tidings.toml", **overrides: Any) ->
 
 
 async def latest_quotes(rt: Tidings) -> list[Quote]:
-    """Every symbol's latest quote: the last whole board, then the batches since it."""
-    latest = await rt.history(SNAPSHOT, limit=1, reverse=True)
-    if not latest.publications:
-        return []
-    board = msgspec.convert(latest.publications[0].data, Board)
-    quotes = {quote.symbol: quote for quote in board.quotes}
-    try:
-        since = await rt.history(BOARD, since=(board.offset, board.epoch), limit=-1)
-    except ClientError:
-        return list(quotes.values())
-    for publication in since.publications:
-        for quote in msgspec.convert(publication.data, Batch).quotes:
-            quotes[quote.symbol] = quote
-    return sorted(quotes.values(), key=lambda quote: quote.symbol)
+    """Every symbol's latest quote: the board's state."""
+    state = await rt.node.map_state(BOARD)
+    return [msgspec.json.decode(entry.data, type=Quote) for entry in state.entries]
 
 
 rt = build().rt

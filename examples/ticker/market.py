@@ -3,8 +3,9 @@
 Prices follow geometric Brownian motion in real time (each symbol has its own
 volatility, from a quiet 15 % to a wild 90 % a year, scaled up so that the
 cents move), with rare jumps (news), a bid/ask spread and traded volume.
-Symbols trade at different rates, a few very often and most now and then, for
-about 2,000 updates a second in all. :class:`Book` matches the orders people
+Symbols trade at different rates, a few very often and most now and then:
+2,800 trades a second in all, which the board publishes as about 2,000 quote
+updates (each symbol's latest per tick). :class:`Book` matches the orders people
 send against those prices.
 """
 
@@ -19,7 +20,8 @@ from typing import Annotated, Literal
 import msgspec
 
 SYMBOLS = 500
-UPDATES_PER_SECOND = 2000
+TRADES_PER_SECOND = 2800
+"""The board publishes each symbol's latest per tick (20 a second): about 2,000 updates."""
 VOLATILITY_SCALE = 3.0
 """Real volatility, three times over: a $100 stock moves a few cents a second, so the board
 moves visibly without looking fake."""
@@ -163,7 +165,7 @@ class Market:
         self._weights = list(itertools.accumulate(s.weight for s in self._population))
         self._owed = 0.0
 
-    def step(self, seconds: float, now: float, rate: float = UPDATES_PER_SECOND) -> list[Quote]:
+    def step(self, seconds: float, now: float, rate: float = TRADES_PER_SECOND) -> list[Quote]:
         """About ``rate * seconds`` trades, spread over the symbols by their activity."""
         self._owed += rate * seconds
         count = int(self._owed)

@@ -71,7 +71,9 @@ async def open_trader(browser: Any, base_url: str, viewport: dict[str, int] | No
     page.on("pageerror", lambda error: errors.append(str(error)))
     page.errors = errors
     await page.goto(f"{base_url}/")
-    await page.wait_for_function("document.body.dataset.subscribed === 'true'")
+    await page.wait_for_function(
+        "document.body.dataset.subscribed === 'true' && document.body.dataset.symbols"
+    )
     return page
 
 

@@ -1,7 +1,7 @@
 // tidings market: a live board of 500 symbols, a chart of one, orders and their fills.
-// Quotes arrive on quotes:board (the subscribe reply carries every symbol's latest, so the
-// table fills at once), one-second bars on chart:SYMBOL, fills on this trader's personal
-// channel fills:#USER (the server subscribes the connection to it).
+// Quotes arrive on the map quotes:board (one key per symbol: the whole board at once, then
+// each change), one-second bars on chart:SYMBOL, fills on this trader's personal channel
+// fills:#USER (the server subscribes the connection to it).
 (function () {
   "use strict";
   const BOARD = "quotes:board";
@@ -51,16 +51,17 @@
 
   // ------------------------------------------------------------------ the board
 
-  const board = centrifuge.newSubscription(BOARD);
-  board.on("subscribed", (ctx) => {
-    // on_subscribe put every symbol's latest quote in the reply: the whole table at once.
-    if (ctx.data && ctx.data.quotes) ctx.data.quotes.forEach(take);
+  // A map: one key per symbol. `sync` brings the whole board (on subscribe, or after an
+  // absence too long to catch up); `update` each change after it.
+  const board = centrifuge.newMapSubscription(BOARD, { pageSize: 500 });
+  board.on("sync", (ctx) => {
+    ctx.entries.forEach((entry) => take(entry.data));
     drawPending();
-    document.body.dataset.symbols = String(quotes.size); // how many the reply brought at once
-    document.body.dataset.subscribed = "true";
+    document.body.dataset.symbols = String(quotes.size); // how many came at once
   });
+  board.on("update", (ctx) => { if (!ctx.removed) take(ctx.data); });
+  board.on("subscribed", () => { document.body.dataset.subscribed = "true"; });
   board.on("subscribing", () => { document.body.dataset.subscribed = "false"; });
-  board.on("publication", (ctx) => ctx.data.quotes.forEach(take));
 
   function take(quote) {
     const known = pending.get(quote.symbol) || quotes.get(quote.symbol);

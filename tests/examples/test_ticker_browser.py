@@ -210,6 +210,47 @@ async def test_a_throttled_page_and_a_paused_page_end_on_the_latest_prices_conne
     assert set(app.rt.node.clients) == clients
 
 
+SET_HIDDEN = """(hidden) => {
+  Object.defineProperty(document, "hidden", {configurable: true, get: () => hidden});
+  document.dispatchEvent(new Event("visibilitychange"));
+}"""
+"""What the browser does when a tab goes to the background (or comes back)."""
+
+
+async def updates_per_second(page: Any, seconds: float = 2.0) -> float:
+    loop = asyncio.get_running_loop()
+    before, began = await page.evaluate("window.ticker.updates"), loop.time()
+    await asyncio.sleep(seconds)
+    after = await page.evaluate("window.ticker.updates")
+    return float(after - before) / (loop.time() - began)
+
+
+async def test_a_background_page_gets_one_update_per_symbol_a_second_then_all_again(
+    browser: Any, start_app: StartApp
+) -> None:
+    """A hidden page asks for one update per symbol per second (the server conflates: the
+    latest quote of each symbol, never a backlog); shown again, it gets every update."""
+    app = build(port=0)
+    server = await start_app(app.rt)
+    page = await open_trader(browser, server.http_url)
+    assert await updates_per_second(page) > 1200
+
+    await page.evaluate(SET_HIDDEN, True)
+    await page.wait_for_function(
+        "document.body.dataset.rate === '1' && document.body.dataset.subscribed === 'true'"
+    )
+    assert await updates_per_second(page, 3.0) <= SYMBOLS * 1.1
+    await ends_on_the_latest_prices(app, page)  # conflated, yet the latest of every symbol
+
+    app.market.trading = True
+    await page.evaluate(SET_HIDDEN, False)
+    await page.wait_for_function(
+        "document.body.dataset.rate === '0' && document.body.dataset.subscribed === 'true'"
+    )
+    assert await updates_per_second(page) > 1200
+    assert await page.evaluate("window.ticker.disconnects") == 0
+
+
 async def test_a_page_offline_gets_every_fill_once_and_the_latest_prices(
     browser: Any, start_app: StartApp
 ) -> None:

@@ -20,6 +20,7 @@
   let sortKey = "symbol", sortDir = 1, sortedAt = 0, sortDirty = false;
   let chosen = null;
   let received = 0;
+  let updates = 0;      // board updates received since the page opened (tests read it)
   let user = "";
 
   function traderKey() {
@@ -52,16 +53,39 @@
   // ------------------------------------------------------------------ the board
 
   // A map: one key per symbol. `sync` brings the whole board (on subscribe, or after an
-  // absence too long to catch up); `update` each change after it.
-  const board = centrifuge.newMapSubscription(BOARD, { pageSize: 500 });
-  board.on("sync", (ctx) => {
-    ctx.entries.forEach((entry) => take(entry.data));
-    drawPending();
-    document.body.dataset.symbols = String(quotes.size); // how many came at once
+  // absence too long to catch up); `update` each change after it. The server conflates:
+  // a connection that cannot keep up gets the latest quote of each symbol, never a backlog,
+  // and a page that asks for a rate gets at most that many updates per symbol per second.
+  const HIDDEN_RATE = 1; // updates per symbol per second while nobody looks at the page
+  let board = null;
+  let rate = 0;          // 0: every update
+
+  function subscribeBoard(wanted) {
+    if (board) centrifuge.removeSubscription(board);
+    rate = wanted;
+    const sub = centrifuge.newMapSubscription(BOARD, {
+      pageSize: 500,
+      data: wanted ? { max_frequency: wanted } : undefined,
+    });
+    sub.on("sync", (ctx) => {
+      ctx.entries.forEach((entry) => take(entry.data));
+      drawPending();
+      document.body.dataset.symbols = String(quotes.size); // how many came at once
+    });
+    sub.on("update", (ctx) => { updates += 1; if (!ctx.removed) take(ctx.data); });
+    sub.on("subscribed", () => { document.body.dataset.subscribed = "true"; });
+    sub.on("subscribing", () => { document.body.dataset.subscribed = "false"; });
+    document.body.dataset.rate = String(wanted);
+    board = sub;
+    sub.subscribe();
+  }
+
+  // A background tab draws nothing: it asks for one update per symbol per second, and for
+  // every update again when it is looked at.
+  document.addEventListener("visibilitychange", () => {
+    const wanted = document.hidden ? HIDDEN_RATE : 0;
+    if (wanted !== rate) subscribeBoard(wanted);
   });
-  board.on("update", (ctx) => { if (!ctx.removed) take(ctx.data); });
-  board.on("subscribed", () => { document.body.dataset.subscribed = "true"; });
-  board.on("subscribing", () => { document.body.dataset.subscribed = "false"; });
 
   function take(quote) {
     const known = pending.get(quote.symbol) || quotes.get(quote.symbol);
@@ -314,7 +338,9 @@
 
   // What the tests read.
   window.ticker = {
-    centrifuge, board, quotes, pending, orders, fills,
+    centrifuge, quotes, pending, orders, fills,
+    get board() { return board; },
+    get updates() { return updates; },
     get user() { return user; },
     get chosen() { return chosen; },
     get disconnects() { return disconnects; },
@@ -322,6 +348,6 @@
     choose,
   };
 
-  board.subscribe();
+  subscribeBoard(document.hidden ? HIDDEN_RATE : 0);
   centrifuge.connect();
 })();

@@ -220,7 +220,7 @@ SET_HIDDEN = """(hidden) => {
 async def updates_per_second(page: Any, seconds: float = 2.0) -> float:
     loop = asyncio.get_running_loop()
     before, began = await page.evaluate("window.ticker.updates"), loop.time()
-    await asyncio.sleep(seconds)
+    await asyncio.sleep(seconds)  # a window to count in, not a wait for something to happen
     after = await page.evaluate("window.ticker.updates")
     return float(after - before) / (loop.time() - began)
 

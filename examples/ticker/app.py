@@ -15,7 +15,7 @@ How it fits together:
 
 * the market (:class:`MarketLoop`, on one process: ``examples/game/leader.py``)
   trades 20 times a second and writes each symbol's latest quote to its key in
-  the map channel ``quotes:board``, and every symbol's one-second bar to
+  the map channel ``quotes:board`` (``rt.map_publish``), and every symbol's one-second bar to
   ``chart:SYMBOL``;
 * a page subscribes to ``quotes:board`` as a map (centrifuge-js
   ``newMapSubscription``): it gets every symbol's latest quote at once, then
@@ -158,7 +158,7 @@ class MarketLoop:
 
         async def write(quote: Quote) -> None:
             async with limit:
-                await self.rt.node.map_publish(BOARD, quote.symbol, quote)
+                await self.rt.map_publish(BOARD, quote.symbol, quote)
 
         await asyncio.gather(*(write(quote) for quote in latest.values()))
 
@@ -204,6 +204,7 @@ def build(config: str | Path | Any = HERE / "tidings.toml", **overrides: Any) ->
     """The application (handlers, typed channels, pages) and its market."""
     rt = Tidings(config, **overrides)
     rt.static("/", HERE / "static")
+    rt.channel("quotes:*", schema=Quote)  # every write to the board's keys, too
     rt.channel("chart:*", schema=Bar)
     rt.channel("orders:*", schema=Placed)
     market = MarketLoop(rt)
@@ -250,8 +251,8 @@ def build(config: str | Path | Any = HERE / "tidings.toml", **overrides: Any) ->
 
 async def latest_quotes(rt: Tidings) -> list[Quote]:
     """Every symbol's latest quote: the board's state."""
-    state = await rt.node.map_state(BOARD)
-    return [msgspec.json.decode(entry.data, type=Quote) for entry in state.entries]
+    state = await rt.map_state(BOARD)
+    return [msgspec.convert(item.data, Quote) for item in state.items]
 
 
 rt = build().rt

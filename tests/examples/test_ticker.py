@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 import msgspec
 import pytest
 
-from examples.ticker.app import Ticker, build, fills_channel, latest_quotes, user_id
+from examples.ticker.app import BOARD, Ticker, build, fills_channel, latest_quotes, user_id
 from examples.ticker.market import (
     SYMBOLS,
     TRADES_PER_SECOND,
@@ -174,6 +174,20 @@ async def test_the_board_holds_every_symbol_from_the_open_and_moves(ticker: Tick
         return sum(now[s] > first[s] for s in first) >= 100
 
     await eventually(moved, "100 symbols to trade", within=5)
+
+
+async def test_a_map_subscriber_gets_the_whole_board_then_each_change(ticker: Ticker) -> None:
+    """What a page's newMapSubscription gets: every symbol at once, then newer quotes."""
+    await eventually(lambda: _has_board(ticker), "the whole board", within=5)
+    async with TestClient(ticker.rt, data={"key": KEY}) as client:
+        board = await client.subscribe_map(BOARD)
+        assert sorted(board.state) == all_symbols()
+        first = dict(board.state)
+        change = await board.next(timeout=2)
+        assert change.data["time"] >= first[change.data["symbol"]]["time"]
+        with pytest.raises(ClientError) as refused:  # the board is the market's alone
+            await client.publish(BOARD, {"symbol": "X"})
+        assert refused.value.code in (103, 107)
 
 
 async def _has_board(ticker: Ticker) -> bool:

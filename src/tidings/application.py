@@ -528,7 +528,9 @@ class Tidings:
         since: tuple[int, str] | None = None,
         reverse: bool = False,
     ) -> History:
-        """Publications of ``channel``'s history (``limit`` -1: all kept), and its position."""
+        """Publications of ``channel``'s history, and its position. ``limit`` 0 reads the
+        position only; -1 (or anything over ``history_max_publication_limit``) reads at
+        most that limit (300 by default)."""
         try:
             options = self.node.rules.options(channel)
             publications, top = await self.node.read_history(

@@ -390,6 +390,10 @@ class TestClient:
                 subscribing.result = document["subscribe"]
                 for pub in subscribing.result.get("publications", ()):
                     subscribing.publications.put_nowait(_publication(pub))
+            connected = document.get("connect")
+            if connected is not None:  # server-side subscriptions go live right after
+                for channel, result in (connected.get("subs") or {}).items():
+                    self._server_side(channel, result)
             waiter = self._waiting.get(command_id)
             if waiter is not None and not waiter.done():
                 waiter.set_result(document)
@@ -400,6 +404,9 @@ class TestClient:
                 asyncio.get_running_loop().call_soon(self._pong)
             return
         channel = push.get("channel", "")
+        if "subscribe" in push:  # subscribed on the server's initiative (API subscribe)
+            self._server_side(channel, push["subscribe"])
+            return
         subscription = self._subscriptions.get(channel)
         if "pub" in push and subscription is not None:
             if isinstance(subscription, TestMap):
@@ -421,6 +428,20 @@ class TestClient:
             self._subscriptions.pop(channel, None)
         elif "message" in push:
             self.messages.put_nowait(push["message"].get("data"))
+
+    def _server_side(self, channel: str, result: dict[str, Any]) -> None:
+        subscription = TestSubscription(self, channel, result)
+        for pub in result.get("publications", ()):
+            subscription.publications.put_nowait(_publication(pub))
+        self._subscriptions[channel] = subscription
+
+    def subscription(self, channel: str) -> TestSubscription:
+        """A subscription the server made (the token's or ``on_connect``'s channels, the
+        user's personal channel, an API ``subscribe``), or one this client made."""
+        try:
+            return self._subscriptions[channel]
+        except KeyError:
+            raise KeyError(f"not subscribed to {channel!r}") from None
 
     def _pong(self) -> None:
         if self._session is not None and not self._session.closed:

@@ -218,3 +218,29 @@ async def test_handler_latency_reaches_the_metrics() -> None:
         if sample.name.endswith("_count")
     }
     assert counts == {("rpc", "ok"): 1.0, ("rpc", "client_error"): 1.0}
+
+
+async def test_test_client_follows_server_side_subscriptions() -> None:
+    rt = app_with(subscribe_to_user_personal_channel=True, personal_channel_namespace="chat")
+
+    @rt.on_connect
+    async def connect(ctx: ConnectContext) -> ConnectResult:
+        return ConnectResult(ctx.user, channels=["chat:news"])
+
+    async with rt, TestClient(rt, token=token("pat")) as client:
+        await rt.publish("chat:#pat", {"fill": 1})
+        assert (await client.subscription("chat:#pat").next()).data == {"fill": 1}
+        await rt.publish("chat:news", {"headline": "x"})
+        assert (await client.subscription("chat:news").next()).data == {"headline": "x"}
+        await rt.subscribe("pat", "chat:pushed")
+        await eventually(lambda: _has(client, "chat:pushed"), "the API subscribe")
+        await rt.publish("chat:pushed", {"n": 1})
+        assert (await client.subscription("chat:pushed").next()).data == {"n": 1}
+
+
+def _has(client: TestClient, channel: str) -> bool:
+    try:
+        client.subscription(channel)
+    except KeyError:
+        return False
+    return True

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from redis import exceptions as redis_errors
-from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import Connection, SSLConnection
 from redis.asyncio.retry import Retry
@@ -57,6 +57,11 @@ UNAVAILABLE: tuple[type[BaseException], ...] = (
 
 
 _CLIENT_NAME_UNSAFE = re.compile(r"[^!-~]")
+
+
+COMMAND_CONNECTIONS = 64
+"""Connections a node's command client may open to one Redis; more concurrent commands
+wait for one (bounded by the broker timeout)."""
 
 
 class Connector:
@@ -102,7 +107,13 @@ class Connector:
                 address.service, redis_class=Redis, **options
             )
         else:
-            client = Redis.from_url(address.url, **options)
+            # A burst of concurrent commands (an application publishing hundreds of
+            # channels at once) waits for a free connection, up to the timeout, instead
+            # of failing at the pool's limit.
+            pool = BlockingConnectionPool.from_url(
+                address.url, max_connections=COMMAND_CONNECTIONS, timeout=self.timeout, **options
+            )
+            client = Redis(connection_pool=pool)
         return client
 
     def _sentinel_client(self) -> Sentinel:

@@ -36,6 +36,7 @@ from tidings.hooks import (
     SubscribeContext,
     SubscribeResult,
 )
+from tidings.listener import ListenerOverflow, Received
 from tidings.node import Node, PublishResult
 from tidings.version import __version__
 
@@ -49,6 +50,7 @@ __all__ = [
     "Context",
     "DisconnectContext",
     "History",
+    "ListenerOverflow",
     "MapChanges",
     "MapItem",
     "MapSnapshot",
@@ -60,6 +62,7 @@ __all__ = [
     "PublishContext",
     "PublishResult",
     "RPCContext",
+    "Received",
     "RefreshContext",
     "SubscribeContext",
     "SubscribeResult",

@@ -26,6 +26,7 @@ from tidings.config import Config, load_config
 from tidings.errors import Disconnect, ErrorCode, ReplyError
 from tidings.handlers import Handler, Handlers, encode_json
 from tidings.hooks import ClientError
+from tidings.listener import Listener
 from tidings.node import Node, PublishResult
 from tidings.protocol.codec import compact_raw
 from tidings.protocol.messages import ClientInfo as WireClientInfo
@@ -558,6 +559,28 @@ class Tidings:
     async def info(self) -> list[dict[str, Any]]:
         """Every live node: id, name, version, clients, users, channels, uptime."""
         return self.node.known_nodes()
+
+    @contextlib.asynccontextmanager
+    async def listen(self, channel: str, *, maxsize: int = 10_000) -> AsyncIterator[Listener]:
+        """Receive ``channel``'s publications in your own code, from every node::
+
+            async with rt.listen("orders:queue") as orders:
+                async for order in orders:          # .data, .offset, .user, .key
+                    ...
+
+        At most ``maxsize`` publications wait unread; past that the listener stops with
+        ``ListenerOverflow`` instead of holding more.
+        """
+        try:
+            self.node.rules.options(channel)
+        except ReplyError as exc:
+            raise _client_error(exc) from None
+        listener = Listener(self.node, channel, maxsize)
+        await listener.open()
+        try:
+            yield listener
+        finally:
+            listener.close()
 
     # ------------------------------------------------------------------ map channels
 

@@ -244,3 +244,34 @@ def _has(client: TestClient, channel: str) -> bool:
     except KeyError:
         return False
     return True
+
+
+async def test_listen_gives_backend_code_a_channel() -> None:
+    rt = app_with()
+    async with rt, rt.listen("chat:orders") as orders:
+        async with TestClient(rt, token=token("buyer")) as client:
+            await client.subscribe("chat:orders")
+            await client.publish("chat:orders", {"qty": 3})
+        await rt.publish("chat:orders", {"qty": 5}, key="ACME")
+        first = await orders.next(timeout=2)
+        assert (first.data, first.user, first.offset) == ({"qty": 3}, "buyer", 1)
+        second = await orders.next(timeout=2)
+        assert (second.data, second.key, second.offset) == ({"qty": 5}, "ACME", 2)
+    with pytest.raises(ClientError):
+        async with rt.listen("nowhere:x"):
+            pass
+
+
+async def test_a_listener_that_falls_behind_stops() -> None:
+    from tidings import ListenerOverflow
+
+    rt = app_with()
+    async with rt, rt.listen("chat:flood", maxsize=3) as flood, rt.listen("chat:flood") as witness:
+        for n in range(5):
+            await rt.publish("chat:flood", {"n": n})
+        for _ in range(5):  # the hub has delivered all five to every listener
+            await witness.next(timeout=2)
+        got = [(await flood.next(timeout=2)).data["n"] for _ in range(3)]
+        assert got == [0, 1, 2]
+        with pytest.raises(ListenerOverflow):
+            await flood.next(timeout=2)

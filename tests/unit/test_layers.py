@@ -47,6 +47,7 @@ LAYERS: dict[str, int] = {
     "tidings.session": 5,
     "tidings.transports": 6,
     "tidings.server.feeds": 6,
+    "tidings.listener": 6,
     "tidings.server": 7,
     "tidings.application": 8,
     "tidings.asyncapi": 8,

@@ -63,9 +63,56 @@ SECRET = "tidings-test-secret-0123456789abcdef"
 API_KEY = "tidings-test-api-key"
 
 
+_test_deadline = [float("inf")]
+"""When the running test's own timeout runs out (monotonic seconds): see ``_loop_with_a_pulse``."""
+
+
+@pytest.fixture(autouse=True)
+def _deadline(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Arm the deadline of an async test a little before pytest-timeout's own."""
+    marker = request.node.get_closest_marker("timeout")
+    limit = (
+        float(marker.args[0])
+        if marker and marker.args
+        else float(request.config.getini("timeout") or 0)
+    )
+    if limit > 0:
+        _test_deadline[0] = time.monotonic() + limit - max(1.0, limit * 0.1)
+    try:
+        yield
+    finally:
+        _test_deadline[0] = float("inf")
+
+
+def _loop_with_a_pulse() -> asyncio.AbstractEventLoop:
+    """uvloop, the loop production uses, with a pulse that enforces the test's timeout.
+
+    pytest-timeout's signal method cannot stop a test on uvloop: the SIGALRM handler
+    runs inside one of the loop's own callbacks, whose exception the loop only logs.
+    So every 0.2 s the pulse looks at the running test's deadline (``_deadline``) and,
+    past it, cancels the loop's tasks: a test awaiting something that never comes
+    fails with the place it was stuck in its traceback, and the run goes on.
+    pytest-timeout (thread method) remains the backstop for a test blocked outside
+    the loop.
+    """
+    loop = uvloop.new_event_loop()
+
+    def pulse() -> None:
+        if loop.is_closed():
+            return
+        if time.monotonic() > _test_deadline[0]:
+            _test_deadline[0] = float("inf")
+            for task in asyncio.all_tasks(loop):
+                task.cancel("the test ran past its timeout")
+        loop.call_later(0.2, pulse)
+
+    loop.call_soon(pulse)
+    return loop
+
+
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Any]:
-    """Run every async test on uvloop, the loop production uses."""
-    return {"uvloop": uvloop.new_event_loop}
+    """Run every async test on uvloop (with a pulse, see ``_loop_with_a_pulse``)."""
+    return {"uvloop": _loop_with_a_pulse}
 
 
 def full_namespace(**overrides: Any) -> ChannelOptions:

@@ -14,8 +14,12 @@ What it does:
    ``build/`` and ``dist/``), so it runs only when ``--js-src`` names a checkout of
    centrifuge-js whose dependencies are installed; otherwise it is reported as not
    run;
-4. reads ``tests/sdk/excluded.txt``: a test listed there runs (Python: is
-   skipped) but its outcome does not count; every other test must pass.
+4. reads ``tests/sdk/excluded.txt``: what is listed there is not run (Python: the
+   test is skipped; Jest: whole files are left out with ``--testPathIgnorePatterns``,
+   single tests with a ``--testNamePattern`` that matches every other name), so it
+   cannot disturb the tests that count, every one of which must pass. Python
+   subtests cannot be left out one by one: the test runs and the listed subtests'
+   outcomes do not count.
 
 Prints each failure with its traceback, then a summary per suite and one closing
 line, and exits 1 when a test that counts failed. Every Python outcome, subtests
@@ -29,6 +33,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -231,29 +236,74 @@ def has_excluded_subtests(exclusions: Exclusions, test_id: str) -> bool:
 # --------------------------------------------------------------------------- centrifuge-js
 
 
+JS_TEST_FILE = re.compile(r"\.(test|spec)\.[cm]?[jt]sx?$")
+"""An excluded.txt entry naming a whole Jest test file rather than one test."""
+
+_JS_REGEX_SYNTAX = re.compile(r"[\\^$.*+?()[\]{}|/]")
+
+
+def js_regex_literal(text: str) -> str:
+    """``text`` as a JavaScript regular expression matching it literally (Jest compiles
+    ``--testNamePattern`` with ``new RegExp(pattern, "i")``, no ``u`` flag)."""
+    return _JS_REGEX_SYNTAX.sub(lambda match: "\\" + match.group(), text)
+
+
+def jest_exclusion_args(exclusions: Exclusions) -> list[str]:
+    """Jest options that keep what excluded.txt lists from running at all: whole files by
+    ``--testPathIgnorePatterns`` (which replaces Jest's default, so ``/node_modules/``
+    is repeated), single tests by a ``--testNamePattern`` that matches every full test
+    name but the listed ones (a negative lookahead). An excluded test that does not run
+    cannot leave timers behind that fail the tests after it."""
+    files = [
+        test for suite, test in exclusions.reasons if suite == "js" and JS_TEST_FILE.search(test)
+    ]
+    names = [
+        test
+        for suite, test in exclusions.reasons
+        if suite == "js" and not JS_TEST_FILE.search(test)
+    ]
+    args = ["--testPathIgnorePatterns", "/node_modules/"]
+    args += ["/" + js_regex_literal(name) + "$" for name in files]
+    if names:
+        alternatives = "|".join(js_regex_literal(name) for name in names)
+        args.append(f"--testNamePattern=^(?!(?:{alternatives})$)")
+    return args
+
+
 def run_js_suite(source: Path, exclusions: Exclusions, work: Path) -> list[Outcome]:
-    """Jest in a centrifuge-js checkout; a test counts unless listed (by file or full name)."""
+    """Jest in a centrifuge-js checkout, minus what excluded.txt lists (not run at all)."""
     report = work / "jest.json"
+    report.unlink(missing_ok=True)
     npx = shutil.which("npx") or "npx"
     subprocess.run(
         # --forceExit: the SDK's reconnect timers outlive some tests and keep Jest running.
-        [npx, "jest", "--json", f"--outputFile={report}", "--runInBand", "--forceExit"],
+        [
+            npx,
+            "jest",
+            "--json",
+            f"--outputFile={report}",
+            "--runInBand",
+            "--forceExit",
+            *jest_exclusion_args(exclusions),
+        ],
         cwd=source,
         check=False,
         env={**os.environ, "CI": "true"},
     )
+    if not report.exists():
+        return [Outcome("js", "jest", "failed", f"Jest wrote no report in {source}")]
     results = json.loads(report.read_text())
     outcomes = []
+    seen: set[str] = set()
     for file_result in results["testResults"]:
         file_name = Path(file_result["name"]).name
-        file_reason = exclusions.reason("js", file_name)
         assertions = file_result["assertionResults"]
         if not assertions and file_result.get("message"):
-            status = "excluded" if file_reason else "failed"
-            outcomes.append(Outcome("js", file_name, status, file_reason or file_result["message"]))
+            outcomes.append(Outcome("js", file_name, "failed", file_result["message"]))
         for assertion in assertions:
             name = assertion["fullName"]
-            reason = file_reason or exclusions.reason("js", name)
+            seen.add(name)
+            reason = exclusions.reason("js", name)
             if reason is not None:
                 outcomes.append(Outcome("js", name, "excluded", reason))
             elif assertion["status"] == "passed":
@@ -263,6 +313,13 @@ def run_js_suite(source: Path, exclusions: Exclusions, work: Path) -> list[Outco
             else:
                 detail = "\n".join(assertion.get("failureMessages") or [])
                 outcomes.append(Outcome("js", f"{file_name}: {name}", "failed", detail))
+    for (suite, test), reason in exclusions.reasons.items():
+        if suite != "js":
+            continue
+        if JS_TEST_FILE.search(test):
+            outcomes.append(Outcome("js", test, "excluded file", reason))
+        elif test not in seen:
+            print(f"note: tests/sdk/excluded.txt lists a JS test the suite does not have: {test}")
     return outcomes
 
 
@@ -277,18 +334,28 @@ def summarise(outcomes: list[Outcome], ran: set[str], exclusions: Exclusions) ->
     for suite in ("python", "js"):
         mine = [o for o in outcomes if o.suite == suite]
         if suite not in ran:
-            why = "not asked for" if suite == "python" else "its Jest suite is not published"
-            print(f"{suite + ':':7} not run ({why}; see tests/sdk/run.py)")
+            if suite == "python":
+                print("python: not run (--only js)")
+            else:
+                print(
+                    "js:     NOT RUN. centrifuge-js' Jest suite is not published: pass --js-src "
+                    "DIR (make sdk-suites SDK_JS_SRC=DIR), a centrifuge-js checkout whose "
+                    "dependencies are installed"
+                )
             continue
-        counts = {s: sum(o.status == s for o in mine) for s in ("passed", "failed", "excluded")}
-        skipped = sum(o.status == "skipped" for o in mine)
-        subtests = sum(s == suite and " (" in t for s, t in exclusions.reasons)
+        counts = {
+            s: sum(o.status == s for o in mine)
+            for s in ("passed", "failed", "excluded", "excluded file", "skipped")
+        }
         excluded = f"{counts['excluded']} excluded"
+        if counts["excluded file"]:
+            excluded += f" (and {counts['excluded file']} whole files)"
+        subtests = sum(s == suite and " (" in t for s, t in exclusions.reasons)
         if subtests:
             excluded += f" (and {subtests} subtests of counted tests)"
         print(
             f"{suite + ':':7} {counts['passed']} passed, {counts['failed']} failed, "
-            f"{excluded} by tests/sdk/excluded.txt, {skipped} skipped by the suite"
+            f"{excluded} by tests/sdk/excluded.txt, {counts['skipped']} skipped by the suite"
         )
     passed = sum(o.status == "passed" for o in outcomes)
     failed = sum(o.status == "failed" for o in outcomes)

@@ -408,12 +408,13 @@ class Node:
         positioned: bool,
         position: StreamPosition | None,
         delta: bool = False,
+        keyed: bool = False,
         conflator: Conflator[PreparedPush] | None = None,
     ) -> None:
         """The subscribe's answer is out: replay what was buffered, deliver live from now.
 
-        ``position`` is where the answer left the subscriber; ``delta`` and
-        ``conflator`` say how it is delivered to (see
+        ``position`` is where the answer left the subscriber; ``delta``, ``keyed``
+        and ``conflator`` say how it is delivered to (see
         :meth:`tidings.hub.Hub.complete_subscribe`).
         """
         self.hub.complete_subscribe(
@@ -423,6 +424,7 @@ class Node:
             positioned=positioned,
             position=position,
             delta=delta,
+            keyed=keyed,
             conflator=conflator,
         )
 
@@ -942,14 +944,16 @@ class Node:
         key_mode: KeyMode | str = KeyMode.REPLACE,
         version: int = 0,
         version_epoch: str = "",
-        delta: bool = False,
+        delta: bool | None = None,
         info: ClientInfo | None = None,
     ) -> MapUpdateResult:
         """Write ``key`` of a map channel, on every node (docs/protocol.md section 14).
 
         ``data`` is any JSON-serialisable value, or :class:`msgspec.Raw` holding
-        JSON text. Errors: 102 unknown namespace, 107 not a map namespace, an
-        empty key, an unknown ``key_mode`` or a ``version`` in ephemeral mode.
+        JSON text. ``delta`` sends it as a fossil delta against the key's previous
+        value to subscribers that negotiated one (``None``: the namespace's
+        ``delta_publish``). Errors: 102 unknown namespace, 107 not a map namespace,
+        an empty key, an unknown ``key_mode`` or a ``version`` in ephemeral mode.
         """
         try:
             mode = KeyMode(key_mode)

@@ -100,7 +100,8 @@ class Subscription:
         self.recoverable = False
         self.join_leave_push = False
         self.delta = False
-        """Delta compression negotiated: publications carry data as JSON strings."""
+        """Delta compression negotiated: publications carry data as JSON strings (a map
+        subscription's state and stream entries too)."""
         self.max_frequency: float | None = None
         """``None``: never conflated. Otherwise conflated by key while the client is slow,
         and always when above 0 (at most that many updates per second per key)."""
@@ -401,6 +402,7 @@ async def go_live(
         positioned=subscription.positioned,
         position=position if subscription.positioned else None,
         delta=subscription.delta,
+        keyed=subscription.map is not None,
         conflator=new_conflator(session, rate) if rate else None,
     )
     subscription.live = True

@@ -86,3 +86,47 @@ def test_the_committed_exclusion_list_parses_and_gives_each_line_a_reason() -> N
     loaded = run.Exclusions.load(run.EXCLUDED)
     assert all(reason for reason in loaded.reasons.values())
     assert all(suite in ("python", "js") for suite, _ in loaded.reasons)
+
+
+HANGING_SUITE = """
+import time
+import unittest
+
+
+class Module(unittest.TestCase):
+    def test_1_passes(self):
+        pass
+
+    def test_2_hangs(self):
+        time.sleep(60)
+
+    def test_3_passes_after_the_hang(self):
+        for variant in ("json", "protobuf"):
+            with self.subTest(variant=variant):
+                pass
+
+    def test_4_fails(self):
+        self.assertEqual(1, 2)
+"""
+
+
+@pytest.mark.timeout(60)
+def test_a_module_that_hangs_costs_only_the_hanging_test(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The module's process is stopped; the tests it did not finish run one per process,
+    so the hang fails its own test and the others still count as they are."""
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / "__init__.py").write_text("")
+    (tmp_path / "tests" / "test_hangs.py").write_text(HANGING_SUITE)
+    monkeypatch.setattr(run, "MODULE_SECONDS_PER_TEST", 0.0)
+    work = tmp_path / "work"
+    work.mkdir()
+    outcomes = run.run_python_suite(run.Exclusions(), 2.0, work, suite_dir=tmp_path)
+    statuses = {o.test.rsplit(".", 1)[1]: (o.status, o.detail[:20]) for o in outcomes}
+    assert statuses == {
+        "test_1_passes": ("passed", ""),
+        "test_2_hangs": ("failed", "timed out after 2 s"),
+        "test_3_passes_after_the_hang": ("passed", ""),
+        "test_4_fails": ("failed", "tests.test_hangs.Mod"),
+    }

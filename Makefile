@@ -5,12 +5,14 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: help install serve editor test lint typecheck bench conformance clean sdk-suites
+.PHONY: help install serve editor game ticker test lint typecheck bench conformance clean sdk-suites
 
 help:
 	@echo "make serve   install what serving needs (Python packages only), then run the chat"
 	@echo "             example (examples/chat) on http://127.0.0.1:8000"
 	@echo "make editor  the same for the collaborative editor (examples/editor; needs npm)"
+	@echo "make game    the multiplayer arena (examples/game)"
+	@echo "make ticker  the market ticker (examples/ticker; needs npm for its chart)"
 	@echo "make test    install everything (Python, npm, chromium), then run the whole test suite"
 	@echo "             and centrifuge-python's own suite (needs port 8000 free)"
 	@echo "make bench   run the benchmarks against the Node.js reference and write docs/benchmarks.md"
@@ -43,11 +45,15 @@ node_modules/.installed: package.json package-lock.json
 
 # The example applications' browser bundles (esbuild, from npm), gitignored.
 EDITOR_BUNDLE := examples/editor/static/dist/editor.js
+TICKER_BUNDLE := examples/ticker/static/dist/chart.js
 
 $(EDITOR_BUNDLE): node_modules/.installed $(wildcard examples/editor/src/*.js)
-	npm run --silent build
+	npm run --silent build:editor
 
-install: $(VENV)/.installed node_modules/.installed $(EDITOR_BUNDLE)
+$(TICKER_BUNDLE): node_modules/.installed examples/ticker/chart-lib.mjs
+	npm run --silent build:ticker
+
+install: $(VENV)/.installed node_modules/.installed $(EDITOR_BUNDLE) $(TICKER_BUNDLE)
 
 # Debian packages the tests drive: chromium for the browser tests (Playwright drives it and
 # never downloads its own) and slowhttptest for the slow-header flood.
@@ -65,6 +71,12 @@ serve: $(VENV)/.serve-installed
 
 editor: $(VENV)/.examples-installed $(EDITOR_BUNDLE)
 	$(BIN)/tidings serve examples.editor.app:rt
+
+game: $(VENV)/.serve-installed
+	$(BIN)/tidings serve examples.game.app:rt
+
+ticker: $(VENV)/.serve-installed $(TICKER_BUNDLE)
+	$(BIN)/tidings serve examples.ticker.app:rt
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks examples

@@ -10,7 +10,17 @@ The application API (docs/python.md)::
     async def connect(ctx): ...
 """
 
-from tidings.application import ClientInfo, History, PresenceStats, Publication, Tidings
+from tidings.application import (
+    ClientInfo,
+    History,
+    MapChanges,
+    MapItem,
+    MapSnapshot,
+    MapUpdate,
+    PresenceStats,
+    Publication,
+    Tidings,
+)
 from tidings.config import Config, load_config
 from tidings.hooks import (
     ClientDisconnect,
@@ -39,6 +49,10 @@ __all__ = [
     "Context",
     "DisconnectContext",
     "History",
+    "MapChanges",
+    "MapItem",
+    "MapSnapshot",
+    "MapUpdate",
     "MessageContext",
     "Node",
     "PresenceStats",

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 
+from tidings.brokers.maps import MapEntry, MapUpdateResult
 from tidings.config import Config, load_config
 from tidings.errors import Disconnect, ErrorCode, ReplyError
 from tidings.handlers import Handler, Handlers, encode_json
@@ -77,6 +78,56 @@ class PresenceStats:
     num_users: int
 
 
+@dataclass(frozen=True, slots=True)
+class MapItem:
+    """One key of a map channel (or one change of its stream); ``data`` decoded.
+
+    ``offset`` is the stream offset of the change that last wrote it; a change may
+    be a removal (``removed``, no data).
+    """
+
+    key: str
+    data: Any = None
+    offset: int = 0
+    removed: bool = False
+    tags: Mapping[str, str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MapSnapshot:
+    """A map channel's entries (a page when ``cursor`` is set) and its position."""
+
+    items: list[MapItem]
+    offset: int
+    epoch: str
+    cursor: str = ""
+    """Pass it back for the next page; empty on the last one."""
+
+    def as_dict(self) -> dict[str, Any]:
+        """``{key: data}`` of the entries."""
+        return {item.key: item.data for item in self.items}
+
+
+@dataclass(frozen=True, slots=True)
+class MapChanges:
+    """Changes read from a map channel's stream, and its position."""
+
+    changes: list[MapItem]
+    offset: int
+    epoch: str
+
+
+@dataclass(frozen=True, slots=True)
+class MapUpdate:
+    """What a map write did: the position after it, or why it changed nothing."""
+
+    offset: int
+    epoch: str
+    suppressed: bool = False
+    reason: str = ""
+    """``idempotency``, ``version``, ``key_exists``, ``key_not_found`` when suppressed."""
+
+
 def _decoded(raw: bytes) -> Any:
     return msgspec.json.decode(raw) if raw else None
 
@@ -96,6 +147,15 @@ def _publication(publication: WirePublication) -> Publication:
         info=_client_info(publication.info),
         tags=publication.tags,
     )
+
+
+def _map_item(entry: MapEntry) -> MapItem:
+    return MapItem(entry.key, _decoded(entry.data), entry.offset, entry.removed, entry.tags)
+
+
+def _map_update(result: MapUpdateResult) -> MapUpdate:
+    reason = str(result.suppress_reason.value) if result.suppressed else ""
+    return MapUpdate(result.position.offset, result.position.epoch, result.suppressed, reason)
 
 
 def _client_error(exc: ReplyError) -> ClientError:
@@ -496,6 +556,93 @@ class Tidings:
     async def info(self) -> list[dict[str, Any]]:
         """Every live node: id, name, version, clients, users, channels, uptime."""
         return self.node.known_nodes()
+
+    # ------------------------------------------------------------------ map channels
+
+    async def map_publish(
+        self,
+        channel: str,
+        key: str,
+        data: Any,
+        *,
+        tags: Mapping[str, str] | None = None,
+        idempotency_key: str = "",
+        key_mode: str = "",
+        version: int = 0,
+    ) -> MapUpdate:
+        """Write ``key`` of a map channel (a namespace with ``subscription_type = "map"``),
+        on every node; subscribers get the change at once. ``key_mode`` ``"if_new"`` or
+        ``"if_exists"`` makes the write conditional; ``version`` (per key) drops a write
+        that is not newer than the stored one."""
+        try:
+            result = await self.node.map_publish(
+                channel,
+                key,
+                msgspec.Raw(_json(data)),
+                tags=dict(tags) if tags else None,
+                idempotency_key=idempotency_key,
+                key_mode=key_mode,
+                version=version,
+            )
+        except ReplyError as exc:
+            raise _client_error(exc) from None
+        return _map_update(result)
+
+    async def map_remove(self, channel: str, key: str, *, idempotency_key: str = "") -> MapUpdate:
+        """Remove ``key`` of a map channel (a missing key is a suppressed no-op)."""
+        try:
+            result = await self.node.map_remove(channel, key, idempotency_key=idempotency_key)
+        except ReplyError as exc:
+            raise _client_error(exc) from None
+        return _map_update(result)
+
+    async def map_state(
+        self, channel: str, *, limit: int = -1, cursor: str = "", key: str = ""
+    ) -> MapSnapshot:
+        """A map channel's entries (all of them by default, or a page of ``limit`` after
+        ``cursor``, or the one ``key``) and its position."""
+        try:
+            state = await self.node.map_state(channel, limit=limit, cursor=cursor, key=key)
+        except ReplyError as exc:
+            raise _client_error(exc) from None
+        items = [_map_item(entry) for entry in state.entries]
+        return MapSnapshot(items, state.position.offset, state.position.epoch, state.cursor)
+
+    async def map_stream(
+        self,
+        channel: str,
+        *,
+        limit: int = -1,
+        since: tuple[int, str] | None = None,
+        reverse: bool = False,
+    ) -> MapChanges:
+        """A map channel's changes after ``since=(offset, epoch)`` (112 when the stream no
+        longer holds them all)."""
+        try:
+            stream = await self.node.map_stream(
+                channel,
+                limit=limit,
+                since=StreamPosition(*since) if since is not None else None,
+                reverse=reverse,
+            )
+        except ReplyError as exc:
+            raise _client_error(exc) from None
+        changes = [_map_item(entry) for entry in stream.changes]
+        return MapChanges(changes, stream.position.offset, stream.position.epoch)
+
+    async def map_stats(self, channel: str) -> int:
+        """How many keys a map channel holds."""
+        try:
+            return await self.node.map_stats(channel)
+        except ReplyError as exc:
+            raise _client_error(exc) from None
+
+    async def map_clear(self, channel: str) -> None:
+        """Drop a map channel's state and stream: a new epoch, subscribers reload."""
+        try:
+            await self.node.map_clear(channel)
+        except ReplyError as exc:
+            raise _client_error(exc) from None
 
     def _options_with(self, channel: str, feature: str) -> None:
         options = self.node.rules.options(channel)

@@ -112,9 +112,11 @@ class SubscribeContext(Context):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PublishContext(Context):
-    """``on_publish``: the publication's data is the handler's second argument."""
+    """``on_publish``: the publication's data is the handler's second argument; on a map
+    channel, ``key`` is the key being written."""
 
     channel: str
+    key: str = ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

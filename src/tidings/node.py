@@ -959,10 +959,12 @@ class Node:
             mode = KeyMode(key_mode)
         except ValueError:
             raise ReplyError(ErrorCode.BAD_REQUEST) from None
+        value = payload(data)
+        self.hooks.check_publication(channel, value)
         return await self.maps.publish(
             channel,
             key,
-            payload(data),
+            value,
             tags=tags,
             info=info,
             idempotency_key=idempotency_key,

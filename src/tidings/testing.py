@@ -33,7 +33,7 @@ from tidings.protocol.wire import WireFormat
 from tidings.session import RequestInfo, Session
 from tidings.session.transport import parse_cookies
 
-__all__ = ["TestClient", "TestSubscription"]
+__all__ = ["TestClient", "TestMap", "TestSubscription"]
 
 
 class _DocumentsWire(WireFormat):
@@ -128,6 +128,33 @@ class TestSubscription:
 
     async def publish(self, data: Any) -> None:
         await self.client.publish(self.channel, data)
+
+
+class TestMap(TestSubscription):
+    """A map subscription of a :class:`TestClient`: ``state`` is ``{key: data}`` as the
+    server holds it, kept up to date by every change (``next()`` returns each change)."""
+
+    def __init__(self, client: TestClient, channel: str, result: dict[str, Any]) -> None:
+        super().__init__(client, channel, result)
+        self.state: dict[str, Any] = {}
+
+    def _page(self, reply: dict[str, Any]) -> None:
+        """One reply of the subscribe flow: a state page, a stream page, or the live one."""
+        for entry in reply.get("state", ()):
+            self._apply(entry)
+        phase = reply.get("phase", 0)
+        if phase != 2:
+            for entry in reply.get("publications", ()):
+                self._apply(entry)
+        if phase == 0:
+            self.result = reply
+
+    def _apply(self, entry: dict[str, Any]) -> None:
+        key = entry.get("key", "")
+        if entry.get("removed"):
+            self.state.pop(key, None)
+        else:
+            self.state[key] = entry.get("data")
 
 
 class TestClient:
@@ -238,6 +265,46 @@ class TestClient:
     async def publish(self, channel: str, data: Any) -> None:
         await self._call("publish", {"channel": channel, "data": data})
 
+    async def subscribe_map(self, channel: str, *, token: str = "", data: Any = None) -> TestMap:
+        """Subscribe to a map channel as centrifuge-js's ``newMapSubscription`` does: the
+        state page by page, then the stream, then live; ``.state`` follows every change."""
+        subscription = TestMap(self, channel, {})
+        self._subscriptions[channel] = subscription
+        params: dict[str, Any] = {"channel": channel, "type": 1, "phase": 2}
+        if token:
+            params["token"] = token
+        if data is not None:
+            params["data"] = data
+        try:
+            while True:
+                result = await self._call("subscribe", params, subscription)
+                phase = result.get("phase", 0)
+                if phase == 0:
+                    return subscription
+                params = {
+                    "channel": channel,
+                    "type": 1,
+                    "offset": result.get("offset", 0),
+                    "epoch": result.get("epoch", ""),
+                }
+                if token:
+                    params["token"] = token
+                if phase == 2 and result.get("cursor"):
+                    params.update(phase=2, cursor=result["cursor"])
+                else:
+                    params["phase"] = 1
+        except BaseException:
+            self._subscriptions.pop(channel, None)
+            raise
+
+    async def map_publish(self, channel: str, key: str, data: Any) -> None:
+        """A client write of ``key`` (``publish`` with ``type: 1``), where the namespace or
+        ``on_publish`` allows it."""
+        await self._call("publish", {"channel": channel, "type": 1, "key": key, "data": data})
+
+    async def map_remove(self, channel: str, key: str) -> None:
+        await self._call("publish", {"channel": channel, "type": 1, "key": key, "removed": True})
+
     async def rpc(self, method: str, params: Any = None) -> Any:
         """Call an RPC; returns its result decoded (``None`` when it has none)."""
         result = await self._call("rpc", {"method": method, "data": params})
@@ -314,7 +381,11 @@ class TestClient:
         command_id = document.get("id")
         if command_id:
             subscribing = self._subscribing.get(command_id)
-            if subscribing is not None and "subscribe" in document:
+            if isinstance(subscribing, TestMap):
+                reply = document.get("subscribe")
+                if reply is not None:  # applied now: live changes follow this reply at once
+                    subscribing._page(reply)
+            elif subscribing is not None and "subscribe" in document:
                 # Recovered publications come before anything live, which follows at once.
                 subscribing.result = document["subscribe"]
                 for pub in subscribing.result.get("publications", ()):
@@ -331,6 +402,10 @@ class TestClient:
         channel = push.get("channel", "")
         subscription = self._subscriptions.get(channel)
         if "pub" in push and subscription is not None:
+            if isinstance(subscription, TestMap):
+                if not subscription.result:  # before the LIVE reply: the SDK drops these
+                    return
+                subscription._apply(push["pub"])
             subscription.publications.put_nowait(_publication(push["pub"]))
         elif "join" in push and subscription is not None:
             joined = _client_info(push["join"]["info"])

@@ -56,6 +56,7 @@ from tidings.errors import (
     ReplyError,
     UnsubscribeCode,
 )
+from tidings.hooks import PublishContext
 from tidings.map_channels import map_publication
 from tidings.maps_config import SUBSCRIPTION_TYPES, MapOptions
 from tidings.protocol.maps import (
@@ -440,7 +441,10 @@ async def publish(session: Session, command_id: int, request: PublishRequest) ->
     _, options = node.maps.options(channel)
     subscription = session.subscriptions.get(channel)
     subscribed = subscription is not None and subscription.map is not None and subscription.map.live
-    if request.removed:
+    handled = node.hooks.handles("publish", channel)  # on_publish replaces the allow_* rules
+    if handled:
+        allowed = True
+    elif request.removed:
         allowed = options.may_remove(session.user, subscribed=subscribed)
     else:
         allowed = options.may_publish(session.user, subscribed=subscribed)
@@ -461,7 +465,12 @@ async def publish(session: Session, command_id: int, request: PublishRequest) ->
         data = request.data
         if data is NO_DATA or not len(data):
             raise ReplyError(ErrorCode.BAD_REQUEST)
-        await node.maps.publish(channel, key, bytes(data), info=session.channel_info(subscription))
+        value = bytes(data)
+        if handled:
+            context = session.context(PublishContext, channel=channel, key=key)
+            value = await node.hooks.publish(context, value) or value
+        node.hooks.check_publication(channel, value)
+        await node.maps.publish(channel, key, value, info=session.channel_info(subscription))
     return session.codec.encode_reply(command_id, "publish", EmptyResult())
 
 

@@ -1,0 +1,1 @@
+"""A small multiplayer arena with a server-authoritative game loop (see README.md)."""

@@ -927,6 +927,17 @@ async def test_map_delta_recovery_catches_up_whole_then_deltas(
     assert pub["delta"] is True and sdk.decode(pub) == board(12)
 
 
+async def test_a_map_write_that_does_not_ask_goes_whole(node: Node, client: Harness) -> None:
+    """``delta=False`` overrides the namespace's ``delta_publish`` (as a stream publish's)."""
+    await node.map_publish("dmap:w", "a", board(1))
+    sdk = MapSdk((await sdk_subscribe(client, "dmap:w", delta=True)).state)
+    await node.map_publish("dmap:w", "a", board(2), delta=False)
+    await node.map_publish("dmap:w", "a", board(3))
+    pubs = live_pubs(await client.flush())
+    assert [p.get("delta", False) for p in pubs] == [False, True]
+    assert [sdk.decode(p) for p in pubs] == [board(2), board(3)]
+
+
 @pytest.mark.parametrize(
     ("channel", "asks"),
     [("deph:x", True), ("prices:x", True), ("dmap:x", False)],

@@ -297,8 +297,11 @@ class Node:
         await self.presence.close()
         self.metrics.sync()  # a worker's last second of counts, before its process ends
 
-    def spawn(self, coroutine: Coroutine[Any, Any, Any], *, daemon: bool = False) -> None:
-        """Run a fire-and-forget coroutine that the node keeps a reference to.
+    def spawn(
+        self, coroutine: Coroutine[Any, Any, Any], *, daemon: bool = False
+    ) -> asyncio.Task[Any]:
+        """Run a fire-and-forget coroutine that the node keeps a reference to (the task is
+        returned for a caller that must wait for it before a later step).
 
         Shutdown lets ordinary tasks finish (bounded); a ``daemon`` (a loop that
         never ends) is cancelled at once.
@@ -308,6 +311,7 @@ class Node:
         if daemon:
             self._daemons.add(task)
         task.add_done_callback(self._task_done)
+        return task
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)

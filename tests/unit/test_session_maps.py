@@ -627,6 +627,20 @@ async def test_map_presence_of_clients_and_users(
     assert await server_state(node, "users:game:1") == {}
 
 
+async def test_map_presence_survives_a_quick_resubscribe(node: Node, client: Harness) -> None:
+    """The leave of the first subscription ends before the next one writes its entry, so
+    the entry is there while the client is subscribed (it used to be removed after it)."""
+    frame = [
+        {"id": 10, "subscribe": {"channel": "game:q"}},
+        {"id": 11, "unsubscribe": {"channel": "game:q"}},
+        {"id": 12, "subscribe": {"channel": "game:q"}},
+    ]
+    await client.send(*frame)
+    await eventually(lambda: client.session.leaving is None, "the leave to finish")
+    state = await server_state(node, "clients:game:q")
+    assert list(state) == [client.session.client_id]
+
+
 async def test_held_presence_entries_outlive_their_ttl(
     node: Node, client: Harness, clock: FakeClock
 ) -> None:

@@ -372,6 +372,7 @@ async def _go_live(
     """Join the channel, catch up from ``since``, reply LIVE, then deliver live."""
     node = session.node
     channel = subscription.channel
+    await subscriptions.after_leave(session, channel)  # its presence entries come after
     reply = MapSubscribeResult(
         MAP, phase=LIVE, state=_entries(session, subscription, state), delta=subscription.delta
     )

@@ -21,6 +21,7 @@ reply yet, is told after the reply (see :func:`unsubscribe`).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -315,6 +316,7 @@ async def open_subscription(
     channel = subscription.channel
     session.subscriptions[channel] = subscription
     try:
+        await after_leave(session, channel)
         await node.attach(channel, session)
         result = SubscribeResult()
         position: StreamPosition | None = None
@@ -530,8 +532,35 @@ def unsubscribe(session: Session, channel: str, reason: Unsubscribe | None) -> b
         subscription.ended_by = reason
     elif reason is not None:
         session.send_push(channel, "unsubscribe", UnsubscribePush(reason.code, reason.reason))
-    session.node.spawn(announce_leave(session, subscription))
+    task = session.node.spawn(announce_leave(session, subscription))
+    leaving = session.leaving
+    if leaving is None:
+        leaving = session.leaving = {}
+    leaving[channel] = task
+    task.add_done_callback(lambda done: _left(session, channel, done))
     return True
+
+
+def _left(session: Session, channel: str, task: asyncio.Task[None]) -> None:
+    leaving = session.leaving
+    if leaving is not None and leaving.get(channel) is task:
+        del leaving[channel]
+        if not leaving:
+            session.leaving = None
+
+
+async def after_leave(session: Session, channel: str) -> None:
+    """Wait for the client's last leave of ``channel`` to finish, if it still runs.
+
+    A leave removes the client's presence entries (keyed by client ID) after the
+    unsubscribe, in a task of its own; a quick resubscribe (centrifuge-js' suite
+    subscribes and unsubscribes in a loop) would otherwise add its entry first and
+    see the old leave remove it while it is subscribed.
+    """
+    leaving = session.leaving
+    task = leaving.get(channel) if leaving is not None else None
+    if task is not None and not task.done():
+        await asyncio.wait({task})
 
 
 def insufficient_state(session: Session, channel: str) -> None:

@@ -14,6 +14,7 @@ help:
 	@echo "make game    the multiplayer arena (examples/game)"
 	@echo "make ticker  the market ticker (examples/ticker; needs npm for its chart)"
 	@echo "make test    install everything (Python, npm, chromium), then run the whole test suite"
+	@echo "             and centrifuge-python's own suite (needs port 8000 free)"
 	@echo "make bench   run the benchmarks against the Node.js reference and write docs/benchmarks.md"
 
 $(BIN)/python:
@@ -85,8 +86,11 @@ typecheck: install
 	$(BIN)/mypy
 	$(BIN)/mypy --strict --explicit-package-bases examples
 
+# After pytest, centrifuge-python's own suite against `tidings serve` on port 8000 (~40 s,
+# ~11 s of CPU; see sdk-suites below). PYTEST_ARGS narrows pytest only.
 test: install system-deps lint typecheck
 	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/python tests/sdk/run.py --only python
 
 bench: install
 	$(BIN)/python benchmarks/run.py
@@ -102,9 +106,11 @@ conformance: install
 	$(BIN)/python tests/conformance/run_autobahn.py
 
 # The SDKs' own test suites against `tidings serve` (tests/sdk/tidings-sdk.toml, port 8000):
-# centrifuge-python's unittest suite from its published sdist (pinned in tests/sdk/run.py),
-# minus tests/sdk/excluded.txt. centrifuge-js' Jest suite is not published: it runs only with
-# SDK_JS_SRC=<a centrifuge-js checkout with its node_modules>. Not part of `make test`.
+# centrifuge-python's unittest suite from its published sdist (pinned in tests/sdk/run.py,
+# downloaded from PyPI into .cache/sdk), minus tests/sdk/excluded.txt; `make test` runs this
+# part too. centrifuge-js' Jest suite is not published: it runs only with
+# SDK_JS_SRC=<a centrifuge-js checkout with its node_modules>, and is reported as not run
+# otherwise. Exits non-zero when a test that counts fails.
 SDK_JS_SRC ?=
 sdk-suites: install
 	$(BIN)/python tests/sdk/run.py $(if $(SDK_JS_SRC),--js-src $(SDK_JS_SRC))

@@ -594,11 +594,14 @@ class Tidings:
         idempotency_key: str = "",
         key_mode: str = "",
         version: int = 0,
+        delta: bool | None = None,
     ) -> MapUpdate:
         """Write ``key`` of a map channel (a namespace with ``subscription_type = "map"``),
         on every node; subscribers get the change at once. ``key_mode`` ``"if_new"`` or
         ``"if_exists"`` makes the write conditional; ``version`` (per key) drops a write
-        that is not newer than the stored one."""
+        that is not newer than the stored one; ``delta`` sends it as a fossil delta against
+        the key's previous value to subscribers that negotiated one (``None``: the
+        namespace's ``delta_publish``)."""
         try:
             result = await self.node.map_publish(
                 channel,
@@ -608,6 +611,7 @@ class Tidings:
                 idempotency_key=idempotency_key,
                 key_mode=key_mode,
                 version=version,
+                delta=delta,
             )
         except ReplyError as exc:
             raise _client_error(exc) from None

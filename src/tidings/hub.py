@@ -34,6 +34,10 @@ per-recipient encoding:
   live, or conflation made it skip some) gets its next batch in the "start"
   variant (the first publication whole, the rest deltas), then moves to the
   "deltas" variant; conflated drains are "strings" (every publication whole).
+  A map channel's changes are *per key* (docs/protocol.md section 14): each
+  carries the previous value of its own key as its base, read by the map engine
+  with the write, and a map subscriber holds every key's value from its subscribe
+  reply on, so it joins the "deltas" variant at once (:attr:`_Channel.keyed`).
 * **Conflated subscribers** (:meth:`Hub.conflate`) are not written publications
   at all: each has a :class:`~tidings.conflation.Conflator` that keeps the latest
   publication per key, drained when the subscriber's rate allows (a timer on the
@@ -124,6 +128,7 @@ class _Channel:
         "epoch",
         "fresh",
         "join_leave",
+        "keyed",
         "last_offset",
         "name",
         "pending",
@@ -153,6 +158,9 @@ class _Channel:
         """Delta subscribers' group keys (every other subscriber is grouped under its wire)."""
         self.fresh: set[Subscriber] = set()
         """Delta subscribers owed full payloads until their next batch of publications."""
+        self.keyed = False
+        """A map channel: delta chains are per key, and every delta subscriber holds the
+        value of every key (no "start" variant, no ``fresh``)."""
         self.conflated: dict[Subscriber, _Conflated] = {}
         self.drain_timer: Timer | None = None
 
@@ -234,6 +242,7 @@ class Hub:
         positioned: bool,
         position: StreamPosition | None,
         delta: bool = False,
+        keyed: bool = False,
         conflator: Conflator[PreparedPush] | None = None,
     ) -> None:
         """The subscribe reply is out: replay what was buffered, then go live.
@@ -247,6 +256,9 @@ class Hub:
 
         ``delta``: the subscriber negotiated delta compression (its publications
         carry data as JSON strings, deltas once it holds the previous one).
+        ``keyed``: a map subscription, whose reply gave it every key's value at
+        ``position``: deltas against each key's previous value from the first
+        publication on (the channel is then :attr:`_Channel.keyed`).
         ``conflator``: it asked for a rate; it goes live conflated (see
         :meth:`conflate`).
         """
@@ -256,6 +268,7 @@ class Hub:
         pending = state.pending.get(subscriber)
         if pending is None:
             return
+        state.keyed = state.keyed or keyed
         # Pushes batched before now were offered to this subscriber's buffer:
         # flush them to everyone else first, so going live cannot repeat them.
         if state.batch:
@@ -283,7 +296,9 @@ class Hub:
             documents.append(push)
         holds_previous = False
         if documents:
-            wire = subscriber.wire.for_delta("start") if delta else subscriber.wire
+            wire = subscriber.wire
+            if delta:
+                wire = wire.for_delta("deltas" if state.keyed else "start")
             frame = wire.frame_pushes(documents)
             subscriber.writer(frame)
             if self._meter is not None:
@@ -354,7 +369,7 @@ class Hub:
         holds_previous: bool = False,
     ) -> None:
         key = subscriber.wire
-        if delta and holds_previous:
+        if delta and (holds_previous or state.keyed):
             key = state.variant[subscriber] = key.for_delta("deltas")
         elif delta:  # a full payload first: the subscriber holds no previous publication yet
             key = state.variant[subscriber] = key.for_delta("start")
@@ -604,7 +619,7 @@ class Hub:
                     return
                 if offset != state.last_offset + 1:
                     self._lost_publications(state)
-                elif push.delta and state.previous_offset == state.last_offset:
+                elif push.delta and not push.per_key and state.previous_offset == state.last_offset:
                     # This node queued the stream's previous publication itself: a delta
                     # against it is what every delta subscriber here holds.
                     previous = state.previous

@@ -139,11 +139,15 @@ class MapChannels:
         key_mode: KeyMode = KeyMode.REPLACE,
         version: int = 0,
         version_epoch: str = "",
-        delta: bool = False,
+        delta: bool | None = None,
         refresh_ttl_on_suppress: bool = False,
     ) -> MapUpdateResult:
-        """Write ``key`` (107 for an empty key, or a ``version`` in ephemeral mode)."""
-        _, options = self.options(channel)
+        """Write ``key`` (107 for an empty key, or a ``version`` in ephemeral mode).
+
+        ``delta`` asks for a fossil delta against the key's previous value for
+        subscribers that negotiated one (``None``: the namespace's ``delta_publish``).
+        """
+        namespace, options = self.options(channel)
         if not key:
             raise ReplyError(ErrorCode.BAD_REQUEST)
         try:
@@ -159,7 +163,7 @@ class MapChannels:
                 version=version,
                 version_epoch=version_epoch,
                 refresh_ttl_on_suppress=refresh_ttl_on_suppress,
-                delta=delta,
+                delta=namespace.delta_publish if delta is None else delta,
             )
         except MapRequestError:
             raise ReplyError(ErrorCode.BAD_REQUEST) from None
@@ -248,8 +252,14 @@ class MapChannels:
     def handle_change(
         self, channel: str, change: MapEntry, position: StreamPosition, previous: bytes | None
     ) -> None:
-        """A change from the engine: encoded once, then queued for every local subscriber."""
-        push = prepare_map_publication(channel, map_publication(change), position.epoch)
+        """A change from the engine: encoded once, then queued for every local subscriber.
+
+        ``previous`` (the key's value before a write that asked for delta) is the base
+        of the one fossil delta every delta subscriber of this node shares.
+        """
+        push = prepare_map_publication(
+            channel, map_publication(change), position.epoch, base=previous
+        )
         self.hub.broadcast_publication(channel, push)
 
     # ------------------------------------------------------------------ map presence

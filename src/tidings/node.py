@@ -297,8 +297,11 @@ class Node:
         await self.presence.close()
         self.metrics.sync()  # a worker's last second of counts, before its process ends
 
-    def spawn(self, coroutine: Coroutine[Any, Any, Any], *, daemon: bool = False) -> None:
-        """Run a fire-and-forget coroutine that the node keeps a reference to.
+    def spawn(
+        self, coroutine: Coroutine[Any, Any, Any], *, daemon: bool = False
+    ) -> asyncio.Task[Any]:
+        """Run a fire-and-forget coroutine that the node keeps a reference to (the task is
+        returned for a caller that must wait for it before a later step).
 
         Shutdown lets ordinary tasks finish (bounded); a ``daemon`` (a loop that
         never ends) is cancelled at once.
@@ -308,6 +311,7 @@ class Node:
         if daemon:
             self._daemons.add(task)
         task.add_done_callback(self._task_done)
+        return task
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
@@ -408,12 +412,13 @@ class Node:
         positioned: bool,
         position: StreamPosition | None,
         delta: bool = False,
+        keyed: bool = False,
         conflator: Conflator[PreparedPush] | None = None,
     ) -> None:
         """The subscribe's answer is out: replay what was buffered, deliver live from now.
 
-        ``position`` is where the answer left the subscriber; ``delta`` and
-        ``conflator`` say how it is delivered to (see
+        ``position`` is where the answer left the subscriber; ``delta``, ``keyed``
+        and ``conflator`` say how it is delivered to (see
         :meth:`tidings.hub.Hub.complete_subscribe`).
         """
         self.hub.complete_subscribe(
@@ -423,6 +428,7 @@ class Node:
             positioned=positioned,
             position=position,
             delta=delta,
+            keyed=keyed,
             conflator=conflator,
         )
 
@@ -942,14 +948,16 @@ class Node:
         key_mode: KeyMode | str = KeyMode.REPLACE,
         version: int = 0,
         version_epoch: str = "",
-        delta: bool = False,
+        delta: bool | None = None,
         info: ClientInfo | None = None,
     ) -> MapUpdateResult:
         """Write ``key`` of a map channel, on every node (docs/protocol.md section 14).
 
         ``data`` is any JSON-serialisable value, or :class:`msgspec.Raw` holding
-        JSON text. Errors: 102 unknown namespace, 107 not a map namespace, an
-        empty key, an unknown ``key_mode`` or a ``version`` in ephemeral mode.
+        JSON text. ``delta`` sends it as a fossil delta against the key's previous
+        value to subscribers that negotiated one (``None``: the namespace's
+        ``delta_publish``). Errors: 102 unknown namespace, 107 not a map namespace,
+        an empty key, an unknown ``key_mode`` or a ``version`` in ephemeral mode.
         """
         try:
             mode = KeyMode(key_mode)

@@ -9,6 +9,7 @@ it, ``update`` changes one key); tests compare it with the server's state, key b
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -54,11 +55,21 @@ def endpoints(server: RunningServer, transport: str) -> tuple[Any, dict[str, Any
 
 
 async def open_js(
-    js_client: JsClientFactory, server: RunningServer, transport: str, user: str = "alice"
+    js_client: JsClientFactory,
+    server: RunningServer,
+    transport: str,
+    user: str = "alice",
+    *,
+    protobuf: bool = False,
 ) -> JsClient:
     js = await js_client()
     url, options = endpoints(server, transport)
-    await js.create(url, token=token(user), **RECONNECT, **options)
+    if protobuf:  # the package's Protobuf build (centrifuge/build/protobuf)
+        await js.call(
+            "create", url=url, token=token(user), protobuf=True, options={**RECONNECT, **options}
+        )
+    else:
+        await js.create(url, token=token(user), **RECONNECT, **options)
     connected = await js.connect()
     assert connected["transport"] == transport
     return js
@@ -82,6 +93,16 @@ async def server_state(node: Node, channel: str) -> dict[str, Any]:
     return {e.key: json.loads(e.data) if e.data else None for e in state.entries}
 
 
+def json_values(state: dict[str, Any]) -> dict[str, Any]:
+    """The driver's map state with Protobuf values (bytes, sent as ``__bytes__``) parsed."""
+    return {
+        key: json.loads(base64.b64decode(value["__bytes__"]))
+        if isinstance(value, dict) and "__bytes__" in value
+        else value
+        for key, value in state.items()
+    }
+
+
 async def same_state(js: JsClient, node: Node, channel: str) -> None:
     """Wait until the SDK-side state equals the server's, key by key."""
     expected: dict[str, Any] = {}
@@ -89,7 +110,7 @@ async def same_state(js: JsClient, node: Node, channel: str) -> None:
     async def equal() -> bool:
         nonlocal expected
         expected = await server_state(node, channel)
-        return bool(await js.call("map_state", channel=channel) == expected)
+        return json_values(await js.call("map_state", channel=channel)) == expected
 
     await eventually(equal, f"the client's {channel} to equal the server's", within=15)
 
@@ -288,6 +309,77 @@ async def test_bad_map_requests_get_their_codes_and_nobody_else_notices(
     await assert_still_serving(server, control)
 
 
+# --------------------------------------------------------------------------- fossil delta
+
+
+def row(key: int, n: int) -> dict[str, Any]:
+    """A ~1.5 KB map value of which a write changes two fields."""
+    levels = [{"level": i, "bid": 100 + i, "ask": 101 + i, "venue": "XNAS"} for i in range(24)]
+    levels[n % 24]["bid"] = 1000 + n
+    return {"row": key, "n": n, "levels": levels}
+
+
+DELTA_CASES = [("websocket", False), ("sse", False), ("websocket", True)]
+
+
+@pytest.mark.parametrize(
+    ("transport", "protobuf"), DELTA_CASES, ids=["websocket", "sse", "websocket-protobuf"]
+)
+async def test_map_delta_gets_the_same_state_in_fewer_bytes(
+    server: RunningServer, js_client: JsClientFactory, transport: str, protobuf: bool
+) -> None:
+    """``delta: 'fossil'`` on a map (``dmap``: persistent, ``delta_publish``, pages of 10):
+    per-key deltas decoded by the SDK into exactly the state a plain subscriber holds, in
+    a fraction of the bytes; a removal ends a key's chain; a dropped connection catches up
+    (through a STREAM page: more changes than a page) and deltas go on from there."""
+    node = server.node
+    channel = "dmap:board"
+    for key in range(12):
+        await node.map_publish(channel, f"row{key:02d}", row(key, 0))
+    clients = {}
+    for name, options in (("delta", {"delta": "fossil"}), ("plain", {})):
+        js = clients[name] = await open_js(js_client, server, transport, name, protobuf=protobuf)
+        await map_subscribe(js, channel, **options)
+        await js.call("bytes_received")  # count from here
+    for step in range(1, 41):
+        await node.map_publish(channel, f"row{step % 12:02d}", row(step % 12, step))
+    for js in clients.values():
+        await js.log.collect("update", 40, channel)
+        await same_state(js, node, channel)
+    wire = {name: await js.call("bytes_received") for name, js in clients.items()}
+    stats = await clients["delta"].call("delta_stats", channel=channel)
+    assert (stats["numFullPayloads"], stats["numDeltaPayloads"]) == (12, 40)  # state, updates
+    print(  # the figures quoted in docs/benchmarks.md
+        f"\nmap {transport}{' protobuf' if protobuf else ''}: 40 updates of ~1.5 KB values: "
+        f"{wire['plain']} bytes without delta, {wire['delta']} with "
+        f"({wire['delta'] / wire['plain']:.1%})"
+    )
+    assert wire["delta"] < wire["plain"] / 4, wire
+
+    js = clients["delta"]
+    await node.map_remove(channel, "row00")
+    await node.map_publish(channel, "row00", row(0, 100))  # anew: whole
+    await node.map_publish(channel, "row00", row(0, 101))  # a delta against it
+    await js.log.collect("update", 3, channel)
+    await same_state(js, node, channel)
+
+    await js.call("disconnect")
+    await js.log.next("disconnected", "client")
+    for step in range(102, 117):  # 15 changes: more than a page of 10
+        await node.map_publish(channel, f"row{step % 12:02d}", row(step % 12, step))
+    await node.map_remove(channel, "row05")
+    await js.call("connect")
+    again = await js.log.next("subscribed", channel)
+    assert again["recovered"] is True
+    await js.log.collect("update", 16, channel)
+    await same_state(js, node, channel)
+    await node.map_publish(channel, "row01", row(1, 200))
+    await js.log.next("update", channel)
+    await same_state(js, node, channel)
+    after = await js.call("delta_stats", channel=channel)
+    assert after["numDeltaPayloads"] > stats["numDeltaPayloads"] + 1
+
+
 # --------------------------------------------------------------------------- two nodes
 
 
@@ -386,3 +478,31 @@ async def test_subscribing_while_the_map_changes_on_another_node(
         written = await writer
     assert written > 100
     await same_state(js, far.node, channel)
+
+
+@pytest.mark.redis
+async def test_map_delta_across_two_nodes_on_redis(
+    two_nodes: tuple[RunningServer, RunningServer], js_client: JsClientFactory
+) -> None:
+    """Each key's previous value crosses Redis with its change: node a makes the deltas for
+    writes made through node b, and the SDK decodes exactly the server's state."""
+    near, far = two_nodes
+    channel = "dmap:cluster"
+
+    async def publish(key: str, data: Any) -> None:
+        status, body = await api(
+            far.port, "map_publish", {"channel": channel, "key": key, "data": data}
+        )
+        assert status == 200 and "result" in body, body
+
+    for key in range(4):
+        await publish(f"row{key}", row(key, 0))
+    js = await open_js(js_client, near, "websocket")
+    await map_subscribe(js, channel, delta="fossil")
+    for step in range(1, 21):
+        await publish(f"row{step % 4}", row(step % 4, step))
+    await js.log.collect("update", 20, channel)
+    await same_state(js, near.node, channel)
+    stats = await js.call("delta_stats", channel=channel)
+    assert (stats["numFullPayloads"], stats["numDeltaPayloads"]) == (4, 20)
+    assert stats["bytesReceived"] < stats["bytesDecoded"] / 3

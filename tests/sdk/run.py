@@ -7,15 +7,20 @@ What it does:
 1. starts ``tidings serve --config tests/sdk/tidings-sdk.toml`` on 127.0.0.1:8000
    (the suites hard-code ``localhost:8000``, as their CI runs Centrifugo there);
 2. centrifuge-python: downloads the published sdist of the pinned version from
-   PyPI into ``.cache/sdk`` (it ships its ``tests/``), and runs every test of its
-   unittest suite in a process of its own with ``--timeout`` seconds, because the
-   SDK reconnects forever and some tests await a publication with no deadline;
+   PyPI into ``.cache/sdk`` (it ships its ``tests/``), and runs its unittest suite,
+   one process per test module; a test that does not finish there runs again in a
+   process of its own with ``--timeout`` seconds, because the SDK reconnects forever
+   and some tests await a publication with no deadline;
 3. centrifuge-js: its Jest suite is not published (the npm package ships only
    ``build/`` and ``dist/``), so it runs only when ``--js-src`` names a checkout of
    centrifuge-js whose dependencies are installed; otherwise it is reported as not
    run;
-4. reads ``tests/sdk/excluded.txt``: a test listed there runs (Python: is
-   skipped) but its outcome does not count; every other test must pass.
+4. reads ``tests/sdk/excluded.txt``: what is listed there is not run (Python: the
+   test is skipped; Jest: whole files are left out with ``--testPathIgnorePatterns``,
+   single tests with a ``--testNamePattern`` that matches every other name), so it
+   cannot disturb the tests that count, every one of which must pass. Python
+   subtests cannot be left out one by one: the test runs and the listed subtests'
+   outcomes do not count.
 
 Prints each failure with its traceback, then a summary per suite and one closing
 line, and exits 1 when a test that counts failed. Every Python outcome, subtests
@@ -29,6 +34,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -129,7 +135,7 @@ def python_suite_dir() -> Path:
     if (target / "tests").is_dir():
         return target
     CACHE.mkdir(parents=True, exist_ok=True)
-    subprocess.run(
+    download = subprocess.run(
         [
             sys.executable,
             "-m",
@@ -143,16 +149,33 @@ def python_suite_dir() -> Path:
             str(CACHE),
             f"centrifuge-python=={CENTRIFUGE_PYTHON}",
         ],
-        check=True,
+        check=False,
     )
+    if download.returncode != 0:
+        raise SystemExit(
+            f"could not download the sdist of centrifuge-python=={CENTRIFUGE_PYTHON} from "
+            "PyPI (pip says why above): the Python SDK suite did not run"
+        )
     archive = CACHE / f"centrifuge_python-{CENTRIFUGE_PYTHON}.tar.gz"
     with tarfile.open(archive) as tar:
         tar.extractall(CACHE, filter="data")
     return target
 
 
-def run_python_suite(exclusions: Exclusions, timeout: float, work: Path) -> list[Outcome]:
-    suite_dir = python_suite_dir()
+MODULE_SECONDS_PER_TEST = 5.0
+"""What one module's process may take per test, on top of ``--timeout``: its tests take
+under a second each but a few (reconnects, token expiry) a few seconds."""
+
+
+def run_python_suite(
+    exclusions: Exclusions, timeout: float, work: Path, suite_dir: Path | None = None
+) -> list[Outcome]:
+    """Each test module in one process (its tests share the interpreter start, ~0.25 s a
+    process); a test that did not finish there (the module timed out or the process died)
+    runs again in a process of its own with ``timeout`` seconds, so a hang costs itself.
+    ``suite_dir``: a unittest suite's directory (its ``tests/``); by default the pinned
+    centrifuge-python sdist."""
+    suite_dir = suite_dir or python_suite_dir()
     listed = subprocess.run(
         [sys.executable, str(WORKER), "--list", "tests"],
         cwd=suite_dir,
@@ -161,27 +184,44 @@ def run_python_suite(exclusions: Exclusions, timeout: float, work: Path) -> list
         check=True,
     ).stdout.split()
     outcomes = []
-    for index, test_id in enumerate(listed, 1):
+    modules: dict[str, list[str]] = {}
+    for test_id in listed:
         reason = exclusions.reason("python", test_id)
         if reason is not None:
             outcomes.append(Outcome("python", test_id, "excluded", reason))
-            continue
-        outcome = run_python_test(suite_dir, test_id, exclusions, timeout, work)
-        print(f"[{index}/{len(listed)}] {outcome.status:8} {test_id}", flush=True)
-        outcomes.append(outcome)
+        else:
+            modules.setdefault(test_id.rsplit(".", 2)[0], []).append(test_id)
+    done = 0
+    for module, test_ids in modules.items():
+        budget = timeout + MODULE_SECONDS_PER_TEST * len(test_ids)
+        records, timed_out = run_python_tests(suite_dir, test_ids, budget, work)
+        for test_id in test_ids:
+            mine = records.get(test_id, [])
+            finished = any(not record["subtest"] for record in mine)
+            failed = any(record["outcome"] == "failed" for record in mine)
+            single_timed_out = False
+            if not finished and (timed_out or not failed):
+                print(f"rerunning {test_id} alone: it did not finish with {module}", flush=True)
+                alone, single_timed_out = run_python_tests(suite_dir, [test_id], timeout, work)
+                mine = alone.get(test_id, [])
+            outcome = judge_python_test(test_id, mine, single_timed_out, exclusions, timeout)
+            done += 1
+            print(f"[{done}/{len(listed)}] {outcome.status:8} {test_id}", flush=True)
+            outcomes.append(outcome)
     return outcomes
 
 
-def run_python_test(
-    suite_dir: Path, test_id: str, exclusions: Exclusions, timeout: float, work: Path
-) -> Outcome:
-    """One test in its own process; subtests listed in excluded.txt do not count."""
+def run_python_tests(
+    suite_dir: Path, test_ids: list[str], timeout: float, work: Path
+) -> tuple[dict[str, list[dict[str, str]]], bool]:
+    """Run ``test_ids`` in one process: each one's records (in order), and whether the
+    process was stopped at ``timeout``."""
     records_file = work / "record.jsonl"
     records_file.unlink(missing_ok=True)
     timed_out = False
     try:
         subprocess.run(
-            [sys.executable, str(WORKER), "--run", "tests", str(records_file), test_id],
+            [sys.executable, str(WORKER), "--run", "tests", str(records_file), *test_ids],
             cwd=suite_dir,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -190,11 +230,25 @@ def run_python_test(
         )
     except subprocess.TimeoutExpired:
         timed_out = True
-    records = []
+    records: dict[str, list[dict[str, str]]] = {}
     if records_file.exists():
-        records = [json.loads(line) for line in records_file.read_text().splitlines()]
+        text = records_file.read_text()
         with (work / "python-records.jsonl").open("a") as log:
-            log.write(records_file.read_text())
+            log.write(text)
+        for line in text.splitlines():
+            record = json.loads(line)
+            records.setdefault(record["id"], []).append(record)
+    return records, timed_out
+
+
+def judge_python_test(
+    test_id: str,
+    records: list[dict[str, str]],
+    timed_out: bool,
+    exclusions: Exclusions,
+    timeout: float,
+) -> Outcome:
+    """One test's outcome from its records; subtests listed in excluded.txt do not count."""
     failures = []
     passed_subtests = 0
     finished = False
@@ -217,8 +271,10 @@ def run_python_test(
             # excluded one would go unseen, which only lasts until the exclusion is lifted.
             return Outcome("python", test_id, "passed", "an excluded subtest did not finish")
         return Outcome("python", test_id, "failed", f"timed out after {timeout:.0f} s")
-    if not records:
+    if not finished and not records:
         return Outcome("python", test_id, "failed", "no result (the test process died)")
+    if any(not record["subtest"] and record["outcome"] == "skipped" for record in records):
+        return Outcome("python", test_id, "skipped")
     return Outcome("python", test_id, "passed")
 
 
@@ -231,29 +287,74 @@ def has_excluded_subtests(exclusions: Exclusions, test_id: str) -> bool:
 # --------------------------------------------------------------------------- centrifuge-js
 
 
+JS_TEST_FILE = re.compile(r"\.(test|spec)\.[cm]?[jt]sx?$")
+"""An excluded.txt entry naming a whole Jest test file rather than one test."""
+
+_JS_REGEX_SYNTAX = re.compile(r"[\\^$.*+?()[\]{}|/]")
+
+
+def js_regex_literal(text: str) -> str:
+    """``text`` as a JavaScript regular expression matching it literally (Jest compiles
+    ``--testNamePattern`` with ``new RegExp(pattern, "i")``, no ``u`` flag)."""
+    return _JS_REGEX_SYNTAX.sub(lambda match: "\\" + match.group(), text)
+
+
+def jest_exclusion_args(exclusions: Exclusions) -> list[str]:
+    """Jest options that keep what excluded.txt lists from running at all: whole files by
+    ``--testPathIgnorePatterns`` (which replaces Jest's default, so ``/node_modules/``
+    is repeated), single tests by a ``--testNamePattern`` that matches every full test
+    name but the listed ones (a negative lookahead). An excluded test that does not run
+    cannot leave timers behind that fail the tests after it."""
+    files = [
+        test for suite, test in exclusions.reasons if suite == "js" and JS_TEST_FILE.search(test)
+    ]
+    names = [
+        test
+        for suite, test in exclusions.reasons
+        if suite == "js" and not JS_TEST_FILE.search(test)
+    ]
+    args = ["--testPathIgnorePatterns", "/node_modules/"]
+    args += ["/" + js_regex_literal(name) + "$" for name in files]
+    if names:
+        alternatives = "|".join(js_regex_literal(name) for name in names)
+        args.append(f"--testNamePattern=^(?!(?:{alternatives})$)")
+    return args
+
+
 def run_js_suite(source: Path, exclusions: Exclusions, work: Path) -> list[Outcome]:
-    """Jest in a centrifuge-js checkout; a test counts unless listed (by file or full name)."""
+    """Jest in a centrifuge-js checkout, minus what excluded.txt lists (not run at all)."""
     report = work / "jest.json"
+    report.unlink(missing_ok=True)
     npx = shutil.which("npx") or "npx"
     subprocess.run(
         # --forceExit: the SDK's reconnect timers outlive some tests and keep Jest running.
-        [npx, "jest", "--json", f"--outputFile={report}", "--runInBand", "--forceExit"],
+        [
+            npx,
+            "jest",
+            "--json",
+            f"--outputFile={report}",
+            "--runInBand",
+            "--forceExit",
+            *jest_exclusion_args(exclusions),
+        ],
         cwd=source,
         check=False,
         env={**os.environ, "CI": "true"},
     )
+    if not report.exists():
+        return [Outcome("js", "jest", "failed", f"Jest wrote no report in {source}")]
     results = json.loads(report.read_text())
     outcomes = []
+    seen: set[str] = set()
     for file_result in results["testResults"]:
         file_name = Path(file_result["name"]).name
-        file_reason = exclusions.reason("js", file_name)
         assertions = file_result["assertionResults"]
         if not assertions and file_result.get("message"):
-            status = "excluded" if file_reason else "failed"
-            outcomes.append(Outcome("js", file_name, status, file_reason or file_result["message"]))
+            outcomes.append(Outcome("js", file_name, "failed", file_result["message"]))
         for assertion in assertions:
             name = assertion["fullName"]
-            reason = file_reason or exclusions.reason("js", name)
+            seen.add(name)
+            reason = exclusions.reason("js", name)
             if reason is not None:
                 outcomes.append(Outcome("js", name, "excluded", reason))
             elif assertion["status"] == "passed":
@@ -263,6 +364,13 @@ def run_js_suite(source: Path, exclusions: Exclusions, work: Path) -> list[Outco
             else:
                 detail = "\n".join(assertion.get("failureMessages") or [])
                 outcomes.append(Outcome("js", f"{file_name}: {name}", "failed", detail))
+    for (suite, test), reason in exclusions.reasons.items():
+        if suite != "js":
+            continue
+        if JS_TEST_FILE.search(test):
+            outcomes.append(Outcome("js", test, "excluded file", reason))
+        elif test not in seen:
+            print(f"note: tests/sdk/excluded.txt lists a JS test the suite does not have: {test}")
     return outcomes
 
 
@@ -277,18 +385,28 @@ def summarise(outcomes: list[Outcome], ran: set[str], exclusions: Exclusions) ->
     for suite in ("python", "js"):
         mine = [o for o in outcomes if o.suite == suite]
         if suite not in ran:
-            why = "not asked for" if suite == "python" else "its Jest suite is not published"
-            print(f"{suite + ':':7} not run ({why}; see tests/sdk/run.py)")
+            if suite == "python":
+                print("python: not run (--only js)")
+            else:
+                print(
+                    "js:     NOT RUN. centrifuge-js' Jest suite is not published: pass --js-src "
+                    "DIR (make sdk-suites SDK_JS_SRC=DIR), a centrifuge-js checkout whose "
+                    "dependencies are installed"
+                )
             continue
-        counts = {s: sum(o.status == s for o in mine) for s in ("passed", "failed", "excluded")}
-        skipped = sum(o.status == "skipped" for o in mine)
-        subtests = sum(s == suite and " (" in t for s, t in exclusions.reasons)
+        counts = {
+            s: sum(o.status == s for o in mine)
+            for s in ("passed", "failed", "excluded", "excluded file", "skipped")
+        }
         excluded = f"{counts['excluded']} excluded"
+        if counts["excluded file"]:
+            excluded += f" (and {counts['excluded file']} whole files)"
+        subtests = sum(s == suite and " (" in t for s, t in exclusions.reasons)
         if subtests:
             excluded += f" (and {subtests} subtests of counted tests)"
         print(
             f"{suite + ':':7} {counts['passed']} passed, {counts['failed']} failed, "
-            f"{excluded} by tests/sdk/excluded.txt, {skipped} skipped by the suite"
+            f"{excluded} by tests/sdk/excluded.txt, {counts['skipped']} skipped by the suite"
         )
     passed = sum(o.status == "passed" for o in outcomes)
     failed = sum(o.status == "failed" for o in outcomes)

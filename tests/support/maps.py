@@ -71,7 +71,9 @@ def map_namespace(subscription_type: str = "map", **map_options: Any) -> Channel
 
 
 def map_channels() -> ChannelsConfig:
-    """The standard namespaces plus maps of every mode, a cursor map and map presence."""
+    """The standard namespaces plus maps of every mode, a cursor map, map presence, and
+    fossil delta on a map with a stream (``dmap``, small pages) and an ephemeral one
+    (``deph``, where it is never negotiated)."""
     channels = standard_channels()
     channels.namespaces.update(
         {
@@ -93,6 +95,22 @@ def map_channels() -> ChannelsConfig:
                 max_page_size=10,
                 live_transition_max_publication_limit=5,
                 stream_size=20,
+            ),
+            "dmap": msgspec.structs.replace(
+                map_namespace(
+                    mode="persistent",
+                    min_page_size=1,
+                    default_page_size=10,
+                    max_page_size=10,
+                    stream_size=100,
+                ),
+                allowed_delta_types=["fossil"],
+                delta_publish=True,
+            ),
+            "deph": msgspec.structs.replace(
+                map_namespace(mode="ephemeral", key_ttl=30),
+                allowed_delta_types=["fossil"],
+                delta_publish=True,
             ),
             "cursors": map_namespace(
                 mode="ephemeral",

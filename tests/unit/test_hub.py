@@ -15,7 +15,8 @@ from tidings.conflation import Conflator
 from tidings.hub import Hub
 from tidings.protocol import codec, fossil
 from tidings.protocol.codec import PreparedPush, join_documents, prepare_publication
-from tidings.protocol.messages import Publication, StreamPosition
+from tidings.protocol.maps import prepare_map_publication
+from tidings.protocol.messages import MapPublication, Publication, StreamPosition
 from tidings.protocol.wire import WireFormat
 
 
@@ -463,3 +464,163 @@ async def test_conflating_the_last_member_of_a_group_mid_flush() -> None:
     assert [p["offset"] for p in pubs_of(fast)] == [1, 2]
     assert hub.conflation_backlog("c", slow) == 1
     assert OTHER_WIRE not in hub._channels["c"].plain
+
+
+# --------------------------------------------------------------------------- maps: per-key delta
+
+
+def board(key: str, n: int) -> bytes:
+    """A map value (~250 bytes) where only ``n`` changes between writes of one key."""
+    return json.dumps({"player": key, "n": n, "note": "y" * 200}).encode()
+
+
+def change(offset: int, key: str, n: int | None, base: int | None = None) -> PreparedPush:
+    """A map change as the node prepares it: ``base`` is the key's previous value, which
+    the engine hands over for a write that asked for delta; ``n`` None is a removal."""
+    if n is None:
+        publication = MapPublication(key, offset=offset, removed=True)
+    else:
+        publication = MapPublication(key, data=Raw(board(key, n)), offset=offset)
+    previous = board(key, base) if base is not None else None
+    return prepare_map_publication("c", publication, "E", base=previous)
+
+
+def map_delta_live(hub: Hub, subscriber: FakeSubscriber, position: int = 0) -> None:
+    hub.begin_subscribe("c", subscriber)
+    hub.complete_subscribe(
+        "c",
+        subscriber,
+        join_leave=False,
+        positioned=True,
+        position=StreamPosition(position, "E" if position else ""),
+        delta=True,
+        keyed=True,
+    )
+
+
+class MapSdkDecoder:
+    """What centrifuge-js 5.8 does with the changes of a map subscription whose reply said
+    ``delta: true``: one chain per key, seeded by the state it received, ended by a removal."""
+
+    def __init__(self, state: dict[str, bytes] | None = None) -> None:
+        self.previous = dict(state or {})
+
+    def decode(self, pub: dict[str, Any]) -> Any:
+        text = pub["data"]
+        assert isinstance(text, str), "a delta subscriber must get data as a JSON string"
+        key = pub["key"]
+        full = (
+            fossil.apply(self.previous[key], text.encode()) if pub.get("delta") else text.encode()
+        )
+        if pub.get("removed"):
+            del self.previous[key]
+        else:
+            self.previous[key] = full
+        return json.loads(full)
+
+
+async def test_map_delta_subscribers_get_per_key_deltas_at_once_encoded_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A map subscriber holds every key from its reply on: the first change of a key it got
+    in the state is already a delta, against that key's value, shared by every recipient."""
+    deltas = count_calls(monkeypatch, fossil, "create")
+    hub = Hub()
+    plain = FakeSubscriber("plain")
+    one, two = FakeSubscriber("one"), FakeSubscriber("two")
+    live(hub, plain)
+    map_delta_live(hub, one, position=2)  # its state: a at 1, b at 2
+    map_delta_live(hub, two, position=2)
+    hub.broadcast_publication("c", change(3, "a", 2, base=1))
+    hub.broadcast_publication("c", change(4, "b", 2, base=1))
+    await next_turn()
+    hub.broadcast_publication("c", change(5, "a", 3, base=2))
+    hub.broadcast_publication("c", change(6, "c", 1))  # a new key: whole
+    await next_turn()
+
+    assert [p["data"]["n"] for p in pubs_of(plain)] == [2, 2, 3, 1]  # plain: untouched
+    pubs = pubs_of(one)
+    assert [p.get("delta", False) for p in pubs] == [True, True, True, False]
+    assert all(len(p["data"]) < 40 for p in pubs[:3])
+    sdk = MapSdkDecoder({"a": board("a", 1), "b": board("b", 1)})
+    assert [(p["key"], sdk.decode(p)["n"]) for p in pubs] == [
+        ("a", 2),
+        ("b", 2),
+        ("a", 3),
+        ("c", 1),
+    ]
+    assert one.writes == two.writes and one.writes[0] is two.writes[0]
+    assert deltas.count == 3  # once per change, for every delta subscriber
+
+
+async def test_a_removal_ends_the_keys_chain() -> None:
+    hub = Hub()
+    s = FakeSubscriber("s")
+    map_delta_live(hub, s, position=1)  # its state: a at 1
+    hub.broadcast_publication("c", change(2, "a", 2, base=1))
+    hub.broadcast_publication("c", change(3, "a", None))
+    hub.broadcast_publication("c", change(4, "a", 5))  # written anew: no base
+    await next_turn()
+    pubs = pubs_of(s)
+    assert pubs[1] == {"key": "a", "data": "null", "offset": 3, "removed": True}
+    assert [p.get("delta", False) for p in pubs] == [True, False, False]
+    sdk = MapSdkDecoder({"a": board("a", 1)})
+    assert sdk.decode(pubs[0])["n"] == 2
+    assert sdk.decode(pubs[1]) is None and "a" not in sdk.previous  # the SDK parses "null"
+    assert sdk.decode(pubs[2])["n"] == 5
+
+
+async def test_a_per_key_base_is_never_the_channels_previous_publication() -> None:
+    hub = Hub()
+    s = FakeSubscriber("s")
+    map_delta_live(hub, s, position=1)
+    hub.broadcast_publication("c", change(2, "a", 2, base=1))
+    first_of_b = change(3, "b", 1)
+    first_of_b.delta = True  # asked for delta, but b had no previous value
+    hub.broadcast_publication("c", first_of_b)
+    assert first_of_b.base is None
+    await next_turn()
+    assert [p.get("delta", False) for p in pubs_of(s)] == [True, False]
+
+
+async def test_map_changes_racing_the_subscribe_are_replayed_as_deltas() -> None:
+    hub = Hub()
+    s = FakeSubscriber("s")
+    hub.begin_subscribe("c", s)
+    hub.broadcast_publication("c", change(3, "a", 2, base=1))  # in the reply's catch-up
+    hub.broadcast_publication("c", change(4, "a", 3, base=2))
+    hub.broadcast_publication("c", change(5, "b", 2, base=1))
+    hub.complete_subscribe(
+        "c",
+        s,
+        join_leave=False,
+        positioned=True,
+        position=StreamPosition(3, "E"),
+        delta=True,
+        keyed=True,
+    )
+    hub.broadcast_publication("c", change(6, "a", 4, base=3))
+    await next_turn()
+    pubs = pubs_of(s)
+    assert [p["offset"] for p in pubs] == [4, 5, 6]
+    assert all(p["delta"] is True for p in pubs)
+    sdk = MapSdkDecoder({"a": board("a", 2), "b": board("b", 1)})
+    assert [sdk.decode(p)["n"] for p in pubs] == [3, 2, 4]
+
+
+async def test_a_conflated_map_delta_subscriber_gets_strings_then_deltas_at_once() -> None:
+    hub = Hub()
+    s = FakeSubscriber("s")
+    map_delta_live(hub, s, position=2)
+    hub.conflate("c", s, Conflator(), held=True)
+    for offset, n in ((3, 2), (4, 3), (5, 4)):
+        hub.broadcast_publication("c", change(offset, "a", n, base=n - 1))
+    await next_turn()
+    hub.release("c", s)
+    hub.broadcast_publication("c", change(6, "a", 5, base=4))
+    await next_turn()
+    pubs = pubs_of(s)
+    assert [p["offset"] for p in pubs] == [5, 6]
+    assert [p.get("delta", False) for p in pubs] == [False, True]  # the latest whole, then on
+    sdk = MapSdkDecoder({"a": board("a", 1)})
+    assert [sdk.decode(p)["n"] for p in pubs] == [4, 5]

@@ -17,6 +17,7 @@ import pytest
 
 from tests.conftest import SECRET, make_config
 from tests.support.clock import FakeClock
+from tests.support.polling import eventually
 from tidings.auth import make_token
 from tidings.errors import Disconnect
 from tidings.node import Node
@@ -148,6 +149,21 @@ async def test_commands_of_one_frame_are_answered_in_order(harness: Harness) -> 
     )
     assert [reply["id"] for reply in replies if "id" in reply] == [1, 2, 3]
     assert replies[-1]["presence_stats"] == {"num_clients": 1, "num_users": 1}
+
+
+async def test_a_quick_resubscribe_keeps_its_presence(harness: Harness) -> None:
+    """Found by centrifuge-js' suite ("subscribe and unsubscribe loop"): a leave removes the
+    client's presence entry in a task of its own, and used to run after the next subscribe
+    had added it again, leaving a subscribed client out of presence."""
+    await harness.connect()
+    loop: list[dict[str, Any]] = []
+    for n in range(5):
+        loop.append({"id": 10 + 2 * n, "subscribe": {"channel": "chat:loop"}})
+        loop.append({"id": 11 + 2 * n, "unsubscribe": {"channel": "chat:loop"}})
+    loop.append({"id": 30, "subscribe": {"channel": "chat:loop"}})
+    await harness.send(*loop)
+    await eventually(lambda: harness.session.leaving is None, "the leaves to finish")
+    assert list(await harness.node.presence_of("chat:loop")) == [harness.session.client_id]
 
 
 @pytest.mark.parametrize(

@@ -26,6 +26,7 @@ from tests.support.sessions import Harness
 from tidings.brokers.memory_map import MemoryMapBroker
 from tidings.errors import Disconnect
 from tidings.node import Node
+from tidings.protocol import fossil
 from tidings.protocol.codec import encode_reply
 from tidings.protocol.messages import Command, SubscribeRequest
 from tidings.session import commands
@@ -89,6 +90,7 @@ async def sdk_subscribe(
     limit: int = 0,
     recover_from: tuple[int, str] | None = None,
     between: Any = None,
+    delta: bool = False,
 ) -> Subscribed:
     """The request sequence of centrifuge-js 5.8's map subscribe, and its merge.
 
@@ -96,6 +98,8 @@ async def sdk_subscribe(
     world moves on while the client pages.
     """
     base: dict[str, Any] = {"channel": channel, "type": type, "flag": 1}
+    if delta:
+        base["delta"] = "fossil"
     if limit:
         base["limit"] = limit
     state_entries: list[dict[str, Any]] = []
@@ -623,6 +627,20 @@ async def test_map_presence_of_clients_and_users(
     assert await server_state(node, "users:game:1") == {}
 
 
+async def test_map_presence_survives_a_quick_resubscribe(node: Node, client: Harness) -> None:
+    """The leave of the first subscription ends before the next one writes its entry, so
+    the entry is there while the client is subscribed (it used to be removed after it)."""
+    frame = [
+        {"id": 10, "subscribe": {"channel": "game:q"}},
+        {"id": 11, "unsubscribe": {"channel": "game:q"}},
+        {"id": 12, "subscribe": {"channel": "game:q"}},
+    ]
+    await client.send(*frame)
+    await eventually(lambda: client.session.leaving is None, "the leave to finish")
+    state = await server_state(node, "clients:game:q")
+    assert list(state) == [client.session.client_id]
+
+
 async def test_held_presence_entries_outlive_their_ttl(
     node: Node, client: Harness, clock: FakeClock
 ) -> None:
@@ -804,3 +822,172 @@ async def test_conflate_by_none_turns_conflation_off_for_a_map(node: Node) -> No
     assert node.rules.options("prices:x").conflates  # maps conflate by default
     plain = msgspec.structs.replace(node.rules.options("prices:x"), conflate_by="none")
     assert not plain.conflates
+
+
+# --------------------------------------------------------------------------- fossil delta
+
+
+def board(n: int, tag: str = "") -> dict[str, Any]:
+    """A ~400-byte map value where one field changes between writes."""
+    return {"n": n, "tag": tag, "levels": [{"level": i, "bid": 100 + i} for i in range(12)]}
+
+
+class MapSdk:
+    """centrifuge-js 5.8 on a map subscription whose LIVE reply said ``delta: true``: the
+    state and stream entries seed one delta base per key, a removal ends it."""
+
+    def __init__(self, state: dict[str, Any]) -> None:
+        assert all(isinstance(text, str) for text in state.values()), state
+        self.previous = {key: text.encode() for key, text in state.items()}
+
+    def decode(self, pub: dict[str, Any]) -> Any:
+        text = pub["data"]
+        assert isinstance(text, str), "a delta subscriber must get data as a JSON string"
+        key = pub["key"]
+        full = (
+            fossil.apply(self.previous[key], text.encode()) if pub.get("delta") else text.encode()
+        )
+        if pub.get("removed"):
+            del self.previous[key]
+        else:
+            self.previous[key] = full
+        return json.loads(full)
+
+
+def entries_of(reply: dict[str, Any]) -> list[dict[str, Any]]:
+    result = reply["subscribe"]
+    return [*result.get("state", []), *result.get("publications", [])]
+
+
+def live_pubs(pushes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [push["push"]["pub"] for push in pushes if "pub" in push.get("push", {})]
+
+
+async def test_map_delta_pages_are_strings_then_live_changes_are_per_key_deltas(
+    node: Node, client: Harness
+) -> None:
+    for n in range(25):
+        await node.map_publish("dmap:a", f"k{n:04d}", board(n))
+    bursts = iter([range(0, 12), range(12, 24)])
+
+    async def world_moves_on() -> None:
+        """Two bursts while the state is paged: the flow reads two STREAM pages after it,
+        then catches up with the rest (under the live limit of 10) going LIVE."""
+        for n in next(bursts, ()):
+            await node.map_publish("dmap:a", f"k{(n * 7) % 30:04d}", board(n, "w"))
+
+    subscribed = await sdk_subscribe(client, "dmap:a", limit=10, between=world_moves_on, delta=True)
+    phases = [reply["subscribe"].get("phase", 0) for reply in subscribed.replies]
+    assert 2 in phases and 1 in phases and phases[-1] == 0, phases
+    for reply in subscribed.replies:  # every page's data is a JSON string (the key's base)
+        assert all(isinstance(entry["data"], str) for entry in entries_of(reply))
+        assert "delta" not in reply["subscribe"] or reply["subscribe"].get("phase", 0) == 0
+    assert subscribed.live["delta"] is True
+    values = {key: json.loads(text) for key, text in subscribed.state.items()}
+    assert values == await server_state(node, "dmap:a")
+
+    sdk = MapSdk(subscribed.state)
+    await node.map_publish("dmap:a", "k0001", board(1001))
+    await node.map_publish("dmap:a", "k0002", board(1002))
+    await node.map_publish("dmap:a", "k0001", board(1003))
+    pubs = live_pubs(await client.flush())
+    assert [(p["key"], p["delta"]) for p in pubs] == [
+        ("k0001", True),
+        ("k0002", True),
+        ("k0001", True),
+    ]
+    assert all(len(p["data"]) < len(json.dumps(board(1001))) / 4 for p in pubs)
+    assert [sdk.decode(p) for p in pubs] == [board(1001), board(1002), board(1003)]
+
+
+async def test_a_map_removal_ends_the_keys_delta_chain(node: Node, client: Harness) -> None:
+    await node.map_publish("dmap:r", "a", board(1))
+    sdk = MapSdk((await sdk_subscribe(client, "dmap:r", delta=True)).state)
+    await node.map_remove("dmap:r", "a")
+    await node.map_publish("dmap:r", "a", board(2))
+    await node.map_publish("dmap:r", "a", board(3))
+    pubs = live_pubs(await client.flush())
+    assert pubs[0] == {"key": "a", "data": "null", "offset": 2, "removed": True}
+    assert [p.get("delta", False) for p in pubs] == [False, False, True]
+    assert [sdk.decode(p) for p in pubs] == [None, board(2), board(3)]
+    assert list(sdk.previous) == ["a"]
+
+
+async def test_map_delta_recovery_catches_up_whole_then_deltas(
+    node: Node, client: Harness, clock: FakeClock
+) -> None:
+    for n in range(5):
+        await node.map_publish("dmap:rec", f"k{n}", board(n))
+    before = await sdk_subscribe(client, "dmap:rec", delta=True)
+    sdk = MapSdk(before.state)
+    await client.send({"id": 90, "unsubscribe": {"channel": "dmap:rec"}})
+    await node.map_publish("dmap:rec", "k1", board(11))  # the client is away
+    await node.map_remove("dmap:rec", "k2")
+    again = Harness(node, clock)
+    await again.connect()
+    after = await sdk_subscribe(
+        again, "dmap:rec", recover_from=(before.offset, before.epoch), delta=True
+    )
+    live = after.live
+    assert live["recovered"] is True and live["delta"] is True
+    assert live["publications"] == [
+        {"key": "k1", "data": json.dumps(board(11), separators=(",", ":")), "offset": 6},
+        {"key": "k2", "data": "null", "offset": 7, "removed": True},
+    ]
+    for pub in live["publications"]:  # the SDK applies the catch-up as it would a push
+        sdk.decode(pub)
+    await node.map_publish("dmap:rec", "k1", board(12))
+    (pub,) = live_pubs(await again.flush())
+    assert pub["delta"] is True and sdk.decode(pub) == board(12)
+
+
+async def test_a_map_write_that_does_not_ask_goes_whole(node: Node, client: Harness) -> None:
+    """``delta=False`` overrides the namespace's ``delta_publish`` (as a stream publish's)."""
+    await node.map_publish("dmap:w", "a", board(1))
+    sdk = MapSdk((await sdk_subscribe(client, "dmap:w", delta=True)).state)
+    await node.map_publish("dmap:w", "a", board(2), delta=False)
+    await node.map_publish("dmap:w", "a", board(3))
+    pubs = live_pubs(await client.flush())
+    assert [p.get("delta", False) for p in pubs] == [False, True]
+    assert [sdk.decode(p) for p in pubs] == [board(2), board(3)]
+
+
+@pytest.mark.parametrize(
+    ("channel", "asks"),
+    [("deph:x", True), ("prices:x", True), ("dmap:x", False)],
+    ids=["ephemeral map", "namespace without fossil", "not asked"],
+)
+async def test_map_delta_not_negotiated(
+    node: Node, client: Harness, channel: str, asks: bool
+) -> None:
+    await node.map_publish(channel, "a", board(1))
+    subscribed = await sdk_subscribe(client, channel, delta=asks)
+    assert "delta" not in subscribed.live
+    assert subscribed.live["state"][0]["data"] == board(1)  # raw JSON, as without asking
+    await node.map_publish(channel, "a", board(2), delta=True)
+    (pub,) = live_pubs(await client.flush())
+    assert pub["data"] == board(2) and "delta" not in pub
+
+
+async def test_map_deltas_are_made_once_per_change_for_every_subscriber(
+    node: Node, client: Harness, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await node.map_publish("dmap:once", "a", board(1))
+    others = [Harness(node, clock) for _ in range(3)]
+    for other in others:
+        await other.connect()
+    for harness in (client, *others):
+        await sdk_subscribe(harness, "dmap:once", delta=True)
+    made: list[bytes] = []
+    create = fossil.create
+
+    def counting(base: bytes, target: bytes) -> bytes:
+        made.append(target)
+        return create(base, target)
+
+    monkeypatch.setattr(fossil, "create", counting)
+    await node.map_publish("dmap:once", "a", board(2))
+    await node.map_publish("dmap:once", "a", board(3))
+    received = [live_pubs(await harness.flush()) for harness in (client, *others)]
+    assert all(pubs == received[0] for pubs in received) and len(received[0]) == 2
+    assert len(made) == 2  # one delta per change, for the four subscribers

@@ -23,6 +23,7 @@ from tidings.auth import make_token
 from tidings.brokers.memory_map import MemoryMapBroker
 from tidings.errors import Disconnect
 from tidings.node import Node
+from tidings.protocol import fossil
 from tidings.protocol.protobuf import split_frame, varint
 from tidings.protocol.wire import ProtobufWire, WireFormat
 from tidings.session import RequestInfo, Session
@@ -115,3 +116,41 @@ async def test_a_map_subscribe_and_its_changes_in_protobuf(node: Node) -> None:
     (pushed,) = transport.take()
     pub = pushed.push.pub
     assert (pub.offset, json.loads(pub.data), unknown(pub)[11]) == (4, {"v": "new"}, [b"k1"])
+
+
+async def test_map_delta_in_protobuf_is_bytes_per_key(node: Node) -> None:
+    """Protobuf needs no JSON strings: state entries carry the value's bytes, live changes a
+    binary fossil delta against the key's previous value (``delta: true``), a removal none."""
+    transport = RecordingTransport()
+    session = Session(node, transport, RequestInfo("192.0.2.7"))
+    token = make_token(SECRET, user="alice", ttl=3600, clock=node.clock.time)
+
+    async def send(frame: bytes) -> list[pb.Reply]:
+        session.handle_frame(frame)
+        await session.idle()
+        await asyncio.sleep(0)
+        return transport.take()
+
+    def value(n: int) -> dict[str, object]:
+        return {"n": n, "levels": [{"level": i, "bid": 100 + i} for i in range(12)]}
+
+    await send(command(1, 4, pb.ConnectRequest(token=token).SerializeToString()))
+    await node.map_publish("dmap:pb", "a", value(1))
+    subscribe = pb.SubscribeRequest(channel="dmap:pb", delta="fossil").SerializeToString()
+    subscribe += b"\x78\x01" + b"\x80\x01\x02"  # type = 1 (map), phase = 2 (STATE)
+    (reply,) = await send(command(2, 5, subscribe))
+    assert reply.subscribe.delta is True
+    (entry,) = [pb.Publication.FromString(raw) for raw in unknown(reply.subscribe)[18]]
+    previous = entry.data
+    assert json.loads(previous) == value(1)
+    await node.map_publish("dmap:pb", "a", value(2))
+    await node.map_publish("dmap:pb", "a", value(3))
+    await node.map_remove("dmap:pb", "a")
+    await asyncio.sleep(0)
+    pubs = [reply.push.pub for reply in transport.take()]
+    assert [pub.delta for pub in pubs] == [True, True, False]
+    for pub, n in zip(pubs[:2], (2, 3), strict=True):
+        assert len(pub.data) < len(json.dumps(value(n))) / 4
+        previous = fossil.apply(previous, pub.data)
+        assert json.loads(previous) == value(n)
+    assert unknown(pubs[2])[12] == [1] and pubs[2].data == b""  # removed, no data

@@ -17,7 +17,7 @@ transport adapter picks one per connection and the wire format carries it.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, TypeVar
 
 import msgspec
 from msgspec import Raw
@@ -33,6 +33,7 @@ from tidings.protocol.messages import (
     ConnectRequest,
     ErrorResult,
     JoinLeave,
+    MapPublication,
     Publication,
 )
 
@@ -43,6 +44,12 @@ encode = _encoder.encode
 """Encode any msgspec-compatible value to compact JSON bytes."""
 
 KNOWN_DELTA_TYPES = frozenset({"", "fossil"})
+
+DATA_BODIES = (Publication, MapPublication)
+"""Push bodies with a ``data`` that delta subscribers take as a string or a fossil delta:
+stream publications and map changes."""
+
+Keyed = TypeVar("Keyed", Publication, MapPublication)
 
 
 def decode_frame(frame: bytes) -> list[Command]:
@@ -164,7 +171,10 @@ class PreparedPush:
     A publication also carries what delta compression needs: ``delta`` (the
     publisher asked for delta encoding) and ``base`` (the payload it may be
     encoded against, which the hub sets when it holds the stream's previous
-    publication). Subscribers that negotiated delta get :meth:`string_document`
+    publication). A map change is ``per_key``: its base is the previous value of
+    the same key, which the map engine read in the same atomic step as the write
+    and :func:`tidings.protocol.maps.prepare_map_publication` set; the hub leaves
+    it alone. Subscribers that negotiated delta get :meth:`string_document`
     or :meth:`delta_document`; each is encoded on first use and then shared,
     like the plain documents. Conflation reads the publication's ``key``
     (:attr:`key`).
@@ -187,6 +197,7 @@ class PreparedPush:
         "epoch",
         "kind",
         "offset",
+        "per_key",
     )
 
     def __init__(
@@ -198,6 +209,7 @@ class PreparedPush:
         offset: int = 0,
         epoch: str = "",
         delta: bool = False,
+        per_key: bool = False,
     ) -> None:
         self.channel = channel
         self.kind = kind
@@ -207,6 +219,7 @@ class PreparedPush:
         self.offset = offset
         self.epoch = epoch
         self.delta = delta
+        self.per_key = per_key
         self.base: Raw | None = None
         # Per-publication costs matter (the hot path's only encoding step): every other
         # rendering is cached in one slot, a list indexed by the _VARIANT_* constants,
@@ -228,9 +241,9 @@ class PreparedPush:
 
     @property
     def payload(self) -> Raw | None:
-        """A publication's ``data``; ``None`` for other pushes."""
+        """A publication's or map change's ``data``; ``None`` for other pushes."""
         body = self.body
-        return body.data if isinstance(body, Publication) else None
+        return body.data if isinstance(body, DATA_BODIES) else None
 
     def document(self, envelope: bool) -> bytes:
         """The document a transport sends: wrapped (bidirectional) or bare."""
@@ -249,7 +262,7 @@ class PreparedPush:
         """The document for a delta subscriber owed the full payload: ``data`` as a JSON
         string (docs/protocol.md, "Delta compression"). Other pushes are unchanged."""
         body = self.body
-        if not isinstance(body, Publication):
+        if not isinstance(body, DATA_BODIES):
             return self.document(envelope)
         pair = self._strings(body)
         return pair[0] if envelope else pair[1]
@@ -259,7 +272,7 @@ class PreparedPush:
         against it when the publisher asked for one and it is smaller, else as
         :meth:`string_document`."""
         body = self.body
-        if not isinstance(body, Publication):
+        if not isinstance(body, DATA_BODIES):
             return self.document(envelope)
         variants = self._variants or self._new_variants()
         pair: tuple[bytes, bytes] | None = variants[_VARIANT_JSON_DELTAS]
@@ -289,7 +302,7 @@ class PreparedPush:
         if patch is None:
             patch = b""
             base, body = self.base, self.body
-            if self.delta and base is not None and isinstance(body, Publication):
+            if self.delta and base is not None and isinstance(body, DATA_BODIES):
                 created = fossil.create(bytes(base), bytes(body.data))
                 if len(created) < len(body.data):
                     patch = created
@@ -297,7 +310,7 @@ class PreparedPush:
             self.base = None  # made: the previous payload is no longer needed
         return patch or None
 
-    def _strings(self, body: Publication) -> tuple[bytes, bytes]:
+    def _strings(self, body: Publication | MapPublication) -> tuple[bytes, bytes]:
         variants = self._variants or self._new_variants()
         pair: tuple[bytes, bytes] | None = variants[_VARIANT_JSON_STRINGS]
         if pair is None:
@@ -319,24 +332,34 @@ PROTOBUF_DELTA = 4
 _VARIANTS = 5
 
 
+NULL_STRING: Final = Raw(b'"null"')
+"""What a delta subscriber is sent as the ``data`` of a change that has none (a map removal,
+a map presence entry): centrifuge-js parses the string of every publication of a
+delta subscription, and an absent or empty one throws there."""
+
+
 def string_payload(payload: Raw) -> Raw:
-    """A payload as the JSON string of its JSON text (what a delta subscriber is sent).
+    """A payload as the JSON string of its JSON text (what a delta subscriber is sent);
+    no payload is :data:`NULL_STRING`.
 
     Payloads are UTF-8 JSON (``client_payload`` refuses other bytes from Protobuf
     clients); ``replace`` only keeps a broken one from failing a whole fan-out.
     """
+    if not len(payload):
+        return NULL_STRING
     return Raw(_encoder.encode(bytes(payload).decode(errors="replace")))
 
 
-def string_publication(publication: Publication) -> Publication:
-    """A copy of ``publication`` with its ``data`` as a JSON string (recovered
-    publications in the subscribe reply of a delta subscriber)."""
+def string_publication(publication: Keyed) -> Keyed:
+    """A copy of ``publication`` (or of a map entry) with its ``data`` as a JSON string:
+    recovered publications, and a map flow's state and stream pages, for a delta
+    subscriber."""
     return msgspec.structs.replace(publication, data=string_payload(publication.data))
 
 
 def _encode_variant(push: PreparedPush, data: Raw, delta: bool) -> tuple[bytes, bytes]:
-    """``push`` (a publication) with another ``data``: its two documents."""
-    assert isinstance(push.body, Publication)
+    """``push`` (a publication or a map change) with another ``data``: its two documents."""
+    assert isinstance(push.body, DATA_BODIES)
     publication = msgspec.structs.replace(push.body, data=data, delta=delta)
     encoded = _push_body(push.channel, b"pub", _encoder.encode(publication))
     return b'{"push":{' + encoded + b"}}", b"{" + encoded + b"}"
@@ -444,8 +467,9 @@ class ClientCodec(Protocol):
         """A publication as a delta against ``push.base`` where one is worth sending."""
         ...
 
-    def recovered_for_delta(self, publication: Publication) -> Publication:
-        """A recovered publication in the subscribe reply of a delta subscriber (whole)."""
+    def recovered_for_delta(self, publication: Keyed) -> Keyed:
+        """A recovered publication in the subscribe reply of a delta subscriber (whole), or
+        an entry of a map flow's state, stream or catch-up for one."""
         ...
 
     def client_payload(self, data: Raw) -> Raw | None:
@@ -484,7 +508,7 @@ class JsonCodec:
     def delta_for_delta(self, push: PreparedPush, envelope: bool) -> bytes:
         return push.delta_document(envelope)
 
-    def recovered_for_delta(self, publication: Publication) -> Publication:
+    def recovered_for_delta(self, publication: Keyed) -> Keyed:
         return string_publication(publication)
 
     def client_payload(self, data: Raw) -> Raw | None:

@@ -21,7 +21,8 @@ from __future__ import annotations
 from msgspec import Raw, Struct
 
 from tidings.protocol.codec import PreparedPush, encode
-from tidings.protocol.messages import NO_DATA, ClientInfo
+from tidings.protocol.messages import NO_DATA
+from tidings.protocol.messages import MapPublication as MapPublication  # one of the map shapes
 
 LIVE = 0
 STREAM = 1
@@ -33,21 +34,6 @@ MAP_CLIENTS = 2
 MAP_USERS = 3
 SHARED_POLL = 4
 """The subscribe ``type`` values: map, map clients presence, map users presence, shared poll."""
-
-
-class MapPublication(Struct, omit_defaults=True):
-    """One state entry, stream change or live change of a map channel.
-
-    ``data`` is left out for a removal and for a presence entry (which has only
-    ``info``); ``offset`` is left out in ephemeral maps, which have no stream.
-    """
-
-    key: str
-    data: Raw = NO_DATA
-    offset: int = 0
-    removed: bool = False
-    tags: dict[str, str] | None = None
-    info: ClientInfo | None = None
 
 
 class MapSubscribeResult(Struct, omit_defaults=True):
@@ -69,15 +55,33 @@ class MapSubscribeResult(Struct, omit_defaults=True):
     publications: list[MapPublication] = []
     was_recovering: bool = False
     recovered: bool = False
+    delta: bool = False
     data: Raw = NO_DATA
 
 
-def prepare_map_publication(channel: str, publication: MapPublication, epoch: str) -> PreparedPush:
+def prepare_map_publication(
+    channel: str, publication: MapPublication, epoch: str, base: bytes | None = None
+) -> PreparedPush:
     """Encode a map change's push once for every subscriber (``{"channel":..,"pub":{..}}``).
 
     The push's ``offset``/``epoch`` let the hub keep the channel's order as for a
     stream; ``body`` (the :class:`MapPublication`, with its ``key``) lets a wire
-    format or a conflation buffer read it without decoding JSON.
+    format or a conflation buffer read it without decoding JSON. ``base``: the
+    key's value before this write, which the engine hands over when the write asked
+    for delta encoding; delta subscribers then get a fossil delta against it (per
+    key: a removal, or a key written anew, has none and goes whole).
     """
     encoded = b'"channel":%s,"pub":%s' % (encode(channel), encode(publication))
-    return PreparedPush(channel, "pub", publication, encoded, publication.offset, epoch)
+    push = PreparedPush(
+        channel,
+        "pub",
+        publication,
+        encoded,
+        publication.offset,
+        epoch,
+        delta=base is not None,
+        per_key=True,
+    )
+    if base is not None:
+        push.base = Raw(base)
+    return push

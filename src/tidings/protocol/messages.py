@@ -174,6 +174,26 @@ class Publication(Struct, omit_defaults=True):
     key: str = ""
 
 
+class MapPublication(Struct, omit_defaults=True):
+    """One state entry, stream change or live change of a map channel (docs/protocol.md
+    section 14); :mod:`tidings.protocol.maps` holds the rest of the map shapes.
+
+    ``data`` is left out for a removal and for a presence entry (which has only
+    ``info``); ``offset`` is left out in ephemeral maps, which have no stream.
+    ``delta`` is only ever set on the copy sent to a subscriber that negotiated
+    delta compression: ``data`` is then a fossil delta against the previous value
+    of the same key.
+    """
+
+    key: str
+    data: Raw = NO_DATA
+    offset: int = 0
+    removed: bool = False
+    tags: dict[str, str] | None = None
+    info: ClientInfo | None = None
+    delta: bool = False
+
+
 class StreamPosition(Struct, frozen=True):
     """The top of a channel's stream: its last offset in the named epoch."""
 

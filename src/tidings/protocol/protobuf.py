@@ -49,9 +49,11 @@ from msgspec import Raw, Struct
 
 from tidings.errors import Error, ProtocolViolation
 from tidings.protocol.codec import (
+    DATA_BODIES,
     JSON_INPUT_ERRORS,
     PROTOBUF_DELTA,
     PROTOBUF_REPLY,
+    Keyed,
     PreparedPush,
     command_method,
     compact_raw,
@@ -63,7 +65,6 @@ from tidings.protocol.messages import (
     ConnectRequest,
     ErrorResult,
     HistoryRequest,
-    Publication,
     PublishRequest,
     RefreshRequest,
     RPCRequest,
@@ -657,8 +658,8 @@ def _encode_prepared(push: PreparedPush) -> bytes:
 
 def _encode_prepared_delta(push: PreparedPush) -> bytes:
     body = push.body
-    delta = push.fossil_delta() if isinstance(body, Publication) else None
-    if delta is None or not isinstance(body, Publication):
+    delta = push.fossil_delta() if isinstance(body, DATA_BODIES) else None
+    if delta is None or not isinstance(body, DATA_BODIES):
         return push_message(push)
     publication = msgspec.structs.replace(body, data=Raw(delta), delta=True)
     return push_reply(encode_push(push.channel, "pub", publication))
@@ -728,7 +729,7 @@ class ProtobufCodec:
             return delta_push_message(push)
         return self.push_document(push, envelope)
 
-    def recovered_for_delta(self, publication: Publication) -> Publication:
+    def recovered_for_delta(self, publication: Keyed) -> Keyed:
         return publication
 
     def client_payload(self, data: Raw) -> Raw | None:

@@ -167,7 +167,8 @@ async def map_publish(node: Node, request: MapPublishRequest) -> dict[str, Any]:
         key_mode=key_mode,
         version=request.version,
         version_epoch=request.version_epoch,
-        delta=request.delta,
+        # Centrifugo's flag: asks for a delta; without it, the namespace's delta_publish.
+        delta=request.delta or None,
     )
     return _update(result)
 

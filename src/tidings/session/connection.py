@@ -90,6 +90,7 @@ class Session:
         "conn_info",
         "expire_at",
         "expiry_handle",
+        "leaving",
         "meta",
         "name",
         "node",
@@ -124,6 +125,9 @@ class Session:
         self.client_headers: dict[str, str] = {}
         """The ``headers`` the client sent in its connect command (centrifuge-js ``headers``)."""
         self.subscriptions: dict[str, Subscription] = {}
+        self.leaving: dict[str, asyncio.Task[None]] | None = None
+        """Leaves still running (presence removal, leave push), by channel: a new subscribe
+        to the channel waits for its leave first (subscriptions.after_leave)."""
         self.expire_at: int | None = None
         self.expiry_handle: Timer | None = None
         self.server_refresh = False

@@ -24,6 +24,13 @@ than ``live_transition_max_publication_limit`` changes to catch up, 112; a
 request once the flow is older than ``subscribe_catch_up_timeout``,
 disconnect 3008. A refused flow is dropped: the client starts over.
 
+Delta compression (``delta: "fossil"``, docs/protocol.md section 14) is decided at
+the first request of a flow: a map with a stream whose namespace allows it. Every
+entry the flow sends (state pages, stream pages, the LIVE reply's catch-up) then
+carries its ``data`` whole, as a JSON string on JSON, so the client holds each
+key's value; the LIVE reply says ``delta: true`` and live changes come as fossil
+deltas against the previous value of their key.
+
 Going LIVE, as for a stream subscribe (tidings.session.subscriptions): join
 the channel on this node first (pushes are buffered from then on), read the
 changes after the flow's position, send the reply, then let the hub replay
@@ -58,6 +65,7 @@ from tidings.protocol.maps import (
     MAP_USERS,
     STATE,
     STREAM,
+    MapPublication,
     MapSubscribeResult,
 )
 from tidings.protocol.messages import (
@@ -182,6 +190,13 @@ async def _open_flow(
     subscription.expire_at = grant.expire_at
     subscription.server_refresh = grant.server_refresh
     subscription.positioned = subscription.recoverable = map_options.has_stream
+    # As for streams: deltas only where offsets let the hub vouch for every key's base (an
+    # ephemeral map has none, and its flow joins before its first page is read).
+    subscription.delta = (
+        map_options.has_stream
+        and bool(request.delta)
+        and request.delta in grant.options.allowed_delta_types
+    )
     if grant.options.conflates:  # on by default for maps: the latest of each key when slow
         if grant.max_frequency is not None:
             subscription.max_frequency = grant.max_frequency
@@ -290,7 +305,7 @@ async def _state_page(
             cursor=page.cursor,
             epoch=frozen.epoch,
             offset=frozen.offset,
-            state=[map_publication(entry) for entry in entries],
+            state=_entries(session, subscription, entries),
         )
         session.send(session.codec.encode_reply(command_id, "subscribe", reply))
         return
@@ -303,7 +318,7 @@ async def _state_page(
         phase=STATE,
         epoch=frozen.epoch,
         offset=frozen.offset,
-        state=[map_publication(entry) for entry in entries],
+        state=_entries(session, subscription, entries),
     )
     session.send(session.codec.encode_reply(command_id, "subscribe", reply))
 
@@ -340,7 +355,7 @@ async def _stream_page(
         phase=STREAM,
         epoch=stream.position.epoch,
         offset=changes[-1].offset,
-        publications=[map_publication(change) for change in changes],
+        publications=_entries(session, subscription, changes),
     )
     session.send(session.codec.encode_reply(command_id, "subscribe", reply))
 
@@ -357,7 +372,10 @@ async def _go_live(
     """Join the channel, catch up from ``since``, reply LIVE, then deliver live."""
     node = session.node
     channel = subscription.channel
-    reply = MapSubscribeResult(MAP, phase=LIVE, state=[map_publication(entry) for entry in state])
+    await subscriptions.after_leave(session, channel)  # its presence entries come after
+    reply = MapSubscribeResult(
+        MAP, phase=LIVE, state=_entries(session, subscription, state), delta=subscription.delta
+    )
     position: StreamPosition | None = None
     if flow.has_stream:
         await node.attach(channel, session)
@@ -369,7 +387,7 @@ async def _go_live(
         reply.epoch = position.epoch
         reply.offset = position.offset
         reply.recoverable = True
-        reply.publications = [map_publication(change) for change in stream.changes]
+        reply.publications = _entries(session, subscription, stream.changes)
         if flow.recovering:
             reply.was_recovering = reply.recovered = True
     else:
@@ -392,6 +410,18 @@ async def _go_live(
         subscription.expiry_handle = None
     session.send(session.codec.encode_reply(command_id, "subscribe", reply))
     await subscriptions.go_live(session, subscription, position)
+
+
+def _entries(
+    session: Session, subscription: Subscription, entries: list[MapEntry]
+) -> list[MapPublication]:
+    """Entries as a flow sends them: whole, and for a delta subscription as its codec sends
+    whole data to one (JSON: a string the client keeps as the key's delta base)."""
+    publications = [map_publication(entry) for entry in entries]
+    if subscription.delta:
+        whole = session.codec.recovered_for_delta
+        publications = [whole(publication) for publication in publications]
+    return publications
 
 
 # --------------------------------------------------------------------------- writes

@@ -21,6 +21,7 @@ reply yet, is told after the reply (see :func:`unsubscribe`).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -100,7 +101,8 @@ class Subscription:
         self.recoverable = False
         self.join_leave_push = False
         self.delta = False
-        """Delta compression negotiated: publications carry data as JSON strings."""
+        """Delta compression negotiated: publications carry data as JSON strings (a map
+        subscription's state and stream entries too)."""
         self.max_frequency: float | None = None
         """``None``: never conflated. Otherwise conflated by key while the client is slow,
         and always when above 0 (at most that many updates per second per key)."""
@@ -314,6 +316,7 @@ async def open_subscription(
     channel = subscription.channel
     session.subscriptions[channel] = subscription
     try:
+        await after_leave(session, channel)
         await node.attach(channel, session)
         result = SubscribeResult()
         position: StreamPosition | None = None
@@ -401,6 +404,7 @@ async def go_live(
         positioned=subscription.positioned,
         position=position if subscription.positioned else None,
         delta=subscription.delta,
+        keyed=subscription.map is not None,
         conflator=new_conflator(session, rate) if rate else None,
     )
     subscription.live = True
@@ -528,8 +532,35 @@ def unsubscribe(session: Session, channel: str, reason: Unsubscribe | None) -> b
         subscription.ended_by = reason
     elif reason is not None:
         session.send_push(channel, "unsubscribe", UnsubscribePush(reason.code, reason.reason))
-    session.node.spawn(announce_leave(session, subscription))
+    task = session.node.spawn(announce_leave(session, subscription))
+    leaving = session.leaving
+    if leaving is None:
+        leaving = session.leaving = {}
+    leaving[channel] = task
+    task.add_done_callback(lambda done: _left(session, channel, done))
     return True
+
+
+def _left(session: Session, channel: str, task: asyncio.Task[None]) -> None:
+    leaving = session.leaving
+    if leaving is not None and leaving.get(channel) is task:
+        del leaving[channel]
+        if not leaving:
+            session.leaving = None
+
+
+async def after_leave(session: Session, channel: str) -> None:
+    """Wait for the client's last leave of ``channel`` to finish, if it still runs.
+
+    A leave removes the client's presence entries (keyed by client ID) after the
+    unsubscribe, in a task of its own; a quick resubscribe (centrifuge-js' suite
+    subscribes and unsubscribes in a loop) would otherwise add its entry first and
+    see the old leave remove it while it is subscribed.
+    """
+    leaving = session.leaving
+    task = leaving.get(channel) if leaving is not None else None
+    if task is not None and not task.done():
+        await asyncio.wait({task})
 
 
 def insufficient_state(session: Session, channel: str) -> None:

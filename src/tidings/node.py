@@ -88,6 +88,9 @@ NODE_INFO_INTERVAL = 5.0
 NODE_FORGET_AFTER = 60.0
 """A node silent this long (crashed without a goodbye) is dropped from the registry."""
 
+ENGINE_CLOSE_TIMEOUT = 5.0
+"""Longest wait for each engine (broker, map engine, presence) to close at shutdown."""
+
 CHANNELS_SURVEY_TIMEOUT = 1.0
 """Longest wait for the other nodes' answers to an API ``channels`` call."""
 
@@ -292,9 +295,13 @@ class Node:
             await asyncio.wait(pending, timeout=2.0)
         for task in self._tasks:
             task.cancel()
-        await self.broker.close()
-        await self.map_broker.close()
-        await self.presence.close()
+        for engine in (self.broker, self.map_broker, self.presence):
+            try:  # bounded: a stuck engine must not hold the shutdown
+                await asyncio.wait_for(engine.close(), ENGINE_CLOSE_TIMEOUT)
+            except TimeoutError:
+                log.warning(
+                    "%s did not close within %s s", type(engine).__name__, ENGINE_CLOSE_TIMEOUT
+                )
         self.metrics.sync()  # a worker's last second of counts, before its process ends
 
     def spawn(

@@ -7,6 +7,7 @@ The contract itself is checked by ``test_map_conformance.py`` (memory, Redis, Cl
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -203,3 +204,22 @@ async def test_changes_from_many_writers_reach_every_node_in_order(nodes: Nodes)
     for _, seen in brokers:
         await seen.wait(lambda seen=seen: len(seen.changes["m:race"]) == 60, "60 changes")
         assert seen.offsets("m:race") == list(range(1, 61))
+
+
+async def test_close_ends_even_when_the_expiry_task_swallows_its_cancel(
+    nodes: Nodes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cancellation that lands inside the Redis client can be swallowed by it; closing
+    must still end (it once waited for the expiry task forever)."""
+    broker, _ = await nodes.node(cleanup_interval=0.05)
+    entered = asyncio.Event()
+
+    async def stubborn_expire() -> int:
+        entered.set()
+        with contextlib.suppress(asyncio.CancelledError):  # swallowed, as a library may
+            await asyncio.sleep(3600)
+        return 0
+
+    monkeypatch.setattr(broker, "expire", stubborn_expire)
+    await asyncio.wait_for(entered.wait(), 5)
+    await asyncio.wait_for(broker.close(), 5)

@@ -37,7 +37,6 @@ bytes><entry JSON>`` (a write that asked for the previous value: delta), and
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import time
@@ -175,8 +174,9 @@ class RedisMapBroker:
         task, self._cleanup = self._cleanup, None
         if task is not None:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            # A cancellation that lands inside the Redis client can be swallowed by it: the
+            # loop also stops on _started, and the wait is bounded either way.
+            await asyncio.wait({task}, timeout=self._timeout + self._cleanup_interval)
         await self._interest.close()
         await close_client(self._client)
         await self._connector.close()
@@ -407,8 +407,10 @@ class RedisMapBroker:
     # ------------------------------------------------------------------ expiry
 
     async def _run_cleanup(self) -> None:
-        while True:
+        while self._started:
             await asyncio.sleep(self._cleanup_interval)
+            if not self._started:
+                return
             try:
                 await self.expire()
             except BrokerUnavailable as exc:

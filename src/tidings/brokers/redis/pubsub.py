@@ -15,7 +15,6 @@ server no longer serves some names, re-read the cluster's slots).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 from collections.abc import Callable, Coroutine, Sequence
@@ -97,6 +96,7 @@ class PubSubLink:
         self._batches: list[_Batch] = []
         self._conn: Connection | None = None
         self._task: asyncio.Task[None] | None = None
+        self._closing = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._connected_before = False
 
@@ -116,13 +116,15 @@ class PubSubLink:
             )
 
     async def close(self) -> None:
+        self._closing = True
         task, self._task = self._task, None
         for work in list(self._tasks):
             work.cancel()
         if task is not None:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            # The Redis client may swallow a cancellation that lands in its read: the loops
+            # also stop on _closing, and the wait is bounded either way.
+            await asyncio.wait({task}, timeout=self._connect_timeout + self._ping_interval)
         for waiters in self._waiters.values():
             for waiter in waiters:
                 if not waiter.done():
@@ -201,7 +203,7 @@ class PubSubLink:
 
     async def _run(self) -> None:
         failures = 0
-        while True:
+        while not self._closing:
             conn = self._make_connection()
             try:
                 async with asyncio.timeout(self._connect_timeout):
@@ -246,7 +248,7 @@ class PubSubLink:
     async def _read(self, conn: Connection) -> None:
         interval = self._ping_interval
         awaiting_pong = False
-        while True:
+        while not self._closing:
             try:
                 response = await conn.read_response(timeout=interval, disconnect_on_error=False)
             except redis_errors.ResponseError as exc:

@@ -37,13 +37,13 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, cast
-from urllib.parse import parse_qs
 
 from tidings.errors import DisconnectCode, ErrorCode, HttpErrorCode
 from tidings.node import Node
 from tidings.protocol.wire import JSON_WIRE, PROTOBUF_WIRE, UNI_WEBSOCKET_WIRE
 from tidings.server.api import ApiEndpoint
 from tidings.server.app import AdmissionGate, find_centrifuge_js
+from tidings.server.exchange import RequestFields
 from tidings.server.http import (
     RefusalLog,
     Request,
@@ -97,7 +97,7 @@ def client_address(scope: Scope) -> tuple[str, str]:
     return f"{host}:{port}", str(host)
 
 
-class AsgiRequest:
+class AsgiRequest(RequestFields):
     """An :class:`~tidings.server.exchange.HttpRequest` from an ASGI scope and its body."""
 
     __slots__ = (
@@ -138,33 +138,6 @@ class AsgiRequest:
         self._query: dict[str, list[str]] | None = None
         self.stream: AsgiResponseStream | None = None
         self._watch: asyncio.Task[None] | None = None
-
-    def header(self, name: str) -> str | None:
-        key = name.lower().encode()
-        for header_name, value in self.headers:
-            if header_name == key:
-                return value.decode("latin-1")
-        return None
-
-    @property
-    def query(self) -> dict[str, list[str]]:
-        if self._query is None:
-            self._query = parse_qs(self.query_string.decode("latin-1"), keep_blank_values=True)
-        return self._query
-
-    def query_value(self, name: str) -> str | None:
-        values = self.query.get(name)
-        return values[0] if values else None
-
-    def cookie(self, name: str) -> str | None:
-        header = self.header("cookie")
-        if not header:
-            return None
-        for part in header.split(";"):
-            key, _, value = part.strip().partition("=")
-            if key == name:
-                return value
-        return None
 
     def start_stream(
         self, status: int, headers: list[tuple[str, str]], *, chunked: bool = True

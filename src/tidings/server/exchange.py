@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Protocol
+from urllib.parse import parse_qs
 
 from tidings.protocol.wire import Writer
 
@@ -78,3 +79,44 @@ class HttpRequest(Protocol):
         ``transfer-encoding: chunked`` header, and write complete chunks.
         """
         ...
+
+
+class RequestFields:
+    """Header, query and cookie lookups shared by both edges' request classes.
+
+    The class using it sets ``headers`` (lower-case byte names), ``query_string``
+    and ``_query`` (``None`` until the query is first parsed).
+    """
+
+    __slots__ = ("_query",)
+
+    headers: list[tuple[bytes, bytes]]
+    query_string: bytes
+    _query: dict[str, list[str]] | None
+
+    def header(self, name: str) -> str | None:
+        key = name.lower().encode()
+        for header_name, value in self.headers:
+            if header_name == key:
+                return value.decode("latin-1")
+        return None
+
+    @property
+    def query(self) -> dict[str, list[str]]:
+        if self._query is None:
+            self._query = parse_qs(self.query_string.decode("latin-1"), keep_blank_values=True)
+        return self._query
+
+    def query_value(self, name: str) -> str | None:
+        values = self.query.get(name)
+        return values[0] if values else None
+
+    def cookie(self, name: str) -> str | None:
+        header = self.header("cookie")
+        if not header:
+            return None
+        for part in header.split(";"):
+            key, _, value = part.strip().partition("=")
+            if key == name:
+                return value
+        return None

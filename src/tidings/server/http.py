@@ -21,9 +21,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Protocol
-from urllib.parse import parse_qs, unquote
+from urllib.parse import unquote
 
 import httptools
+
+from tidings.server.exchange import RequestFields
 
 log = logging.getLogger("tidings.http")
 
@@ -48,11 +50,10 @@ def text_response(text: str, status: int) -> Response:
     return Response(status, text.encode(), "text/plain; charset=utf-8")
 
 
-class Request:
+class Request(RequestFields):
     """A parsed request. Header names are lower-case bytes."""
 
     __slots__ = (
-        "_query",
         "body",
         "client",
         "connection",
@@ -83,33 +84,6 @@ class Request:
         self.connection = connection
         self.keep_alive = True
         self._query: dict[str, list[str]] | None = None
-
-    def header(self, name: str) -> str | None:
-        key = name.lower().encode()
-        for header_name, value in self.headers:
-            if header_name == key:
-                return value.decode("latin-1")
-        return None
-
-    @property
-    def query(self) -> dict[str, list[str]]:
-        if self._query is None:
-            self._query = parse_qs(self.query_string.decode("latin-1"), keep_blank_values=True)
-        return self._query
-
-    def query_value(self, name: str) -> str | None:
-        values = self.query.get(name)
-        return values[0] if values else None
-
-    def cookie(self, name: str) -> str | None:
-        header = self.header("cookie")
-        if not header:
-            return None
-        for part in header.split(";"):
-            key, _, value = part.strip().partition("=")
-            if key == name:
-                return value
-        return None
 
     def start_stream(
         self, status: int, headers: list[tuple[str, str]], *, chunked: bool = True

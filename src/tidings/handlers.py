@@ -259,6 +259,10 @@ class Handlers:
     def has_rpc(self) -> bool:
         return bool(self.rpcs)
 
+    @property
+    def reads_requests(self) -> bool:
+        return bool(self._single or self.rpcs or any(self._patterns.values()))
+
     async def connect(self, ctx: ConnectContext) -> ConnectAnswer | None:
         entry = self._single.get("connect")
         if entry is None:

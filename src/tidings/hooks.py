@@ -254,6 +254,12 @@ class ApplicationHooks(Protocol):
         """Any RPC handler at all (none: every RPC gets 108, as Centrifugo answers)."""
         ...
 
+    @property
+    def reads_requests(self) -> bool:
+        """Any handler at all, so some context may show a connection's HTTP headers and
+        cookies (none: a connection keeps only its peer's address)."""
+        ...
+
     async def connect(self, ctx: ConnectContext) -> ConnectAnswer | None: ...
 
     async def refresh(self, ctx: RefreshContext) -> ConnectAnswer | None: ...
@@ -289,6 +295,10 @@ class NoHooks:
 
     @property
     def has_rpc(self) -> bool:
+        return False
+
+    @property
+    def reads_requests(self) -> bool:
         return False
 
     async def connect(self, ctx: ConnectContext) -> ConnectAnswer | None:

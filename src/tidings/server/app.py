@@ -31,7 +31,7 @@ from tidings.server.http import (
 from tidings.server.monitoring import Monitoring
 from tidings.server.origins import OriginPolicy
 from tidings.server.static import StaticFiles
-from tidings.server.transport_routes import TransportRoutes, request_info
+from tidings.server.transport_routes import TransportRoutes, session_request
 from tidings.server.upgrades import (
     WebSocketUpgrades,
     refuse,
@@ -157,7 +157,7 @@ class TidingsServer:
             return
         wire = upgrades.wire_for(opened, protobuf=wants_protobuf(request, opened))
         connection = upgrades.accept(opened, transport, request=request, wire=wire)
-        connection.session = Session(self.node, connection, request_info(request))
+        connection.session = Session(self.node, connection, session_request(self.node, request))
         if rest:
             connection.data_received(rest)
 

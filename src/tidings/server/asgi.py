@@ -54,7 +54,7 @@ from tidings.server.http import (
     text_response,
 )
 from tidings.server.origins import OriginPolicy
-from tidings.server.transport_routes import TransportRoutes, error_response, request_info
+from tidings.server.transport_routes import TransportRoutes, error_response, session_request
 from tidings.server.upgrades import JSON_SUBPROTOCOL, PROTOBUF_SUBPROTOCOL, WebSocketUpgrades
 from tidings.session import Session
 from tidings.transports.asgi import (
@@ -431,7 +431,7 @@ class AsgiMount:
         else:
             wire = PROTOBUF_WIRE if protobuf else JSON_WIRE
             transport = AsgiWebSocket(output, self.frames, wire=wire)
-        session = Session(self.node, transport, request_info(request))
+        session = Session(self.node, transport, session_request(self.node, request))
         output.on_pause = session.on_write_paused
         output.on_resume = session.on_write_resumed
         task = asyncio.current_task()

@@ -225,7 +225,8 @@ async def connect(session: Session, command_id: int, request: ConnectRequest) ->
     session.client_id = str(uuid.uuid4())
     session.name = request.name[:16]
     session.version = request.version[:64]
-    session.client_headers = dict(request.headers)
+    if request.headers:
+        session.client_headers = dict(request.headers)
     if token is not None:
         session.user = token.user
         session.conn_info = token.info

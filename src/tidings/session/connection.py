@@ -23,7 +23,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from tidings.clock import Timer
@@ -64,6 +65,7 @@ RATE_STRIKES_BEFORE_DISCONNECT = 10
 """Commands refused in a row (error 111) before the connection is closed with 3013."""
 
 _NO_REQUEST = RequestInfo()
+_NO_HEADERS: Mapping[str, str] = MappingProxyType({})
 
 C = TypeVar("C", bound=Context)
 
@@ -122,7 +124,7 @@ class Session:
         self.meta = b""
         self.name = ""
         self.version = ""
-        self.client_headers: dict[str, str] = {}
+        self.client_headers: Mapping[str, str] = _NO_HEADERS
         """The ``headers`` the client sent in its connect command (centrifuge-js ``headers``)."""
         self.subscriptions: dict[str, Subscription] = {}
         self.leaving: dict[str, asyncio.Task[None]] | None = None

@@ -8,6 +8,7 @@ tell WebSocket from SSE from an HTTP stream.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from types import MappingProxyType
 from typing import Protocol
 
 from tidings.errors import Disconnect
@@ -38,6 +39,9 @@ class Transport(Protocol):
     def write_buffer_size(self) -> int: ...
 
 
+_EMPTY: Mapping[str, str] = MappingProxyType({})
+
+
 class RequestInfo:
     """The HTTP request that opened a connection, as application handlers see it.
 
@@ -54,8 +58,8 @@ class RequestInfo:
         cookies: Mapping[str, str] | None = None,
     ) -> None:
         self.remote = remote
-        self.headers: Mapping[str, str] = headers or {}
-        self.cookies: Mapping[str, str] = cookies or {}
+        self.headers: Mapping[str, str] = headers or _EMPTY
+        self.cookies: Mapping[str, str] = cookies or _EMPTY
 
     @classmethod
     def from_pairs(cls, remote: str, pairs: Iterable[tuple[bytes, bytes]]) -> RequestInfo:

@@ -22,6 +22,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from tidings.bench.report import replace_section
+
 ROOT = Path(__file__).resolve().parent.parent
 MARKER = "<!-- asgi-mount -->"
 FIGURES = [
@@ -142,19 +144,7 @@ def main() -> None:
     print(section)
     if options.markdown is not None:
         text = options.markdown.read_text() if options.markdown.exists() else ""
-        options.markdown.write_text(replace_section(text, section))
-
-
-def replace_section(page: str, section: str) -> str:
-    """``page`` with this script's section replaced (or appended): from its marker to the
-    next section marker of another script, or to the end."""
-    before, found, after = page.partition(MARKER)
-    rest = ""
-    if found:
-        end = after.find("\n<!-- ")
-        rest = after[end:] if end >= 0 else ""
-    text = before.rstrip() + "\n\n" + section
-    return text + ("\n" + rest.lstrip("\n") if rest else "")
+        options.markdown.write_text(replace_section(text, MARKER, section))
 
 
 if __name__ == "__main__":

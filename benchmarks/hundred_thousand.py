@@ -50,6 +50,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from redis_workers import children, free_port, start_redis  # noqa: E402
 
+from tidings.bench.report import replace_section  # noqa: E402
+
 API_KEY = "hundred-thousand-bench"
 CHANNEL = "bench:hundred-thousand"
 KEY = b"dGhlIHNhbXBsZSBub25jZQ=="
@@ -366,8 +368,7 @@ def main() -> None:
     )
     if options.markdown is not None:
         text = options.markdown.read_text() if options.markdown.exists() else ""
-        text = text.split(MARKER)[0].rstrip() + "\n\n" + markdown(result, options.hold)
-        options.markdown.write_text(text)
+        options.markdown.write_text(replace_section(text, MARKER, markdown(result, options.hold)))
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ import timeit
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tidings.bench.report import replace_section
 from tidings.metrics import PrometheusMetrics
 from tidings.protocol.wire import JSON_WIRE
 
@@ -177,12 +178,7 @@ def main() -> None:
     print(section)
     if options.markdown is not None:
         text = options.markdown.read_text() if options.markdown.exists() else ""
-        before, _, after = text.partition(MARKER)
-        rest = after.partition("<!-- ")  # keep any section that follows ours
-        tail = rest[1] + rest[2] if rest[1] else ""
-        options.markdown.write_text(
-            before.rstrip() + "\n\n" + section + ("\n" + tail if tail else "")
-        )
+        options.markdown.write_text(replace_section(text, MARKER, section))
 
 
 if __name__ == "__main__":

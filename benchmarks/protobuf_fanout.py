@@ -41,6 +41,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tidings.bench.report import replace_section
+
 ROOT = Path(__file__).resolve().parents[1]
 SECRET = "benchmark-secret-0123456789abcdef0123"
 API_KEY = "benchmark-api-key"
@@ -369,16 +371,9 @@ after: {", ".join(f"{v:.2f}" for v in after)}.
 
 
 def write_markdown(path: Path, section: str) -> None:
-    """Replace this script's section of the page (from its marker to the next section
-    marker of another script, or to the end), or append it."""
+    """Replace this script's section of the page, or append it."""
     page = path.read_text() if path.exists() else ""
-    before, found, after = page.partition(SECTION)
-    rest = ""
-    if found:
-        end = after.find("\n<!-- ")
-        rest = after[end:] if end >= 0 else ""
-    text = before.rstrip() + "\n\n" + section
-    path.write_text(text + ("\n" + rest.lstrip("\n") if rest else ""))
+    path.write_text(replace_section(page, SECTION, section))
 
 
 async def sockets_runs(args: argparse.Namespace) -> dict[str, dict[str, Any]]:

@@ -134,3 +134,34 @@ class TestPacing:
         assert pacing(Settings(), 1) == (1024, 2048)
         assert pacing(Settings(), 1_000_000) == (4, 8)
         assert pacing(Settings(window=10, lag_limit=15), 1000) == (10, 15)
+
+
+class TestSections:
+    """The page's generated part is rewritten; the sections other scripts keep are not."""
+
+    PAGE = (
+        "# Benchmarks\n\nold table\n\n<!-- one -->\n## One\n\nfirst\n\n"
+        "<!-- two -->\n## Two\n\nsecond\n"
+    )
+
+    def test_rewriting_the_page_keeps_the_marked_sections(self, tmp_path: Path) -> None:
+        page = tmp_path / "benchmarks.md"
+        page.write_text(self.PAGE)
+        report.write_markdown(page, sample(), {"cpu_model": "x"}, {}, None)
+        text = page.read_text()
+        assert "old table" not in text
+        assert "| A@1000 | deliveries/s | 100/s | 400/s | 4.00x | higher |" in text
+        assert text.endswith("\n<!-- one -->\n## One\n\nfirst\n\n<!-- two -->\n## Two\n\nsecond\n")
+
+    def test_a_section_is_replaced_in_place_up_to_the_next_marker(self) -> None:
+        text = report.replace_section(self.PAGE, "<!-- one -->", "<!-- one -->\n## One\n\nnew\n")
+        assert "first" not in text
+        assert "<!-- one -->\n## One\n\nnew\n\n<!-- two -->\n## Two\n\nsecond\n" in text
+
+    def test_the_last_section_is_replaced_to_the_end(self) -> None:
+        text = report.replace_section(self.PAGE, "<!-- two -->", "<!-- two -->\n## Two\n\nnew\n")
+        assert text.endswith("first\n\n<!-- two -->\n## Two\n\nnew\n")
+
+    def test_a_new_section_is_appended(self) -> None:
+        text = report.replace_section(self.PAGE, "<!-- three -->", "<!-- three -->\n## Three\n")
+        assert text.endswith("second\n\n<!-- three -->\n## Three\n")

@@ -397,7 +397,27 @@ def write_markdown(
         "",
     ]
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines))
+    kept = path.read_text() if path.exists() else ""
+    start = kept.find(SECTION_START)
+    tail = kept[start:] if start >= 0 else ""
+    path.write_text("\n".join(lines) + (tail if tail else ""))
+
+
+SECTION_START = "\n<!-- "
+"""Sections other scripts (and people) keep on the page begin with a marker comment
+(``<!-- asgi-mount -->``); rewriting the generated part above them keeps them."""
+
+
+def replace_section(page: str, marker: str, section: str) -> str:
+    """``page`` with the section that starts at ``marker`` replaced by ``section`` (which
+    starts with that marker): up to the next section's marker or the end. Appended when
+    the page has no such section yet."""
+    before, found, after = page.partition(marker)
+    if not found:
+        return page.rstrip() + "\n\n" + section
+    end = after.find(SECTION_START)
+    rest = after[end:] if end >= 0 else ""
+    return before.rstrip() + "\n\n" + section.rstrip() + "\n" + rest
 
 
 _ABSOLUTE_PATH = re.compile(r"(?<![\w:/.])/(?:[\w.\-]+/)+([\w.\-]+)")

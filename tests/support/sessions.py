@@ -2,15 +2,15 @@
 
 The harness feeds protocol frames to :meth:`Session.handle_frame` and returns
 the exact documents the session wrote, or the disconnect it closed with.
-(``tests/unit/test_session.py`` has its own copy of the same harness.)
+``tests/unit/test_session.py`` and ``tests/unit/test_session_maps.py`` drive it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Generic, TypeVar
 
 from tests.conftest import SECRET
 from tests.support.clock import FakeClock
@@ -31,17 +31,29 @@ class PlainWire(WireFormat):
 
 
 WIRE = PlainWire("plain", envelope=True)
+T = TypeVar("T")
 
 
-class RecordingTransport:
-    """The write side of a connection that keeps what it is given."""
+def json_documents(frames: list[bytes]) -> list[dict[str, Any]]:
+    """What a JSON session wrote, one decoded document per line."""
+    return [json.loads(line) for data in frames for line in data.split(b"\n")]
+
+
+class RecordingTransport(Generic[T]):
+    """The write side of a connection that keeps what it is given; ``read`` decodes it
+    (JSON documents by default; the Protobuf tests parse replies with the SDK's classes)."""
 
     name = "test"
-    wire: WireFormat = WIRE
     unidirectional = False
     emulation = False
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        wire: WireFormat = WIRE,
+        read: Callable[[list[bytes]], list[T]] = json_documents,  # type: ignore[assignment]
+    ) -> None:
+        self.wire = wire
+        self._read = read
         self.written: list[bytes] = []
         self.closed_with: Disconnect | None = None
 
@@ -59,10 +71,10 @@ class RecordingTransport:
     def write_buffer_size(self) -> int:
         return 0
 
-    def take(self) -> list[dict[str, Any]]:
-        """Every document written since the last call, decoded."""
-        documents = [json.loads(line) for data in self.written for line in data.split(b"\n")]
-        self.written.clear()
+    def take(self) -> list[T]:
+        """Everything written since the last call, decoded."""
+        documents = self._read(self.written)
+        self.written = []
         return documents
 
 
@@ -72,7 +84,7 @@ class Harness:
     def __init__(self, node: Node, clock: FakeClock) -> None:
         self.node = node
         self.clock = clock
-        self.transport = RecordingTransport()
+        self.transport: RecordingTransport[dict[str, Any]] = RecordingTransport()
         self.session = Session(node, self.transport, RequestInfo("192.0.2.7"))
         self.pushes: list[dict[str, Any]] = []
         self._next_id = 1
@@ -114,3 +126,12 @@ class Harness:
         self.pushes += self.transport.take()
         pushes, self.pushes = self.pushes, []
         return [p for p in pushes if p]  # pings are {}
+
+    async def live_for(self, seconds: float) -> None:
+        """Let time pass like a well-behaved client: answer every ping with a pong."""
+        step = 5.0
+        while seconds > 0:
+            self.clock.advance(min(step, seconds))
+            seconds -= step
+            if {} in self.transport.take():
+                await self.send({})

@@ -9,106 +9,17 @@ interval costs no time.
 from __future__ import annotations
 
 import asyncio
-import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
-from tests.conftest import SECRET, make_config
+from tests.conftest import make_config
 from tests.support.clock import FakeClock
 from tests.support.polling import eventually
-from tidings.auth import make_token
+from tests.support.sessions import Harness
 from tidings.errors import Disconnect
 from tidings.node import Node
-from tidings.protocol.wire import WireFormat
-from tidings.session import RequestInfo, Session
-
-
-class PlainWire(WireFormat):
-    """Documents joined by ``\\n``: what a WebSocket text frame carries, without the header."""
-
-    __slots__ = ()
-
-    def frame(self, documents: Sequence[bytes]) -> bytes:
-        return b"\n".join(documents)
-
-
-WIRE = PlainWire("plain", envelope=True)
-
-
-class RecordingTransport:
-    """The write side of a connection that keeps what it is given."""
-
-    name = "test"
-    wire: WireFormat = WIRE
-    unidirectional = False
-    emulation = False
-
-    def __init__(self) -> None:
-        self.written: list[bytes] = []
-        self.closed_with: Disconnect | None = None
-
-    @property
-    def closed(self) -> bool:
-        return self.closed_with is not None
-
-    def write(self, data: bytes) -> None:
-        assert self.closed_with is None, "written after close"
-        self.written.append(data)
-
-    def close(self, disconnect: Disconnect) -> None:
-        self.closed_with = disconnect
-
-    def write_buffer_size(self) -> int:
-        return 0
-
-    def take(self) -> list[dict[str, Any]]:
-        """Every document written since the last call, decoded."""
-        documents = [json.loads(line) for data in self.written for line in data.split(b"\n")]
-        self.written.clear()
-        return documents
-
-
-class Harness:
-    def __init__(self, node: Node, clock: FakeClock) -> None:
-        self.node = node
-        self.clock = clock
-        self.transport = RecordingTransport()
-        self.session = Session(node, self.transport, RequestInfo("192.0.2.7"))
-        self.pushes: list[dict[str, Any]] = []
-
-    def token(self, user: str = "alice", **claims: Any) -> str:
-        ttl = claims.pop("ttl", 3600)
-        return make_token(SECRET, user=user, ttl=ttl, clock=self.clock.time, **claims)
-
-    async def send(self, *commands: dict[str, Any]) -> list[dict[str, Any]]:
-        """Feed one frame holding ``commands``; wait until handled; return what was written."""
-        self.session.handle_frame("\n".join(json.dumps(c) for c in commands).encode())
-        await self.session.idle()
-        await asyncio.sleep(0)  # the hub flushes at the end of the loop turn
-        return self.transport.take()
-
-    async def call(self, command: dict[str, Any]) -> dict[str, Any]:
-        """Send one command with an id; return its reply (pushes stay in ``self.pushes``)."""
-        written = await self.send(command)
-        replies = [d for d in written if d.get("id") == command["id"]]
-        self.pushes += [d for d in written if d.get("id") != command["id"]]
-        assert len(replies) == 1, written
-        return replies[0]
-
-    async def connect(self, user: str = "alice", **claims: Any) -> dict[str, Any]:
-        reply = await self.call({"id": 1, "connect": {"token": self.token(user, **claims)}})
-        return dict(reply["connect"])
-
-    async def live_for(self, seconds: float) -> None:
-        """Let time pass like a well-behaved client: answer every ping with a pong."""
-        step = 5.0
-        while seconds > 0:
-            self.clock.advance(min(step, seconds))
-            seconds -= step
-            if {} in self.transport.take():
-                await self.send({})
 
 
 @pytest.fixture

@@ -19,13 +19,13 @@ from google.protobuf.unknown_fields import UnknownFieldSet
 from tests.conftest import SECRET, make_config
 from tests.support.clock import FakeClock
 from tests.support.maps import map_channels
+from tests.support.sessions import RecordingTransport
 from tidings.auth import make_token
 from tidings.brokers.memory_map import MemoryMapBroker
-from tidings.errors import Disconnect
 from tidings.node import Node
 from tidings.protocol import fossil
 from tidings.protocol.protobuf import split_frame, varint
-from tidings.protocol.wire import ProtobufWire, WireFormat
+from tidings.protocol.wire import ProtobufWire
 from tidings.session import RequestInfo, Session
 
 pytestmark = pytest.mark.timeout(30)
@@ -33,33 +33,9 @@ pytestmark = pytest.mark.timeout(30)
 WIRE = ProtobufWire("protobuf-maps-test", lambda payload: payload)
 
 
-class RecordingTransport:
-    name = "test"
-    wire: WireFormat = WIRE
-    unidirectional = False
-    emulation = False
-
-    def __init__(self) -> None:
-        self.written: list[bytes] = []
-        self.closed_with: Disconnect | None = None
-
-    @property
-    def closed(self) -> bool:
-        return self.closed_with is not None
-
-    def write(self, data: bytes) -> None:
-        self.written.append(data)
-
-    def close(self, disconnect: Disconnect) -> None:
-        self.closed_with = disconnect
-
-    def write_buffer_size(self) -> int:
-        return 0
-
-    def take(self) -> list[pb.Reply]:
-        replies = [pb.Reply.FromString(m) for data in self.written for m in split_frame(data)]
-        self.written.clear()
-        return replies
+def protobuf_replies(frames: list[bytes]) -> list[pb.Reply]:
+    """Every reply written, parsed by the SDK's classes."""
+    return [pb.Reply.FromString(m) for data in frames for m in split_frame(data)]
 
 
 def command(command_id: int, field: int, body: bytes) -> bytes:
@@ -86,7 +62,7 @@ async def node() -> AsyncIterator[Node]:
 
 
 async def test_a_map_subscribe_and_its_changes_in_protobuf(node: Node) -> None:
-    transport = RecordingTransport()
+    transport = RecordingTransport(WIRE, protobuf_replies)
     session = Session(node, transport, RequestInfo("192.0.2.7"))
     token = make_token(SECRET, user="alice", ttl=3600, clock=node.clock.time)
 
@@ -121,7 +97,7 @@ async def test_a_map_subscribe_and_its_changes_in_protobuf(node: Node) -> None:
 async def test_map_delta_in_protobuf_is_bytes_per_key(node: Node) -> None:
     """Protobuf needs no JSON strings: state entries carry the value's bytes, live changes a
     binary fossil delta against the key's previous value (``delta: true``), a removal none."""
-    transport = RecordingTransport()
+    transport = RecordingTransport(WIRE, protobuf_replies)
     session = Session(node, transport, RequestInfo("192.0.2.7"))
     token = make_token(SECRET, user="alice", ttl=3600, clock=node.clock.time)
 

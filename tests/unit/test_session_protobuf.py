@@ -20,11 +20,12 @@ from centrifuge.protocol import client_pb2 as pb
 from tests.conftest import SECRET, make_config
 from tests.support.clock import FakeClock
 from tests.support.polling import eventually
+from tests.support.sessions import RecordingTransport
 from tidings.auth import make_token
 from tidings.errors import Disconnect
 from tidings.node import Node
 from tidings.protocol.protobuf import split_frame, varint
-from tidings.protocol.wire import ProtobufWire, WireFormat
+from tidings.protocol.wire import ProtobufWire
 from tidings.session import RequestInfo, Session
 
 
@@ -45,42 +46,16 @@ def delimited(*commands: pb.Command) -> bytes:
     return out
 
 
-class RecordingTransport:
-    name = "test"
-    wire: WireFormat = WIRE
-    unidirectional = False
-    emulation = False
-
-    def __init__(self) -> None:
-        self.written: list[bytes] = []
-        self.closed_with: Disconnect | None = None
-
-    @property
-    def closed(self) -> bool:
-        return self.closed_with is not None
-
-    def write(self, data: bytes) -> None:
-        assert self.closed_with is None, "written after close"
-        self.written.append(data)
-
-    def close(self, disconnect: Disconnect) -> None:
-        self.closed_with = disconnect
-
-    def write_buffer_size(self) -> int:
-        return 0
-
-    def take(self) -> list[pb.Reply]:
-        """Every reply written since the last call, parsed by the SDK's classes."""
-        replies = [pb.Reply.FromString(m) for data in self.written for m in split_frame(data)]
-        self.written.clear()
-        return replies
+def protobuf_replies(frames: list[bytes]) -> list[pb.Reply]:
+    """Every reply written, parsed by the SDK's classes."""
+    return [pb.Reply.FromString(m) for data in frames for m in split_frame(data)]
 
 
 class Harness:
     def __init__(self, node: Node, clock: FakeClock) -> None:
         self.node = node
         self.clock = clock
-        self.transport = RecordingTransport()
+        self.transport = RecordingTransport(WIRE, protobuf_replies)
         self.session = Session(node, self.transport, RequestInfo("192.0.2.7"))
 
     def token(self, user: str = "alice", **claims: Any) -> str:

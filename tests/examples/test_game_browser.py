@@ -21,8 +21,8 @@ import pytest
 from examples.game.app import STATE, create_app
 from examples.game.arena import LEAVE_AFTER, WIDTH, Snapshot
 from tests.conftest import StartApp
-from tests.scale.conftest import NodeProcess, spawn_tidings
 from tests.support.polling import eventually
+from tests.support.processes import NodeProcess, spawn_tidings
 from tests.support.redis import delete_keys, unique_prefix
 from tidings import Tidings
 

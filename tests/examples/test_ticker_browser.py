@@ -21,8 +21,8 @@ import pytest
 from examples.ticker.app import Ticker, build, fills_channel, latest_quotes, user_id
 from examples.ticker.market import SYMBOLS, Fill, all_symbols
 from tests.conftest import StartApp
-from tests.scale.conftest import NodeProcess, spawn_tidings
 from tests.support.polling import eventually
+from tests.support.processes import NodeProcess, spawn_tidings
 from tests.support.redis import delete_keys, unique_prefix
 from tidings import Tidings
 from tidings.testing import TestClient

@@ -23,11 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import re
 import shutil
-import sys
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +38,8 @@ from centrifuge import (  # type: ignore[import-untyped]
     SubscriptionEventHandler,
 )
 
-from tests.conftest import API_KEY, SECRET, token
+from tests.conftest import token
+from tests.support.processes import WAIT, NodeProcess, spawn_tidings
 from tests.support.redis import (
     StartRedis,
     delete_keys,
@@ -53,9 +50,6 @@ from tests.support.redis import (
 
 REPO = Path(__file__).resolve().parents[2]
 JS_SUBSCRIBER = Path(__file__).resolve().parent / "js" / "subscriber.mjs"
-
-WAIT = 20.0
-"""Deadline for one awaited condition: far above what each needs on a loaded 2-core machine."""
 
 
 PRESENCE_TTL = 2.0
@@ -105,104 +99,6 @@ def private_redis_factory() -> Iterator[StartRedis]:
 
 
 # --------------------------------------------------------------------------- node processes
-
-
-class NodeProcess:
-    """One ``tidings serve`` process; its log is read continuously (the pipe never fills)."""
-
-    def __init__(self, process: asyncio.subprocess.Process, name: str) -> None:
-        self.process = process
-        self.name = name
-        self.port = 0
-        self.lines: list[str] = []
-        self._changed = asyncio.Event()
-        self._reader = asyncio.create_task(self._read())
-
-    async def _read(self) -> None:
-        assert self.process.stderr is not None
-        while line := await self.process.stderr.readline():
-            self.lines.append(line.decode(errors="replace").rstrip())
-            self._changed.set()
-        self._changed.set()
-
-    @property
-    def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/connection/websocket"
-
-    @property
-    def log(self) -> str:
-        return "\n".join(self.lines[-40:])
-
-    async def wait_for_line(
-        self, pattern: str, within: float = WAIT, start: int = 0
-    ) -> re.Match[str]:
-        """The first log line from index ``start`` on that matches ``pattern``."""
-        regex = re.compile(pattern)
-        deadline = time.monotonic() + within
-        index = start
-        while True:
-            while index < len(self.lines):
-                match = regex.search(self.lines[index])
-                if match:
-                    return match
-                index += 1
-            if self._reader.done():
-                pytest.fail(f"{self.name} ended without logging /{pattern}/:\n{self.log}")
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                pytest.fail(f"{self.name} did not log /{pattern}/ within {within} s:\n{self.log}")
-            self._changed.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), remaining)
-
-    def kill(self) -> None:
-        """``kill -9``: no shutdown, no goodbye to clients or Redis."""
-        if self.process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.process.kill()
-
-    async def stop(self) -> None:
-        self.kill()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.process.wait(), 10)
-        self._reader.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._reader
-
-
-async def spawn_tidings(
-    *args: str, env: dict[str, str] | None = None, name: str = "tidings", wait: bool = True
-) -> NodeProcess:
-    """``python -m tidings serve --port 0 ARGS``; waits for its "listening on" line."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "tidings",
-        "serve",
-        "--port",
-        "0",
-        *args,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-        env={
-            **os.environ,
-            "TIDINGS_TOKEN_HMAC_SECRET": SECRET,
-            "TIDINGS_API_KEY": API_KEY,
-            "TIDINGS_DEMO": "off",
-            **(env or {}),
-        },
-        cwd=REPO,
-    )
-    node = NodeProcess(process, name)
-    if wait:
-        try:
-            match = await node.wait_for_line(r"listening on http://[\d.]+:(\d+)", within=30)
-        except BaseException:
-            await node.stop()
-            raise
-        node.port = int(match.group(1))
-    return node
 
 
 StartNodes = Callable[..., Awaitable[list[NodeProcess]]]

@@ -1,6 +1,6 @@
 """Delta compression and latest-value conflation, driven through a session with bytes.
 
-The same harness as ``test_session.py``: frames in, the exact documents out, a
+The byte-level harness of ``tests/support/sessions.py``: frames in, the exact documents out, a
 clock moved by hand (so a rate of 5 updates per second costs no time).
 """
 
@@ -15,7 +15,7 @@ import pytest
 
 from tests.conftest import full_namespace, make_config, standard_channels
 from tests.support.clock import FakeClock
-from tests.unit.test_session import Harness
+from tests.support.sessions import Harness
 from tidings.channels import ChannelOptions
 from tidings.node import Node
 from tidings.protocol import fossil

@@ -98,8 +98,10 @@ async def steer_a_while(page: Any, rt: Tidings, player: str) -> None:
     await eventually(stopped, f"{player} to stop", within=WAIT)
 
 
-async def sees_the_truth(page: Any, rt: Tidings) -> bool:
-    return await seen(page) == positions(await truth(rt))
+async def sees_the_truth(page: Any, rt: Tidings, *players: str) -> bool:
+    """The page draws the server's latest state, and ``players`` have joined it."""
+    now = positions(await truth(rt))
+    return all(player in now for player in players) and await seen(page) == now
 
 
 async def test_two_players_see_each_other_move_and_a_reload_sees_the_current_state(
@@ -156,7 +158,9 @@ async def test_a_page_offline_for_seconds_comes_back_to_the_current_state(
     _, ann = await open_player(browser, server.http_url, "ann")
     bob_context, bob = await open_player(browser, server.http_url, "bob")
     ann_id, bob_id = await ann.evaluate("window.game.me"), await bob.evaluate("window.game.me")
-    await eventually(lambda: sees_the_truth(bob, rt), "bob's page to follow the game", WAIT)
+    await eventually(
+        lambda: sees_the_truth(bob, rt, ann_id, bob_id), "bob's page to follow the game", WAIT
+    )
     bob_before = positions(await truth(rt))[bob_id]
 
     await bob_context.set_offline(True)

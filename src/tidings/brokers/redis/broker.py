@@ -54,7 +54,7 @@ from tidings.brokers.redis.connection import (
     close_client,
 )
 from tidings.brokers.redis.keys import Keys
-from tidings.brokers.redis.pubsub import DEFAULT_PING_INTERVAL, PubSubLink
+from tidings.brokers.redis.pubsub import DEFAULT_PING_INTERVAL, PubSubLink, move_to_owners
 from tidings.brokers.redis.scripts import milliseconds
 from tidings.errors import BrokerUnavailable
 from tidings.protocol.messages import ClientInfo, Publication, StreamPosition
@@ -224,17 +224,7 @@ class RedisBroker:
             except BrokerUnavailable as exc:
                 logger.warning("redis cluster: %s", exc)
                 return
-            moves: dict[PubSubLink, dict[bytes, str]] = {}
-            for name, channel in list(link.names.items()):
-                try:
-                    target = self._link_for(name)
-                except BrokerUnavailable:
-                    continue
-                if target is not link:
-                    link.hand_over(name)
-                    moves.setdefault(target, {})[name] = channel
-                    if name in self._routes:
-                        self._routes[name] = target
+            moves = move_to_owners(link, self._link_for, self._routes)
             for target, names in moves.items():
                 logger.info("redis cluster: %d channels moved to %s", len(names), target.endpoint)
                 target.adopt(names)

@@ -19,7 +19,7 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
 from tidings.brokers.redis.connection import Connector, bounded
-from tidings.brokers.redis.pubsub import OnMessage, OnResubscribed, PubSubLink
+from tidings.brokers.redis.pubsub import OnMessage, OnResubscribed, PubSubLink, move_to_owners
 from tidings.errors import BrokerUnavailable
 
 __all__ = ["Interest"]
@@ -131,17 +131,7 @@ class Interest:
             except BrokerUnavailable as exc:
                 logger.warning("redis cluster: %s", exc)
                 return
-            moves: dict[PubSubLink, dict[bytes, str]] = {}
-            for name, channel in list(link.names.items()):
-                try:
-                    target = self._link_for(name)
-                except BrokerUnavailable:
-                    continue
-                if target is not link:
-                    link.hand_over(name)
-                    moves.setdefault(target, {})[name] = channel
-                    if name in self._routes:
-                        self._routes[name] = target
+            moves = move_to_owners(link, self._link_for, self._routes)
             for target, names in moves.items():
                 logger.info(
                     "redis cluster: %d map channels moved to %s", len(names), target.endpoint

@@ -308,3 +308,26 @@ class PubSubLink:
         self._batches = [batch for batch in self._batches if batch.pending]
         for batch in done:
             self._on_resubscribed(batch.channels)
+
+
+def move_to_owners(
+    link: PubSubLink,
+    owner_of: Callable[[bytes], PubSubLink],
+    routes: dict[bytes, PubSubLink],
+) -> dict[PubSubLink, dict[bytes, str]]:
+    """After a cluster's slots moved: hand each of ``link``'s names whose slot now lives
+    on another node over to that node's link (``owner_of``, which may raise
+    ``BrokerUnavailable``: the name stays), updating ``routes``. Returns what each new
+    owner must adopt; the caller adopts (and logs) it."""
+    moves: dict[PubSubLink, dict[bytes, str]] = {}
+    for name, channel in list(link.names.items()):
+        try:
+            target = owner_of(name)
+        except BrokerUnavailable:
+            continue
+        if target is not link:
+            link.hand_over(name)
+            moves.setdefault(target, {})[name] = channel
+            if name in routes:
+                routes[name] = target
+    return moves

@@ -217,7 +217,7 @@ async def test_close_ends_even_when_the_expiry_task_swallows_its_cancel(
     async def stubborn_expire() -> int:
         entered.set()
         with contextlib.suppress(asyncio.CancelledError):  # swallowed, as a library may
-            await asyncio.sleep(3600)
+            await asyncio.Event().wait()  # never set: only a cancel ends it
         return 0
 
     monkeypatch.setattr(broker, "expire", stubborn_expire)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -21,7 +21,7 @@ from websockets.exceptions import InvalidStatus
 
 from tests.conftest import API_KEY, ClientFactory, make_config, token
 from tests.support.asgi import ASGI_SERVERS, MOUNT, PAGE_ORIGIN, Mounted, mounted, serve_asgi
-from tests.support.fallback import FALLBACK, REPO, FallbackClient, node_missing
+from tests.support.fallback import StartFallback
 from tests.support.http import http as raw_http
 from tests.support.polling import eventually
 from tests.support.streams import open_sse
@@ -46,41 +46,10 @@ async def uvicorn_mount() -> AsyncIterator[Mounted]:
 # --------------------------------------------------------------------------- clients
 
 
-@pytest.fixture
-async def fallback_client() -> AsyncIterator[Callable[..., Any]]:
-    reason = node_missing()
-    if reason:
-        pytest.skip(reason)
-    started: list[FallbackClient] = []
-
-    async def start(base: str, blocked: list[str], channel: str) -> FallbackClient:
-        process = await asyncio.create_subprocess_exec(
-            "node",
-            str(FALLBACK),
-            base,
-            token(),
-            channel,
-            json.dumps(blocked),
-            cwd=REPO,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        client = FallbackClient(process)
-        started.append(client)
-        return client
-
-    yield start
-    for client in started:
-        if client.process.returncode is None:
-            client.process.kill()
-            await client.process.wait()
-
-
 @pytest.mark.node
 @pytest.mark.parametrize("expected", ["http_stream", "sse"])
 async def test_centrifuge_js_falls_back_to_the_mounts_streams(
-    mount: Mounted, fallback_client: Callable[..., Any], expected: str
+    mount: Mounted, fallback_client: StartFallback, expected: str
 ) -> None:
     blocked = ["websocket"] if expected == "http_stream" else ["websocket", "http_stream"]
     client = await fallback_client(mount.base, blocked, "chat:fb")

@@ -8,7 +8,6 @@ then works fully: subscribe, publish, presence, history, recovery.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import Any
 from urllib.parse import quote
@@ -24,7 +23,7 @@ from tests.conftest import (
     control_client,
     token,
 )
-from tests.support.fallback import FALLBACK, REPO, FallbackClient, node_missing
+from tests.support.fallback import StartFallback
 from tests.support.polling import eventually
 from tests.support.streams import LineStream, SseStream, error_body
 
@@ -209,46 +208,15 @@ async def test_unknown_session_and_oversized_body(
 # --------------------------------------------------------------------------- centrifuge-js
 
 
-@pytest.fixture
-async def fallback_client() -> Any:
-    reason = node_missing()
-    if reason:
-        pytest.skip(reason)
-    started: list[FallbackClient] = []
-
-    async def start(server: RunningServer, transports: list[str], channel: str) -> FallbackClient:
-        process = await asyncio.create_subprocess_exec(
-            "node",
-            str(FALLBACK),
-            server.http_url,
-            token(),
-            channel,
-            json.dumps(transports),
-            cwd=REPO,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        client = FallbackClient(process)
-        started.append(client)
-        return client
-
-    yield start
-    for client in started:
-        if client.process.returncode is None:
-            client.process.kill()
-            await client.process.wait()
-
-
 @pytest.mark.node
 @pytest.mark.parametrize("expected", ["http_stream", "sse"])
 async def test_centrifuge_js_falls_back_and_works_fully(
-    server: RunningServer, fallback_client: Any, expected: str
+    server: RunningServer, fallback_client: StartFallback, expected: str
 ) -> None:
     # The WebSocket endpoint refuses the upgrade (as a blocking proxy would); for the
     # sse case the http_stream endpoint is blocked too.
     blocked = ["websocket"] if expected == "http_stream" else ["websocket", "http_stream"]
-    client = await fallback_client(server, blocked, "chat:fb")
+    client = await fallback_client(server.http_url, blocked, "chat:fb")
     connected = await client.next(lambda d: d.get("event") == "connected")
     assert connected["transport"] == expected
     subscribed = await client.next(lambda d: d.get("event") == "subscribed")

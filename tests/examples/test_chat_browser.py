@@ -7,9 +7,6 @@ chat.js sets ``document.body.dataset.subscribed`` (history and presence loaded).
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -19,8 +16,8 @@ import pytest
 from examples.chat.app import create_app
 from tests.conftest import StartApp
 from tests.support.polling import eventually
-from tests.support.processes import ServerProcess, spawn
-from tests.support.redis import delete_keys, unique_prefix
+from tests.support.processes import ServerProcess, app_on_redis
+from tests.support.redis import unique_prefix
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(90)]
 
@@ -216,32 +213,10 @@ async def test_page_offline_then_back_gets_every_message_once(
 @pytest.fixture
 async def two_chat_servers(shared_redis: str) -> AsyncIterator[list[ServerProcess]]:
     """``tidings serve examples.chat.app:rt`` twice, on one Redis (own key prefix)."""
-    prefix = unique_prefix("tchat")
-    servers: list[ServerProcess] = []
-    try:
-        for _ in range(2):
-            servers.append(
-                await spawn(
-                    "examples.chat.app:rt",
-                    "--app-dir",
-                    str(REPO),
-                    "--broker",
-                    shared_redis,
-                    "--broker-prefix",
-                    prefix,
-                )
-            )
+    async with app_on_redis(
+        "examples.chat.app:rt", shared_redis, unique_prefix("tchat")
+    ) as servers:
         yield servers
-    finally:
-        for server in servers:
-            with contextlib.suppress(ProcessLookupError):
-                server.process.send_signal(signal.SIGINT)
-            try:
-                await asyncio.wait_for(server.process.wait(), 15)
-            except TimeoutError:
-                server.process.kill()
-                await server.process.wait()
-        await delete_keys(shared_redis, prefix)
 
 
 @pytest.mark.redis

@@ -8,9 +8,6 @@ once editor.js sets ``document.body.dataset.synced`` (its sync RPC answered).
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -19,8 +16,8 @@ import pytest
 
 from examples.editor.app import BUNDLE, Editor
 from tests.conftest import StartApp
-from tests.support.processes import ServerProcess, spawn
-from tests.support.redis import delete_keys, unique_prefix
+from tests.support.processes import ServerProcess, app_on_redis
+from tests.support.redis import unique_prefix
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(90)]
 
@@ -165,32 +162,10 @@ async def test_page_offline_edits_both_ways_then_converges(
 @pytest.fixture
 async def two_editor_servers(shared_redis: str) -> AsyncIterator[list[ServerProcess]]:
     """``tidings serve examples.editor.app:rt`` twice, on one Redis (own key prefix)."""
-    prefix = unique_prefix("teditor")
-    servers: list[ServerProcess] = []
-    try:
-        for _ in range(2):
-            servers.append(
-                await spawn(
-                    "examples.editor.app:rt",
-                    "--app-dir",
-                    str(REPO),
-                    "--broker",
-                    shared_redis,
-                    "--broker-prefix",
-                    prefix,
-                )
-            )
+    async with app_on_redis(
+        "examples.editor.app:rt", shared_redis, unique_prefix("teditor")
+    ) as servers:
         yield servers
-    finally:
-        for server in servers:
-            with contextlib.suppress(ProcessLookupError):
-                server.process.send_signal(signal.SIGINT)
-            try:
-                await asyncio.wait_for(server.process.wait(), 15)
-            except TimeoutError:
-                server.process.kill()
-                await server.process.wait()
-        await delete_keys(shared_redis, prefix)
 
 
 @pytest.mark.redis

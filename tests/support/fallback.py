@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -59,3 +60,7 @@ class FallbackClient:
         result = await self.next(lambda d: d.get("result") == op)
         assert "error" not in result, result
         return result.get("value")
+
+
+StartFallback = Callable[[str, list[str], str], Awaitable[FallbackClient]]
+"""``start(base_url, blocked_transports, channel)``: the ``fallback_client`` fixture."""

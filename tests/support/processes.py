@@ -10,14 +10,17 @@ import asyncio
 import contextlib
 import os
 import re
+import signal
 import sys
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import API_KEY, SECRET
+from tests.support.redis import delete_keys
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -177,3 +180,30 @@ async def spawn_tidings(
             raise
         node.port = int(match.group(1))
     return node
+
+
+@contextlib.asynccontextmanager
+async def app_on_redis(
+    app: str, redis_url: str, prefix: str, count: int = 2
+) -> AsyncIterator[list[ServerProcess]]:
+    """``tidings serve APP`` ``count`` times on one Redis under ``prefix``; each is stopped
+    with SIGINT (killed if it lingers) and the prefix's keys are deleted afterwards."""
+    servers: list[ServerProcess] = []
+    try:
+        for _ in range(count):
+            servers.append(
+                await spawn(
+                    app, "--app-dir", str(REPO), "--broker", redis_url, "--broker-prefix", prefix
+                )
+            )
+        yield servers
+    finally:
+        for server in servers:
+            with contextlib.suppress(ProcessLookupError):
+                server.process.send_signal(signal.SIGINT)
+            try:
+                await asyncio.wait_for(server.process.wait(), 15)
+            except TimeoutError:
+                server.process.kill()
+                await server.process.wait()
+        await delete_keys(redis_url, prefix)

@@ -148,9 +148,7 @@ class MapChannels:
         subscribers that negotiated one (``None``: the namespace's ``delta_publish``).
         """
         namespace, options = self.options(channel)
-        if not key:
-            raise ReplyError(ErrorCode.BAD_REQUEST)
-        try:
+        try:  # the engines refuse an empty key (MapRequestError) themselves
             return await self.engine.publish(
                 channel,
                 key,
